@@ -70,6 +70,7 @@ def compile_graph(
     )
     try:
         run_pipeline(gm, ctx, record)
+        record.kernels = list(ctx.kernels)
         runner: Callable = build_runtime(gm, ctx, record)
     except KitsuneConfigError:
         raise

@@ -47,7 +47,8 @@ class PassContext:
     ``graph_name`` is ``forward``, ``backward`` or ``inference`` plus a counter;
     ``static_input_indices`` lists inputs that are parameters or buffers (they keep their
     address between calls); ``state`` holds what passes hand to later passes and to the
-    runtime (fusion regions, stream plan, memory plan), keyed by the producing pass's name.
+    runtime (fusion regions, stream plan, memory plan), keyed by the producing pass's name;
+    ``kernels`` collects a :class:`~kitsune_backend.record.KernelRecord` per generated kernel.
     """
 
     config: Config
@@ -55,6 +56,7 @@ class PassContext:
     example_inputs: Sequence[Any]
     static_input_indices: tuple[int, ...] = ()
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kernels: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def device(self) -> Optional[torch.device]:
