@@ -1,0 +1,110 @@
+"""Config: defaults, environment, patches, modes and options, and their error messages."""
+
+import pytest
+
+from kitsune_backend import config
+from kitsune_backend.config import Config, resolve
+from kitsune_backend.errors import KitsuneConfigError
+
+
+def test_defaults_turn_every_feature_on():
+    cfg = resolve()
+    assert cfg == Config()
+    assert cfg.fusion and cfg.streams and cfg.cuda_graphs and cfg.memory_pool
+    assert not cfg.strict and cfg.num_streams >= 2
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown kitsune compile option.*'fusoin'.*valid options are:.*fusion"):
+        resolve(options={"fusoin": False})
+
+
+def test_unknown_mode_lists_valid_modes():
+    with pytest.raises(ValueError, match="unknown kitsune mode 'fast'.*'reduce-overhead'"):
+        resolve(mode="fast")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_streams": "four"}, "'num_streams' must be a int"),
+        ({"fusion": 1}, "'fusion' must be a bool"),
+        ({"num_streams": 0}, "at least 1"),
+        ({"streams": False, "num_streams": 4}, "conflicting"),
+    ],
+)
+def test_bad_values_are_clear_errors(options, message):
+    with pytest.raises(KitsuneConfigError, match=message):
+        resolve(options=options)
+
+
+def test_mode_and_contradicting_option_conflict():
+    with pytest.raises(KitsuneConfigError, match="max-autotune-no-cudagraphs"):
+        resolve(mode="max-autotune-no-cudagraphs", options={"cuda_graphs": True})
+
+
+def test_modes_set_their_flags():
+    assert resolve(mode="max-autotune").autotune
+    assert not resolve(mode="max-autotune-no-cudagraphs").cuda_graphs
+    assert resolve(mode="reduce-overhead").cuda_graphs
+
+
+def test_environment_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("KITSUNE_FUSION", "0")
+    monkeypatch.setenv("KITSUNE_NUM_STREAMS", "7")
+    monkeypatch.setenv("KITSUNE_DEBUG_DIR", "/tmp/somewhere")
+    cfg = resolve()
+    assert cfg.fusion is False and cfg.num_streams == 7 and cfg.debug_dir == "/tmp/somewhere"
+
+
+def test_unknown_environment_variable_is_an_error(monkeypatch):
+    monkeypatch.setenv("KITSUNE_FUSON", "0")
+    with pytest.raises(KitsuneConfigError, match="KITSUNE_FUSON.*KITSUNE_FUSION"):
+        resolve()
+
+
+def test_bad_environment_value_is_an_error(monkeypatch):
+    monkeypatch.setenv("KITSUNE_STREAMS", "maybe")
+    with pytest.raises(KitsuneConfigError, match="'streams' must be a bool"):
+        resolve()
+
+
+def test_patch_is_scoped_and_nests(monkeypatch):
+    monkeypatch.setenv("KITSUNE_NUM_STREAMS", "3")
+    with config.patch(num_streams=2, fusion=False):
+        with config.patch(num_streams=5):
+            inner = resolve()
+        outer = resolve()
+    after = resolve()
+    assert (inner.num_streams, inner.fusion) == (5, False)
+    assert (outer.num_streams, outer.fusion) == (2, False)
+    assert (after.num_streams, after.fusion) == (3, True)
+
+
+def test_options_beat_patch_and_environment(monkeypatch):
+    monkeypatch.setenv("KITSUNE_CUDA_GRAPHS", "0")
+    with config.patch(cuda_graphs=False):
+        assert resolve(options={"cuda_graphs": True}).cuda_graphs
+
+
+def test_patch_rejects_unknown_names_immediately():
+    with pytest.raises(KitsuneConfigError, match="unknown kitsune patch option"):
+        with config.patch(colour="red"):
+            pass
+
+
+def test_replace_validates():
+    cfg = Config().replace(num_streams=8)
+    assert cfg.num_streams == 8
+    with pytest.raises(KitsuneConfigError):
+        Config().replace(num_streams=-1)
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        Config().fusion = False  # type: ignore[misc]
+
+
+def test_cache_dir_default_and_override(tmp_path):
+    assert Config().cache_dir.endswith("kitsune_backend")
+    assert Config(kernel_cache_dir=str(tmp_path)).cache_dir == str(tmp_path)
