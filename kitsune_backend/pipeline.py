@@ -20,7 +20,7 @@ from .passes.cleanup import cleanup
 from .passes.fusion import fuse
 from .passes.memory_plan import plan_memory
 from .passes.streams import assign_streams
-from .plugins import REGISTRY
+from .plugins import REGISTRY, STAGES
 from .record import CompileRecord, PassRecord, snapshot
 
 
@@ -79,8 +79,9 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) ->
         if stage.fn is not None:
             _run_one(gm, ctx, record, stage.name, stage.name, stage.fn, placeholders)
             continue
-        for broken in REGISTRY.broken():
-            _report_plugin_failure(ctx, record, stage.name, broken.name, broken.error)
+        if stage.name == STAGES[0]:  # once per graph, at the first plugin slot
+            for broken in REGISTRY.broken():
+                _report_plugin_failure(ctx, record, stage.name, broken.name, broken.error)
         for plugin in REGISTRY.passes_for(stage.name):
             # A plugin works on a copy, so one that fails half-way leaves no trace.
             work = copy_graph_module(gm)
