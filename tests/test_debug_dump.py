@@ -170,3 +170,17 @@ def test_an_unwritable_dump_warns_and_the_compile_still_works(tmp_path):
     assert_close(out, model(x))
     (record,) = kitsune_backend.last_compile().records
     assert any(d.stage == "debug_dump" for d in record.declines)
+
+
+def test_dynamic_shapes_reproduce_with_size_hints(tmp_path, capsys):
+    root = tmp_path / "dump"
+    with kitsune_backend.config.patch(debug_dir=str(root)):
+        compiled = torch.compile(MLP((8, 16, 4)), backend="kitsune", dynamic=True)
+        compiled(torch.randn(5, 8)).sum().backward()
+    forward = kitsune_backend.last_compile().forward
+    sizes = [n for n in forward.input_nodes if n.op == "placeholder" and n.shape is None]
+    assert [n.value for n in sizes] == [5]  # the symbolic batch size, by its hint
+    folders = sorted(root.iterdir())
+    assert len(folders) == 2
+    assert [_run_repro_in_process(folder) for folder in folders] == [0, 0]
+    assert capsys.readouterr().out.count("OK: kitsune matches eager") == 2
