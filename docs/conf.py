@@ -1,4 +1,7 @@
-"""Sphinx configuration for the kitsune_backend docs (``sphinx-build -W -b html docs docs/_build/html``)."""
+"""Sphinx configuration for the kitsune_backend docs.
+
+Build with ``sphinx-build -W -b html docs docs/_build/html`` (warnings fail the build).
+"""
 
 import os
 import sys

@@ -53,8 +53,10 @@ class InputSpec:
         dtype = getattr(torch, self.dtype)
         extent = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
         numel = extent if all(n > 0 for n in self.shape) else 0
-        if dtype.is_floating_point or dtype.is_complex:
+        if dtype.is_complex:
             flat = torch.randn(numel, generator=generator, dtype=dtype)
+        elif dtype.is_floating_point:  # drawn in fp32: randn has no kernel for fp8 types
+            flat = torch.randn(numel, generator=generator).to(dtype)
         else:
             flat = torch.randint(0, 2, (numel,), generator=generator).to(dtype)
         return flat.to(self.device).as_strided(self.shape, self.stride)
@@ -71,9 +73,8 @@ def repro_source(
     Inputs come from the record's placeholder snapshots (``example_inputs`` fill in any the
     snapshots lack). A graph that reads attributes (``get_attr``) needs them saved with
     :func:`save_constants` and that file's name, relative to the script, as
-    ``constants_file``. Raises
-    :class:`ReproError` for what a script cannot hold (a global that cannot be imported,
-    an input that is neither a tensor nor a number).
+    ``constants_file``. Raises :class:`ReproError` for what a script cannot hold (a global
+    that cannot be imported, an input that is neither a tensor nor a number).
     """
     if constants_file is None and any(n.op == "get_attr" for n in input_gm.graph.nodes):
         raise ReproError("the graph reads attributes: save them and pass constants_file")
@@ -87,7 +88,8 @@ def repro_source(
         f"    {_spec_source(node, example)},  # {node.name}"
         for node, example in zip(placeholders, examples)
     ]
-    body = "\n".join("    " + line if line.strip() else "" for line in code.src.strip("\n").splitlines())
+    lines = code.src.strip("\n").splitlines()
+    body = "\n".join("    " + line if line.strip() else "" for line in lines)
     options = {f.name: getattr(record.config, f.name) for f in dataclasses.fields(record.config)}
     options["debug_dir"] = ""
     return _TEMPLATE.format(
@@ -124,6 +126,7 @@ def main(
 ) -> int:
     """Run a repro: eager against kitsune on the same random inputs; prints what it finds and
     returns the exit status (0: match, 1: fallback or mismatch)."""
+    # imported here: the compiler imports this module (through the debug dump)
     from .compiler import compile_graph
     from .config import Config
     from .session import new_session
@@ -141,7 +144,7 @@ def main(
     session = new_session(config)
     compiled = compile_graph(gm, fake_args, config, kind, session)
     record = session.records[-1]
-    print(f"kitsune compiled {len(gm.graph.nodes)} nodes as graph {record.name!r}")
+    print(f"kitsune compiled graph {record.name!r} ({len(record.input_nodes)} nodes)")
     if record.fallback_reason:
         print("kitsune FELL BACK to the ATen graph:", record.fallback_reason)
         print(record.fallback_traceback)
@@ -169,8 +172,8 @@ def _spec_source(node: NodeSnapshot, example: Any) -> str:
         return repr(node.value)
     if isinstance(example, torch.Tensor):
         dtype = str(example.dtype).replace("torch.", "")
-        spec = InputSpec(_hints(example.shape), _hints(example.stride()), dtype, str(example.device))
-        return repr(spec)
+        layout = _hints(example.shape), _hints(example.stride())
+        return repr(InputSpec(*layout, dtype, str(example.device)))
     if isinstance(example, (bool, int, float)):
         return repr(example)
     raise ReproError(f"input {node.name} is neither a tensor nor a number; no repro written")

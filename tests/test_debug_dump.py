@@ -7,12 +7,15 @@ import runpy
 import subprocess
 import sys
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import torch
 
 import kitsune_backend
 from kitsune_backend import compiler
 from kitsune_backend.models import MLP, RunningStats
+from kitsune_backend.repro import InputSpec
 
 from helpers import assert_close
 
@@ -184,3 +187,22 @@ def test_dynamic_shapes_reproduce_with_size_hints(tmp_path, capsys):
     assert len(folders) == 2
     assert [_run_repro_in_process(folder) for folder in folders] == [0, 0]
     assert capsys.readouterr().out.count("OK: kitsune matches eager") == 2
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    shape=st.lists(st.integers(0, 4), max_size=4),
+    dtype=st.sampled_from(["float32", "float16", "bfloat16", "float64", "int64", "bool",
+                           "complex64", "float8_e4m3fn"]),
+    data=st.data(),
+)
+def test_input_specs_make_exactly_their_layout(shape, dtype, data):
+    stride = data.draw(st.lists(st.integers(0, 6), min_size=len(shape), max_size=len(shape)))
+    spec = InputSpec(tuple(shape), tuple(stride), dtype, "cpu")
+    made = spec.make(torch.Generator().manual_seed(0))
+    assert tuple(made.shape) == spec.shape
+    assert str(made.dtype) == f"torch.{dtype}"
+    if made.numel():
+        assert made.stride() == spec.stride
+    if made.numel() > 4 and made.is_floating_point():
+        assert made.float().abs().sum() > 0  # random, never all zeros

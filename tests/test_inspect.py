@@ -125,12 +125,18 @@ def test_dot_draws_regions_as_clusters_and_events_as_red_edges():
     assert "stream 1" in text
 
 
-_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(
-    ['"', "\\", "\n", "{", "}", "-", ">"]), min_size=1, max_size=8)
+_NAMES = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+    | st.sampled_from(['"', "\\", "\n", "{", "}", "-", ">"]),
+    min_size=1,
+    max_size=8,
+)
 
 
 @hypothesis.settings(max_examples=25, deadline=None)
-@hypothesis.given(st.lists(st.tuples(_NAMES, _NAMES), min_size=1, max_size=6, unique_by=lambda t: t[0]))
+@hypothesis.given(
+    st.lists(st.tuples(_NAMES, _NAMES), min_size=1, max_size=6, unique_by=lambda t: t[0])
+)
 def test_dot_escapes_any_names(pairs):
     nodes = []
     for index, (name, target) in enumerate(pairs):
