@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import Optional
 
+import torch
 import torch.fx as fx
 
 from .errors import KitsunePluginError
@@ -92,8 +93,7 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) ->
                     ctx, record, stage.name, plugin.name, f"{type(exc).__name__}: {exc}"
                 )
             else:
-                gm.graph = work.graph
-                gm.recompile()
+                _adopt(gm, work)
 
 
 def _run_one(
@@ -126,6 +126,24 @@ def _run_one(
             nodes=nodes,
         )
     )
+
+
+def _adopt(gm: fx.GraphModule, work: fx.GraphModule) -> None:
+    """Give ``gm`` the graph a plugin left in ``work``, with any attributes or submodules
+    the plugin added there (its ``get_attr``/``call_module`` targets)."""
+    for node in work.graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        *path, leaf = node.target.split(".")
+        source, dest = work, gm
+        for part in path:
+            source = getattr(source, part)
+            if not hasattr(dest, part):
+                dest.add_module(part, torch.nn.Module())
+            dest = getattr(dest, part)
+        setattr(dest, leaf, getattr(source, leaf))
+    gm.graph = work.graph
+    gm.recompile()
 
 
 def _report_plugin_failure(

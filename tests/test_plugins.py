@@ -167,3 +167,27 @@ def test_strict_raises_a_plugin_failure(registered):
     assert plugin_errors and "plugin pass 'boom' failed: RuntimeError: boom" in str(
         plugin_errors[0]
     )
+
+
+_SCALE = torch.tensor(3.0)  # made outside the pass: tensors made inside one may be fake
+
+
+def test_attributes_a_plugin_adds_reach_the_compiled_graph(registered):
+    def scale_output(gm, ctx):
+        gm.register_buffer("plugin_scale", _SCALE)
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        result = output.args[0][0]
+        with gm.graph.inserting_before(output):
+            scale = gm.graph.get_attr("plugin_scale")
+            scaled = gm.graph.call_function(aten.mul.Tensor, (result, scale))
+        scale.meta["val"] = result.meta["val"].new_empty(())
+        scaled.meta["val"] = result.meta["val"]
+        output.args = ((scaled, *output.args[0][1:]),)
+        return PassResult(changed=True)
+
+    registered(scale_output)
+    model, x = MLP((8, 4)), torch.randn(2, 8)
+    with torch.no_grad():
+        out = torch.compile(model, backend="kitsune")(x)
+        assert_close(out, model(x) * 3.0)
+    assert "scale_output" in kitsune_backend.last_compile().forward.stages
