@@ -1,11 +1,36 @@
-"""Look at what kitsune did: per compiled graph, every stage's graph, passes, declines, stats."""
+"""Look at what kitsune did: per compiled graph, every stage's graph, passes, declines, stats.
+
+A *session* is one graph Dynamo handed to kitsune; it holds one
+:class:`~kitsune_backend.record.CompileRecord` per AOT graph (``forward`` and ``backward``
+for training, ``inference`` otherwise). A record holds the graph after every pass::
+
+    out = torch.compile(model, backend="kitsune")(x)
+    session = kitsune_backend.last_compile()
+    print(kitsune_backend.explain(session))          # passes, times, notes, declines, stats
+    print(session.forward.graph_after("fusion"))     # readable FX code after one pass
+    svg = kitsune_backend.inspect.graph_svg(session.forward, "fusion")
+"""
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
+import networkx as nx
+
+from . import dot
 from .record import CompileRecord
 from .session import HISTORY, CompileSession, clear_history
 
-__all__ = ["last_compile", "history", "explain", "clear_history"]
+__all__ = [
+    "clear_history",
+    "explain",
+    "graph_dot",
+    "graph_networkx",
+    "graph_svg",
+    "graphs",
+    "history",
+    "last_compile",
+]
 
 
 def last_compile() -> CompileSession:
@@ -20,13 +45,47 @@ def history() -> list[CompileSession]:
     return list(HISTORY)
 
 
-def explain(session: CompileSession | None = None) -> str:
-    """A readable summary of one session (default: the last): passes, stats, declines."""
-    session = session or last_compile()
-    lines = [f"kitsune compile #{session.id}"]
-    for record in session.records:
+def explain(target: Union[CompileSession, CompileRecord, None] = None) -> str:
+    """A readable summary of a session (default: the last) or of one of its records:
+    for each graph its summary stats, every pass with its stage, time and notes, and the
+    reason behind every decline."""
+    target = target if target is not None else last_compile()
+    if isinstance(target, CompileRecord):
+        return "\n".join(_explain_record(target))
+    lines = [f"kitsune compile #{target.id} (mode {target.mode!r})"]
+    for record in target.records:
         lines.extend(_explain_record(record))
     return "\n".join(lines)
+
+
+def graphs(record: CompileRecord) -> dict[str, str]:
+    """The readable code of the graph before all passes (``"input"``) and after each pass,
+    keyed by pass name, in the order they ran."""
+    found = {"input": record.input_code}
+    found.update((p.name, p.graph_code) for p in record.passes)
+    return found
+
+
+def graph_networkx(record: CompileRecord, stage: str = "input") -> nx.DiGraph:
+    """The graph after pass ``stage`` (``"input"``: before all) as a networkx ``DiGraph``;
+    each vertex carries its :class:`~kitsune_backend.record.NodeSnapshot` as ``snapshot``."""
+    return dot.to_networkx(record.nodes_after(stage))
+
+
+def graph_dot(record: CompileRecord, stage: str = "input") -> str:
+    """Graphviz DOT text of the graph after pass ``stage`` (``"input"``: before all)."""
+    return dot.to_dot(graph_networkx(record, stage), title=f"{record.name} after {stage}")
+
+
+def graph_svg(record: CompileRecord, stage: str = "input", path: Optional[str] = None) -> str:
+    """SVG of the graph after pass ``stage``, drawn by Graphviz's ``dot`` program (a
+    :class:`~kitsune_backend.dot.GraphvizNotFoundError` when it is not installed).
+    Returns the SVG text and, given ``path``, also writes it there."""
+    svg = dot.to_svg(graph_dot(record, stage))
+    if path is not None:
+        with open(path, "w") as f:
+            f.write(svg)
+    return svg
 
 
 def _explain_record(record: CompileRecord) -> list[str]:
@@ -40,8 +99,10 @@ def _explain_record(record: CompileRecord) -> list[str]:
     if record.fallback_reason:
         lines.append(f"    FELL BACK to the ATen graph: {record.fallback_reason}")
     for p in record.passes:
+        where = p.name if p.name == p.stage else f"{p.stage}/{p.name}"
+        changed = "changed" if p.changed else "       "
         notes = "; ".join(p.notes)
-        lines.append(f"    {p.name:<14} {p.seconds * 1e3:7.2f} ms  {notes}")
+        lines.append(f"    {where:<28} {p.seconds * 1e3:8.2f} ms  {changed}  {notes}".rstrip())
     for decline in record.declines:
         lines.append(f"    no: {decline}")
     return lines

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import Optional
 
+import torch
 import torch.fx as fx
 
 from .errors import KitsunePluginError
@@ -20,7 +21,7 @@ from .passes.cleanup import cleanup
 from .passes.fusion import fuse
 from .passes.memory_plan import plan_memory
 from .passes.streams import assign_streams
-from .plugins import REGISTRY
+from .plugins import REGISTRY, STAGES
 from .record import CompileRecord, PassRecord, snapshot
 
 
@@ -79,8 +80,9 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) ->
         if stage.fn is not None:
             _run_one(gm, ctx, record, stage.name, stage.name, stage.fn, placeholders)
             continue
-        for broken in REGISTRY.broken():
-            _report_plugin_failure(ctx, record, stage.name, broken.name, broken.error)
+        if stage.name == STAGES[0]:  # once per graph, at the first plugin slot
+            for broken in REGISTRY.broken():
+                _report_plugin_failure(ctx, record, stage.name, broken.name, broken.error)
         for plugin in REGISTRY.passes_for(stage.name):
             # A plugin works on a copy, so one that fails half-way leaves no trace.
             work = copy_graph_module(gm)
@@ -91,8 +93,7 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) ->
                     ctx, record, stage.name, plugin.name, f"{type(exc).__name__}: {exc}"
                 )
             else:
-                gm.graph = work.graph
-                gm.recompile()
+                _adopt(gm, work)
 
 
 def _run_one(
@@ -125,6 +126,24 @@ def _run_one(
             nodes=nodes,
         )
     )
+
+
+def _adopt(gm: fx.GraphModule, work: fx.GraphModule) -> None:
+    """Give ``gm`` the graph a plugin left in ``work``, with any attributes or submodules
+    the plugin added there (its ``get_attr``/``call_module`` targets)."""
+    for node in work.graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        *path, leaf = node.target.split(".")
+        source, dest = work, gm
+        for part in path:
+            source = getattr(source, part)
+            if not hasattr(dest, part):
+                dest.add_module(part, torch.nn.Module())
+            dest = getattr(dest, part)
+        setattr(dest, leaf, getattr(source, leaf))
+    gm.graph = work.graph
+    gm.recompile()
 
 
 def _report_plugin_failure(

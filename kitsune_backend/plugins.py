@@ -13,9 +13,11 @@ Two ways in, one registry:
   ``kitsune_stage`` / ``kitsune_order`` attributes) or a :class:`PluginPass`.
 
 Passes in a stage run by ``order``, then by name. Names are unique across both ways in: a
-duplicate is refused with :class:`~kitsune_backend.errors.KitsunePluginError`. An entry point
-that fails to load is remembered with its error and reported by every compile (a decline,
-or an exception under ``strict=True``).
+duplicate is refused with :class:`~kitsune_backend.errors.KitsunePluginError` (from
+:func:`register_pass` at once; an entry point whose name is taken is reported as broken).
+Entry points are imported once per process, at the first compile or registration. One that
+fails to load is remembered with its error and reported by every compile (a decline, or an
+exception under ``strict=True``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,13 @@ class PassRegistry:
         self._entry_points_loaded = False
 
     def register(self, plugin: PluginPass) -> PluginPass:
-        """Add ``plugin``; refuse an unknown stage or a name already taken."""
+        """Add ``plugin``; refuse a bad name, stage or order, or a name already taken."""
+        if not isinstance(plugin.name, str) or not plugin.name:
+            raise KitsunePluginError(f"a pass name must be a non-empty string, got {plugin.name!r}")
+        if not isinstance(plugin.order, int) or isinstance(plugin.order, bool):
+            raise KitsunePluginError(
+                f"pass {plugin.name!r}: order must be an int, got {plugin.order!r}"
+            )
         if plugin.stage not in STAGES:
             raise KitsunePluginError(
                 f"pass {plugin.name!r}: unknown stage {plugin.stage!r}; stages are {STAGES}"
@@ -76,6 +84,8 @@ class PassRegistry:
 
     def unregister(self, name: str) -> None:
         """Remove the pass called ``name`` (a ``KeyError`` if there is none)."""
+        if name not in self._passes:
+            raise KeyError(f"no pass named {name!r} is registered; passes: {sorted(self._passes)}")
         del self._passes[name]
 
     def load_entry_points(self) -> None:
@@ -133,10 +143,12 @@ def register_pass(
     ``stage`` is ``"pre_fusion"`` (plain ATen with metadata) or ``"post_fusion"`` (fused
     kernels are single nodes). ``name`` defaults to the function's name and must be unique.
     Lower ``order`` runs first. Returns the registration; :func:`unregister_pass` undoes it.
+    Installed entry points are loaded first, so a name one of them holds is refused here.
     """
-    return REGISTRY.register(
-        PluginPass(name=name or fn.__name__, fn=fn, stage=stage, order=order)
-    )
+    REGISTRY.load_entry_points()
+    if name is None:
+        name = getattr(fn, "__name__", "")
+    return REGISTRY.register(PluginPass(name=name, fn=fn, stage=stage, order=order))
 
 
 def unregister_pass(name: str) -> None:

@@ -35,6 +35,13 @@ class NodeSnapshot:
     shape: Optional[tuple[Any, ...]]
     dtype: Optional[str]
     extra: dict[str, Any]
+    stride: Optional[tuple[Any, ...]] = None
+    """The strides of a tensor value (``None`` for anything else)."""
+    device: Optional[str] = None
+    """The device of a tensor value, as a string (``"cpu"``, ``"cuda:0"``)."""
+    value: Any = None
+    """A plain number the node produces (an ``int``/``float``/``bool``; for a symbolic size
+    its current hint), else ``None``: what a repro feeds a scalar input."""
 
 
 @dataclasses.dataclass
@@ -142,6 +149,17 @@ def _shape_and_dtype(value: Any) -> tuple[Optional[tuple[Any, ...]], Optional[st
     return None, None
 
 
+def _layout_and_value(value: Any) -> tuple[Optional[tuple[Any, ...]], Optional[str], Any]:
+    if isinstance(value, torch.Tensor):
+        stride = tuple(value.stride()) if value.layout == torch.strided else None
+        return stride, str(value.device), None
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return None, None, getattr(value.node, "hint", None)
+    if isinstance(value, (bool, int, float)):
+        return None, None, value
+    return None, None, None
+
+
 def snapshot(gm: fx.GraphModule) -> tuple[str, list[NodeSnapshot]]:
     """The readable code and node snapshots of ``gm`` as it stands now."""
     from .graph_utils import launches_kernel
@@ -151,6 +169,7 @@ def snapshot(gm: fx.GraphModule) -> tuple[str, list[NodeSnapshot]]:
         shape, dtype = _shape_and_dtype(node.meta.get("val"))
         extra = {key: node.meta[key] for key in META_KEYS if key in node.meta}
         extra["launches"] = launches_kernel(node)
+        stride, device, plain = _layout_and_value(node.meta.get("val"))
         nodes.append(
             NodeSnapshot(
                 name=node.name,
@@ -160,6 +179,9 @@ def snapshot(gm: fx.GraphModule) -> tuple[str, list[NodeSnapshot]]:
                 shape=shape,
                 dtype=dtype,
                 extra=extra,
+                stride=stride,
+                device=device,
+                value=plain,
             )
         )
     code = gm.print_readable(print_output=False, include_stride=True, include_device=True)
