@@ -14,7 +14,7 @@ from .config import Config
 from .debug_dump import dump_record
 from .errors import KitsuneConfigError, KitsuneError
 from .graph_utils import copy_graph_module
-from .passes.base import PassContext
+from .passes.base import Decline, PassContext
 from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
 from .runtime import build_runtime
@@ -44,6 +44,28 @@ def static_input_indices(kind: str) -> tuple[int, ...]:
     return tuple(getattr(metadata, "static_input_indices", ()) or ())
 
 
+def _optimize(
+    gm: fx.GraphModule, ctx: PassContext, record: CompileRecord, original: fx.GraphModule
+) -> Callable:
+    """Pipeline then runtime; on failure the original graph (unless strict, then raise)."""
+    try:
+        run_pipeline(gm, ctx, record)
+        record.kernels = list(ctx.kernels)
+        return build_runtime(gm, ctx, record)
+    except KitsuneConfigError:
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        record.fallback_traceback = traceback.format_exc()
+        if ctx.config.strict:
+            record.other_declines.append(Decline("compile", f"failed, raised (strict): {reason}"))
+            if isinstance(exc, KitsuneError):
+                raise
+            raise KitsuneError(f"{record.name}: compile failed: {exc}") from exc
+        record.fallback_reason = reason
+        return FallbackRunner(original, reason)
+
+
 def compile_graph(
     gm: fx.GraphModule,
     example_inputs: Sequence[Any],
@@ -69,20 +91,9 @@ def compile_graph(
         static_input_indices=static_input_indices(kind),
     )
     try:
-        run_pipeline(gm, ctx, record)
-        record.kernels = list(ctx.kernels)
-        runner: Callable = build_runtime(gm, ctx, record)
-    except KitsuneConfigError:
-        raise
-    except Exception as exc:
-        if config.strict:
-            if isinstance(exc, KitsuneError):
-                raise
-            raise KitsuneError(f"{record.name}: compile failed: {exc}") from exc
-        record.fallback_reason = f"{type(exc).__name__}: {exc}"
-        record.fallback_traceback = traceback.format_exc()
-        runner = FallbackRunner(original, record.fallback_reason)
-    record.compile_seconds = time.perf_counter() - start
-    if config.debug_dir:
-        dump_record(record, original, example_inputs, config.debug_dir)
+        runner = _optimize(gm, ctx, record, original)
+    finally:
+        record.compile_seconds = time.perf_counter() - start
+        if config.debug_dir:  # also when strict raised: the dump shows how far it got
+            dump_record(record, original, example_inputs, config.debug_dir)
     return make_boxed_func(runner)

@@ -17,7 +17,7 @@ from kitsune_backend import compiler
 from kitsune_backend.models import MLP, RunningStats
 from kitsune_backend.repro import InputSpec
 
-from helpers import assert_close
+from tests.helpers import assert_close
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 aten = torch.ops.aten

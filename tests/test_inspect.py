@@ -12,7 +12,7 @@ from kitsune_backend import dot, inspect
 from kitsune_backend.models import MLP
 from kitsune_backend.record import NodeSnapshot
 
-from helpers import assert_close
+from tests.helpers import assert_close
 
 STAGES = ["cleanup", "fusion", "streams", "memory_plan"]
 

@@ -13,7 +13,7 @@ from kitsune_backend import KitsunePluginError, PassResult, PluginPass
 from kitsune_backend.models import MLP
 from kitsune_backend.plugins import PassRegistry
 
-from helpers import assert_close
+from tests.helpers import assert_close
 
 aten = torch.ops.aten
 

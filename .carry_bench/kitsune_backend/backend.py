@@ -1,0 +1,49 @@
+"""The Dynamo entry point: ``torch.compile(model, backend="kitsune")`` calls :func:`kitsune`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch.fx as fx
+from torch._dynamo.backends.common import aot_autograd
+
+from .compiler import compile_graph
+from .config import Config, resolve
+from .decompositions import decomposition_table
+from .session import CompileSession, new_session
+
+
+def kitsune(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    mode: Optional[str] = None,
+    options: Optional[Mapping[str, Any]] = None,
+) -> Callable:
+    """Compile a Dynamo FX graph with kitsune; returns the callable Dynamo will run.
+
+    ``mode`` and ``options`` are what ``torch.compile(..., mode=..., options={...})`` passes
+    on: modes are ``None``/``"default"``, ``"reduce-overhead"``, ``"max-autotune"`` and
+    ``"max-autotune-no-cudagraphs"``; options are the fields of
+    :class:`kitsune_backend.config.Config`. Anything else is a ``ValueError`` listing the
+    valid choices. AOTAutograd traces forward and backward into functionalized ATen
+    graphs, and each is compiled by :func:`kitsune_backend.compiler.compile_graph`.
+    """
+    config = resolve(mode, options)
+    session = new_session(config, mode)
+    backend = aot_autograd(
+        fw_compiler=_compiler(config, "forward", session),
+        bw_compiler=_compiler(config, "backward", session),
+        inference_compiler=_compiler(config, "inference", session),
+        decompositions=decomposition_table(),
+        keep_inference_input_mutations=True,
+    )
+    return backend(gm, example_inputs)
+
+
+def _compiler(config: Config, kind: str, session: CompileSession) -> Callable:
+    def compile_aot_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        return compile_graph(gm, example_inputs, config, kind, session)
+
+    compile_aot_graph.__name__ = f"kitsune_{kind}_compiler"
+    return compile_aot_graph

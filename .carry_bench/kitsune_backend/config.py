@@ -1,0 +1,199 @@
+"""One typed, frozen configuration for a kitsune compile.
+
+Where a setting comes from, lowest precedence first:
+
+1. the defaults below,
+2. ``KITSUNE_<FIELD>`` environment variables (``KITSUNE_FUSION=0``, ``KITSUNE_NUM_STREAMS=8``),
+3. :func:`patch` context managers (innermost wins),
+4. ``torch.compile(..., mode=..., options={...})``.
+
+Every source is validated the same way: an unknown name or a value of the wrong type is a
+:class:`KitsuneConfigError` (a ``ValueError``) that lists what is valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from typing import Any, Iterator, Mapping
+
+from .errors import KitsuneConfigError
+
+ENV_PREFIX = "KITSUNE_"
+
+# mode -> the settings it implies. ``None`` and "default" change nothing.
+MODES: dict[str | None, dict[str, Any]] = {
+    None: {},
+    "default": {},
+    "reduce-overhead": {"cuda_graphs": True},
+    "max-autotune": {"autotune": True, "cuda_graphs": True},
+    "max-autotune-no-cudagraphs": {"autotune": True, "cuda_graphs": False},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every knob of a kitsune compile. Instances are immutable; use :meth:`replace`."""
+
+    fusion: bool = True
+    """Group pointwise and reduction ops into generated Triton kernels."""
+    streams: bool = True
+    """Run independent kernels concurrently on several CUDA streams."""
+    num_streams: int = 4
+    """Most streams one compiled graph may use (the caller's stream included)."""
+    cuda_graphs: bool = True
+    """Capture the whole schedule into one CUDA graph and replay it."""
+    memory_pool: bool = True
+    """Place intermediates in one pre-planned arena per compiled graph."""
+    autotune: bool = False
+    """Benchmark a few launch configurations per kernel on the device (``max-autotune``)."""
+    kernel_cache_dir: str = ""
+    """Where compiled kernels are cached on disk; empty means ``~/.cache/kitsune_backend``."""
+    debug_dir: str = ""
+    """Dump every stage of every compiled graph under this folder (empty: no dump)."""
+    debug: bool = False
+    """Check the IR invariants after every pass."""
+    strict: bool = False
+    """Raise on any internal failure instead of falling back to the ATen graph."""
+    stream_debug_delays: bool = False
+    """Inject random sleeps at the start of each stream's work (finds missing events)."""
+
+    def replace(self, **changes: Any) -> "Config":
+        """Return a copy with ``changes`` applied, validated like any other source."""
+        _check_names(changes, source="config")
+        merged = {**dataclasses.asdict(self), **changes}
+        return _build(merged, source="config")
+
+    @property
+    def cache_dir(self) -> str:
+        """The kernel cache folder actually used."""
+        return self.kernel_cache_dir or os.path.join(
+            os.path.expanduser("~"), ".cache", "kitsune_backend"
+        )
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+
+_patches: contextvars.ContextVar[tuple[Mapping[str, Any], ...]] = contextvars.ContextVar(
+    "kitsune_config_patches", default=()
+)
+
+
+def valid_names() -> str:
+    """The valid option names, as one comma-separated string for error messages."""
+    return ", ".join(sorted(FIELDS))
+
+
+def _check_names(values: Mapping[str, Any], source: str) -> None:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise KitsuneConfigError(
+            f"unknown kitsune {source} option(s) {unknown}; valid options are: {valid_names()}"
+        )
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check one value against its field's type; strings (from the environment) are parsed."""
+    kind = type(FIELDS[name].default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+    raise KitsuneConfigError(
+        f"kitsune {source} option {name!r} must be a {kind.__name__}, got {value!r}"
+    )
+
+
+def _build(values: Mapping[str, Any], source: str) -> Config:
+    coerced = {name: _coerce(name, value, source) for name, value in values.items()}
+    if coerced.get("num_streams", 1) < 1:
+        raise KitsuneConfigError(
+            f"kitsune option 'num_streams' must be at least 1, got {coerced['num_streams']}"
+        )
+    return Config(**coerced)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings named by ``KITSUNE_*`` variables; an unknown ``KITSUNE_*`` is an error.
+
+    Variables listed in ``_NOT_CONFIG`` carry the prefix but are read elsewhere.
+    """
+    environ = os.environ if environ is None else environ
+    found = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in _NOT_CONFIG:
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in FIELDS:
+            raise KitsuneConfigError(
+                f"unknown environment variable {key}; valid ones are "
+                + ", ".join(ENV_PREFIX + n.upper() for n in sorted(FIELDS))
+            )
+        found[name] = _coerce(name, value, source="environment")
+    return found
+
+
+# Environment variables with the prefix that are read elsewhere, not config fields.
+_NOT_CONFIG = frozenset({"KITSUNE_TEST_GPU"})
+
+
+@contextlib.contextmanager
+def patch(**changes: Any) -> Iterator[None]:
+    """Override settings for compiles started inside the ``with`` block.
+
+    >>> with kitsune_backend.config.patch(num_streams=1, cuda_graphs=False):
+    ...     compiled = torch.compile(model, backend="kitsune")
+    ...     compiled(x)   # compiled here, so one stream and no CUDA graph
+    """
+    _check_names(changes, source="patch")
+    for name, value in changes.items():
+        _coerce(name, value, source="patch")
+    token = _patches.set(_patches.get() + (dict(changes),))
+    try:
+        yield
+    finally:
+        _patches.reset(token)
+
+
+def resolve(mode: str | None = None, options: Mapping[str, Any] | None = None) -> Config:
+    """The config for one compile: defaults, then environment, patches, mode, options."""
+    if mode not in MODES:
+        raise KitsuneConfigError(
+            f"unknown kitsune mode {mode!r}; valid modes are: "
+            + ", ".join(repr(m) for m in MODES)
+        )
+    options = dict(options or {})
+    _check_names(options, source="compile")
+    conflicts = {
+        k for k, v in MODES[mode].items() if k in options and _coerce(k, options[k], "compile") != v
+    }
+    if conflicts:
+        raise KitsuneConfigError(
+            f"kitsune mode {mode!r} sets {sorted(conflicts)} but options say otherwise; "
+            "drop the mode or the option"
+        )
+    if options.get("streams") is False and options.get("num_streams", 1) > 1:
+        raise KitsuneConfigError(
+            "conflicting kitsune options: streams=False with num_streams="
+            f"{options['num_streams']}; set one of them"
+        )
+    values: dict[str, Any] = {}
+    values.update(from_env())
+    for layer in _patches.get():
+        values.update(layer)
+    values.update(MODES[mode])
+    values.update(options)
+    return _build(values, source="compile")

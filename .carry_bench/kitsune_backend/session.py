@@ -1,0 +1,68 @@
+"""Compile sessions: one per graph Dynamo hands kitsune, holding its forward/backward records.
+
+The history of sessions is explicit and bounded (the last ``HISTORY_LIMIT``), read through
+:mod:`kitsune_backend.inspect` and emptied by :func:`clear_history`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+from typing import Any
+
+from .config import Config
+from .record import CompileRecord
+
+HISTORY_LIMIT = 64
+
+_session_ids = itertools.count()
+HISTORY: collections.deque["CompileSession"] = collections.deque(maxlen=HISTORY_LIMIT)
+
+
+@dataclasses.dataclass
+class CompileSession:
+    """One Dynamo graph compiled by kitsune: its config and a record per AOT graph."""
+
+    id: int
+    config: Config
+    mode: Any = None
+    records: list[CompileRecord] = dataclasses.field(default_factory=list)
+
+    def next_name(self, kind: str) -> str:
+        """A name for the next graph of ``kind``: ``forward``, ``backward``, ``inference``."""
+        count = sum(1 for r in self.records if r.name.startswith(kind))
+        suffix = f"_{count}" if count else ""
+        return f"{kind}{suffix}"
+
+    def get(self, name: str) -> CompileRecord:
+        """The record called ``name`` (``forward``, ``backward``, ``inference``, ...)."""
+        for record in self.records:
+            if record.name == name:
+                return record
+        raise KeyError(f"no graph named {name!r}; graphs: {[r.name for r in self.records]}")
+
+    @property
+    def forward(self) -> CompileRecord:
+        """The forward (training) or inference graph's record."""
+        for record in self.records:
+            if record.name.startswith(("forward", "inference")):
+                return record
+        raise KeyError("no forward or inference graph was compiled")
+
+    @property
+    def backward(self) -> CompileRecord:
+        """The backward graph's record (compiled at the first backward call)."""
+        return self.get("backward")
+
+
+def new_session(config: Config, mode: Any = None) -> CompileSession:
+    """Start and remember a session for one Dynamo graph."""
+    session = CompileSession(id=next(_session_ids), config=config, mode=mode)
+    HISTORY.append(session)
+    return session
+
+
+def clear_history() -> None:
+    """Forget every recorded compile."""
+    HISTORY.clear()

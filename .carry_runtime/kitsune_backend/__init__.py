@@ -1,0 +1,43 @@
+"""kitsune_backend: a ``torch.compile`` backend with fusion, multi-stream schedules and
+whole-graph CUDA graphs.
+
+Use it with ``torch.compile(model, backend="kitsune")``; no import is needed once the package
+is installed (Dynamo finds it through the ``torch_dynamo_backends`` entry point).
+"""
+
+from . import config
+from .backend import kitsune
+from .config import Config
+from .errors import (
+    KitsuneConfigError,
+    KitsuneError,
+    KitsuneInvariantError,
+    KitsunePluginError,
+    KitsuneUnsupportedError,
+)
+from .inspect import clear_history, explain, history, last_compile
+from .passes.base import Decline, PassContext, PassResult
+from .plugins import PluginPass, register_pass, unregister_pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "Decline",
+    "KitsuneConfigError",
+    "KitsuneError",
+    "KitsuneInvariantError",
+    "KitsunePluginError",
+    "KitsuneUnsupportedError",
+    "PassContext",
+    "PassResult",
+    "PluginPass",
+    "clear_history",
+    "config",
+    "explain",
+    "history",
+    "kitsune",
+    "last_compile",
+    "register_pass",
+    "unregister_pass",
+]

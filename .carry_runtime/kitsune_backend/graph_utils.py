@@ -1,0 +1,84 @@
+"""Small facts about FX nodes and graphs that several passes need."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Iterator
+
+import torch
+import torch.fx as fx
+
+
+def op_overload(node: fx.Node) -> torch._ops.OpOverload | None:
+    """The ATen overload a node calls, or ``None`` when it calls something else."""
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        return node.target
+    return None
+
+
+def is_view(node: fx.Node) -> bool:
+    """True when the node returns an alias of an input (a view), which launches nothing."""
+    overload = op_overload(node)
+    if overload is None:
+        return False
+    returns = overload._schema.returns
+    return bool(returns) and all(
+        r.alias_info is not None and not r.alias_info.is_write for r in returns
+    )
+
+
+def is_mutating(node: fx.Node) -> bool:
+    """True when the node writes into one of its arguments (``copy_``, ``add_``, ...)."""
+    overload = op_overload(node)
+    if overload is None:
+        return False
+    return any(a.alias_info is not None and a.alias_info.is_write for a in overload._schema.arguments)
+
+
+def launches_kernel(node: fx.Node) -> bool:
+    """True when running the node does device work: not a view, a getitem or shape math."""
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem or is_view(node):
+        return False
+    if not isinstance(node.meta.get("val"), (torch.Tensor, list, tuple)):
+        return False  # shape arithmetic on SymInts, asserts, ...
+    return True
+
+
+def tensor_value(node: fx.Node) -> torch.Tensor | None:
+    """The (fake) tensor a node produces, when it produces exactly one tensor."""
+    value = node.meta.get("val")
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def has_symbolic_shapes(gm: fx.GraphModule) -> bool:
+    """True when any node's shape depends on a symbolic size (dynamic shapes)."""
+    for node in gm.graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, torch.SymInt):
+            return True
+        if isinstance(value, torch.Tensor) and any(
+            isinstance(s, torch.SymInt) for s in (*value.shape, *value.stride())
+        ):
+            return True
+    return False
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` with its own graph (node metadata is copied shallowly)."""
+    graph = fx.Graph()
+    graph._codegen = gm.graph._codegen
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    copied = fx.GraphModule(gm, graph)
+    return copied
+
+
+def iter_tensors(values: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (possibly nested) list/tuple of values."""
+    if isinstance(values, torch.Tensor):
+        yield values
+    elif isinstance(values, (list, tuple)):
+        for value in values:
+            yield from iter_tensors(value)

@@ -1,0 +1,166 @@
+"""The compile record: what every stage of one compiled graph produced, kept for inspection.
+
+Users (through :mod:`kitsune_backend.inspect`), the debug dump and the tests all read
+these same objects. A record holds snapshots, not live graphs: a snapshot is the readable
+code of the graph plus one :class:`NodeSnapshot` per node, cheap to keep and enough to draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+from .passes.base import Decline
+
+# node.meta keys that passes set and snapshots keep (the pass that sets each is beside it).
+META_KEYS = (
+    "kitsune_region",  # fusion: name of the fused kernel
+    "kitsune_stream",  # streams: stream index, 0 = caller's stream
+    "kitsune_wait",  # streams: events (producer node names) waited for before the node
+    "kitsune_offset",  # memory_plan: byte offset of the node's output in the arena
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSnapshot:
+    """One FX node as it stood after a pass: enough to print, diff and draw the graph."""
+
+    name: str
+    op: str
+    target: str
+    inputs: tuple[str, ...]
+    shape: Optional[tuple[Any, ...]]
+    dtype: Optional[str]
+    extra: dict[str, Any]
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """One pass run: where and how long, what it said, and the graph after it."""
+
+    stage: str
+    name: str
+    seconds: float
+    changed: bool
+    notes: list[str]
+    declines: list[Decline]
+    stats: dict[str, Any]
+    graph_code: str
+    nodes: list[NodeSnapshot]
+    error: str = ""
+
+
+@dataclasses.dataclass
+class KernelRecord:
+    """A generated kernel: its name, the FX nodes it came from, and its source."""
+
+    name: str
+    nodes: list[str]
+    source: str
+
+
+@dataclasses.dataclass
+class CompileRecord:
+    """Everything kitsune did to one graph (a forward, a backward, or an inference graph)."""
+
+    name: str
+    config: Any
+    input_code: str = ""
+    input_nodes: list[NodeSnapshot] = dataclasses.field(default_factory=list)
+    passes: list[PassRecord] = dataclasses.field(default_factory=list)
+    kernels: list[KernelRecord] = dataclasses.field(default_factory=list)
+    other_declines: list[Decline] = dataclasses.field(default_factory=list)  # plugins, runtime
+    runtime_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fallback_reason: str = ""
+    fallback_traceback: str = ""
+    compile_seconds: float = 0.0
+    repro_source: str = ""
+
+    @property
+    def declines(self) -> list[Decline]:
+        """Every "no": from the passes, then from plugins and the runtime."""
+        found = [d for p in self.passes for d in p.declines]
+        return found + list(self.other_declines)
+
+    @property
+    def stages(self) -> list[str]:
+        """The names of the passes that ran, in order (plugin passes by their own name)."""
+        return [p.name for p in self.passes]
+
+    def graph_after(self, pass_name: str) -> str:
+        """The readable code of the graph after the named pass (``"input"`` for before all)."""
+        if pass_name == "input":
+            return self.input_code
+        for p in self.passes:
+            if p.name == pass_name:
+                return p.graph_code
+        raise KeyError(f"no pass named {pass_name!r} ran; passes: {self.stages}")
+
+    def nodes_after(self, pass_name: str) -> list[NodeSnapshot]:
+        """The node snapshots after the named pass (``"input"`` for before all)."""
+        if pass_name == "input":
+            return self.input_nodes
+        for p in self.passes:
+            if p.name == pass_name:
+                return p.nodes
+        raise KeyError(f"no pass named {pass_name!r} ran; passes: {self.stages}")
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Summary numbers: nodes in and out, kernels, regions, streams, bytes planned."""
+        merged: dict[str, Any] = {}
+        for p in self.passes:
+            merged.update(p.stats)
+        final = self.passes[-1].nodes if self.passes else self.input_nodes
+        merged["nodes_in"] = len(self.input_nodes)
+        merged["nodes_out"] = len(final)
+        merged.setdefault("kernels", sum(1 for n in final if n.extra.get("launches")))
+        merged.setdefault("fused_regions", len(self.kernels))
+        merged.setdefault("streams_used", 1)
+        merged.setdefault("bytes_planned", 0)
+        merged["fallback"] = bool(self.fallback_reason)
+        merged["compile_seconds"] = round(self.compile_seconds, 4)
+        merged.update(self.runtime_info)
+        return merged
+
+
+def _describe_target(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, str):
+        return target
+    return getattr(target, "__name__", None) or str(target)
+
+
+def _shape_and_dtype(value: Any) -> tuple[Optional[tuple[Any, ...]], Optional[str]]:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape), str(value.dtype).replace("torch.", "")
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return tuple(tuple(v.shape) for v in value if isinstance(v, torch.Tensor)), "tuple"
+    return None, None
+
+
+def snapshot(gm: fx.GraphModule) -> tuple[str, list[NodeSnapshot]]:
+    """The readable code and node snapshots of ``gm`` as it stands now."""
+    from .graph_utils import launches_kernel
+
+    nodes = []
+    for node in gm.graph.nodes:
+        shape, dtype = _shape_and_dtype(node.meta.get("val"))
+        extra = {key: node.meta[key] for key in META_KEYS if key in node.meta}
+        extra["launches"] = launches_kernel(node)
+        nodes.append(
+            NodeSnapshot(
+                name=node.name,
+                op=node.op,
+                target=_describe_target(node),
+                inputs=tuple(n.name for n in node.all_input_nodes),
+                shape=shape,
+                dtype=dtype,
+                extra=extra,
+            )
+        )
+    code = gm.print_readable(print_output=False, include_stride=True, include_device=True)
+    return code, nodes
