@@ -43,7 +43,7 @@ def is_scheduled(node: fx.Node) -> bool:
     return any(isinstance(n.meta.get("val"), torch.Tensor) for n in node.all_input_nodes)
 
 
-def _base(node: fx.Node) -> fx.Node:
+def alias_base(node: fx.Node) -> fx.Node:
     """The node whose memory ``node`` aliases (through views and getitem)."""
     while (is_view(node) or node.target is operator.getitem) and node.args:
         first = node.args[0]
@@ -70,7 +70,7 @@ def kernel_dag(gm: fx.GraphModule) -> tuple[nx.DiGraph, list[fx.Node]]:
     readers: dict[fx.Node, list[fx.Node]] = {}
     writers: dict[fx.Node, list[fx.Node]] = {}
     for node in order:
-        bases = {_base(i) for i in node.all_input_nodes}
+        bases = {alias_base(i) for i in node.all_input_nodes}
         for base in bases:
             for w in writers.get(base, []):
                 dag.add_edge(w, node)

@@ -29,6 +29,7 @@ import torch.fx as fx
 
 from ..graph_utils import has_symbolic_shapes, iter_tensors, op_overload
 from ..passes.base import Decline
+from ..passes.streams import alias_base
 from ..record import CompileRecord
 
 aten = torch.ops.aten
@@ -49,19 +50,16 @@ def capture_decline(gm: fx.GraphModule, example_inputs: Sequence[Any], static: S
     """Why ``gm`` cannot be captured ("" when it can)."""
     if not any(isinstance(x, torch.Tensor) and x.is_cuda for x in example_inputs):
         return "CPU tensors: CUDA graphs need CUDA inputs"
-    if has_symbolic_shapes(gm):
-        return "symbolic shapes: a CUDA graph fixes every shape"
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, example_inputs):
         if not isinstance(value, torch.Tensor):
             return f"non-tensor input {node.name} ({type(value).__name__})"
     for node in gm.graph.nodes:
-        for t in iter_tensors(node.meta.get("val")):
-            if t.device.type != "cuda":
-                return f"node {node.name} makes a {t.device.type} tensor"
         overload = op_overload(node)
         if overload is not None and overload.overloadpacket.__name__ in HOST_SYNC:
             return f"node {node.name} ({overload}) synchronizes with the host"
+    if has_symbolic_shapes(gm):
+        return "symbolic shapes: a CUDA graph fixes every shape"
     index = {n: i for i, n in enumerate(placeholders)}
     for node in gm.graph.nodes:
         overload = op_overload(node)
@@ -69,12 +67,19 @@ def capture_decline(gm: fx.GraphModule, example_inputs: Sequence[Any], static: S
             continue
         for arg, value in zip(overload._schema.arguments, node.args):
             written = arg.alias_info is not None and arg.alias_info.is_write
-            if written and isinstance(value, fx.Node) and value in index:
+            if not (written and isinstance(value, fx.Node)):
+                continue
+            value = alias_base(value)
+            if value in index:
                 if index[value] not in static:
                     return (
                         f"node {node.name} writes into input {value.name}, which is not a "
                         "parameter or buffer: a replay would write into a copy"
                     )
+    for node in gm.graph.nodes:
+        for t in iter_tensors(node.meta.get("val")):
+            if t.device.type != "cuda":
+                return f"node {node.name} makes a {t.device.type} tensor"
     return ""
 
 

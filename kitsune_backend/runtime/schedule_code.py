@@ -145,7 +145,7 @@ def instrument(gm: fx.GraphModule, plan: StreamPlan, ops: StreamOps) -> fx.Graph
     nodes = list(graph.nodes)
     first = next(n for n in nodes if n.op != "placeholder")
     with graph.inserting_before(first):
-        graph.call_function(_named(ops.fork, "fork"))
+        graph.call_function(_named(lambda: ops.fork(), "fork"))
     switches = {s: ops.switch(s) for s in range(plan.num_streams)}
     current = 0
     for node in nodes:
@@ -164,7 +164,7 @@ def instrument(gm: fx.GraphModule, plan: StreamPlan, ops: StreamOps) -> fx.Graph
                 graph.call_function(ops.record(original))
     output = next(n for n in reversed(nodes) if n.op == "output")
     with graph.inserting_before(output):
-        graph.call_function(_named(ops.join, "join"))
+        graph.call_function(_named(lambda: ops.join(), "join"))
         held = tuple(n for n in nodes if n.name in keep)
         graph.call_function(_named(keep_alive, "keep_alive"), held)
     out.recompile()
