@@ -6,8 +6,8 @@ import torch
 from kitsune_backend.passes.memory_plan import find_buffers, plan_memory
 from kitsune_backend.passes.streams import assign_streams
 from kitsune_backend.runtime import arena
-from test_streams import branchy_graph, context, trace
-from test_streams_algo import order_graph
+from tests.test_streams import branchy_graph, context, trace
+from tests.test_streams_algo import order_graph
 
 
 def planned(gm, ctx):

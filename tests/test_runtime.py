@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kitsune_backend
-from helpers import assert_close, random_like_model_input
+from tests.helpers import assert_close, random_like_model_input
 from kitsune_backend.config import Config
 from kitsune_backend.models import BranchyHeads, MLP, RunningStats
 from kitsune_backend.passes.streams import assign_streams
@@ -15,7 +15,7 @@ from kitsune_backend.runtime.capture import capture_decline
 from kitsune_backend.runtime.executor import ScheduleRunner
 from kitsune_backend.runtime.schedule_code import cross_stream_values
 from kitsune_backend.runtime.schedule_plot import render_schedule, schedule_layout
-from test_streams import branchy, branchy_graph, context, trace
+from tests.test_streams import branchy, branchy_graph, context, trace
 
 
 class FakeOps:

@@ -176,8 +176,10 @@ class CapturedRunner:
 
     def _slow(self, args: Sequence[Any]) -> Any:
         self.calls += 1
-        if self.disabled or self.calls == 1:
+        if self.disabled:
             return self._uncaptured(args)
+        if self.calls == 1:
+            return self._warm_up(args)
         if any(not inst.statics_match(args) for inst in self.instances):
             self.instances = [i for i in self.instances if i.statics_match(args)]
             self._note("a parameter/buffer input moved: its captured graphs were dropped")
@@ -193,11 +195,20 @@ class CapturedRunner:
             self.disabled = f"capture failed: {type(exc).__name__}: {exc}"
             self.record.other_declines.append(Decline("cuda_graphs", self.disabled))
             self.record.runtime_info["capture"] = "declined: " + self.disabled
-            torch.cuda.synchronize()
             return self._uncaptured(args)
         self.instances.append(inst)
         self.record.runtime_info["cuda_graph_instances"] = len(self.instances)
         return inst.replay(args)
+
+    def _warm_up(self, args: Sequence[Any]) -> Any:
+        """The first call, uncaptured, on the capture stream: libraries set up their
+        per-stream state (cuBLAS workspaces) here rather than inside the capture."""
+        caller = torch.cuda.current_stream()
+        self.stream.wait_stream(caller)
+        with torch.cuda.stream(self.stream):
+            result = self._uncaptured(args)
+        caller.wait_stream(self.stream)
+        return result
 
     def _uncaptured(self, args: Sequence[Any]) -> Any:
         self.uncaptured_calls += 1
