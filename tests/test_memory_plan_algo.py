@@ -34,6 +34,7 @@ def reachable(plan):
 def test_overlapping_ranges_have_ordered_lifetimes(case):
     dag, plan, buffers = case
     clash = arena.conflicts(buffers, plan.happens_before)
+    assert clash == arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
     offsets, size = arena.assign_offsets(buffers, clash)
     assert arena.check_plan(buffers, offsets, reachable(plan)) == []
     assert all(offsets[b.name] % arena.ALIGNMENT == 0 for b in buffers)

@@ -109,7 +109,7 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         return PassResult(declines=[Decline("memory_plan", "no stream plan to order buffers by")])
     buffers = find_buffers(gm)
     plan = state.plan
-    clash = arena.conflicts(buffers, plan.happens_before)
+    clash = arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
     offsets, arena_bytes = arena.assign_offsets(buffers, clash)
     by_name = {n.name: n for n in gm.graph.nodes}
     for node in gm.graph.nodes:

@@ -85,14 +85,14 @@ def kernel_dag(gm: fx.GraphModule) -> tuple[nx.DiGraph, list[fx.Node]]:
     return dag, order
 
 
-def _decline_reason(gm: fx.GraphModule, ctx: PassContext) -> str:
+def _decline_reason(ctx: PassContext, symbolic: bool) -> str:
     if not ctx.config.streams:
         return "streams are off (config streams=False)"
     if ctx.config.num_streams < 2:
         return "num_streams=1: one stream"
     if not ctx.on_cuda:
         return "CPU tensors: streams are a CUDA feature"
-    if has_symbolic_shapes(gm):
+    if symbolic:
         return "symbolic shapes: the cost model needs static shapes"
     return ""
 
@@ -113,9 +113,10 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         e: stream 0, waits for [d]      # one event; the final join has nothing left to do
     """
     dag, order = kernel_dag(gm)
-    cost = {n: node_cost_us(n) if not has_symbolic_shapes(gm) else 1.0 for n in order}
+    symbolic = has_symbolic_shapes(gm)
+    cost = {n: 1.0 if symbolic else node_cost_us(n) for n in order}
     single = chains.single_stream_plan(dag, order)
-    reason = _decline_reason(gm, ctx)
+    reason = _decline_reason(ctx, symbolic)
     plan = single
     stats: dict = {"kernel_nodes": len(order)}
     if not reason:

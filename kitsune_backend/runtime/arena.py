@@ -51,6 +51,39 @@ def conflicts(
     return found
 
 
+def conflicts_from_clocks(
+    buffers: Sequence[Buffer],
+    stream: Mapping[Hashable, int],
+    position: Mapping[Hashable, int],
+    clock: Mapping[Hashable, Sequence[int]],
+) -> dict[Hashable, set[Hashable]]:
+    """Same answer as :func:`conflicts` for a vector-clock happens-before (``x`` before ``y``
+    when ``clock[y][stream[x]] >= position[x]``), in O(buffers^2 x streams)."""
+    width = len(next(iter(clock.values()), ()))
+    reach = []
+    for b in buffers:
+        need = [0] * width
+        for x in (b.producer, *b.users):
+            need[stream[x]] = max(need[stream[x]], position[x])
+        reach.append((need, {b.producer, *b.users}))
+
+    def before(i: int, j: int) -> bool:
+        need, nodes = reach[i]
+        producer = buffers[j].producer
+        if producer in nodes:
+            return False
+        known = clock[producer]
+        return all(n <= k for n, k in zip(need, known))
+
+    found: dict[Hashable, set[Hashable]] = {b.name: set() for b in buffers}
+    for i, a in enumerate(buffers):
+        for j in range(i + 1, len(buffers)):
+            if not (before(i, j) or before(j, i)):
+                found[a.name].add(buffers[j].name)
+                found[buffers[j].name].add(a.name)
+    return found
+
+
 def assign_offsets(
     buffers: Sequence[Buffer],
     clash: Mapping[Hashable, set[Hashable]],
