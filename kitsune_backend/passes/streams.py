@@ -59,18 +59,19 @@ def kernel_dag(gm: fx.GraphModule) -> tuple[nx.DiGraph, list[fx.Node]]:
     order = [n for n in gm.graph.nodes if is_scheduled(n)]
     dag = nx.DiGraph()
     dag.add_nodes_from(order)
+    place = {n: i for i, n in enumerate(gm.graph.nodes)}
     producers: dict[fx.Node, set[fx.Node]] = {}
     for node in gm.graph.nodes:
         found: set[fx.Node] = set()
         for i in node.all_input_nodes:
             found |= {i} if is_scheduled(i) else producers.get(i, set())
         producers[node] = found
-        if is_scheduled(node):
-            dag.add_edges_from((p, node) for p in found)
+        if is_scheduled(node):  # sorted: the plan must not depend on hash order
+            dag.add_edges_from((p, node) for p in sorted(found, key=place.__getitem__))
     readers: dict[fx.Node, list[fx.Node]] = {}
     writers: dict[fx.Node, list[fx.Node]] = {}
     for node in order:
-        bases = {alias_base(i) for i in node.all_input_nodes}
+        bases = dict.fromkeys(alias_base(i) for i in node.all_input_nodes)
         for base in bases:
             for w in writers.get(base, []):
                 dag.add_edge(w, node)

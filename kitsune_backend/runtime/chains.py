@@ -105,7 +105,7 @@ def chain_decomposition(
     left = [("L", v) for v in order]
     bipartite.add_nodes_from(left, bipartite=0)
     bipartite.add_nodes_from((("R", v) for v in order), bipartite=1)
-    for u, v in closure.edges():
+    for u, v in sorted(closure.edges(), key=lambda e: (index[e[0]], index[e[1]])):
         if u in keep_next and keep_next[u] != v:
             continue
         if v in keep_prev and keep_prev[v] != u:
