@@ -7,9 +7,11 @@ Calls go like this:
    memory pool, static input buffers, static outputs) and replays it;
 3. later calls replay an instance whose outputs nobody holds any more.
 
-Inputs: parameters and buffers (``static_input_indices``) are read where they are; other
-inputs are copied into the instance's buffers, skipped when the same tensor object comes
-again with the same version counter (so nothing changed it in place since the last copy).
+Inputs: parameters and buffers (``static_input_indices``) are read where they are, and so
+are inputs that live in another instance's static outputs (the forward activations a
+backward graph reads): an instance is replayed only when those are at the captured address.
+Other inputs are copied into the instance's buffers, skipped when the same tensor object
+comes again with the same version counter (nothing changed it in place since the copy).
 
 Outputs are never overwritten while someone holds them: a replay hands out fresh aliases
 of the static outputs, and an instance is only replayed when the use count of each of its
@@ -22,6 +24,7 @@ RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fre
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Sequence
 
 import torch
@@ -83,15 +86,26 @@ def capture_decline(gm: fx.GraphModule, example_inputs: Sequence[Any], static: S
     return ""
 
 
+# Storage address -> the instance whose static outputs live there. An input found here at
+# capture time (a forward output saved for backward, say) is read in place, not copied.
+_POOL_OUTPUTS: "weakref.WeakValueDictionary[int, _Instance]" = weakref.WeakValueDictionary()
+
+
 class _Instance:
     """One captured graph with its static input buffers and static outputs."""
 
     def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any):
         self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
         dynamic = [i for i in range(len(args)) if i not in set(static)]
+        self.inplace = [
+            (i, args[i].data_ptr())
+            for i in dynamic
+            if args[i].untyped_storage().data_ptr() in _POOL_OUTPUTS
+        ]
+        read_in_place = {i for i, _ in self.inplace}
         self.buffers = [(i, torch.empty_strided(
             args[i].shape, args[i].stride(), dtype=args[i].dtype, device=args[i].device
-        )) for i in dynamic]
+        )) for i in dynamic if i not in read_in_place]
         self.last: dict[int, Any] = {}
         self.versions: dict[int, int] = {}
         captured = list(args)
@@ -106,15 +120,24 @@ class _Instance:
         del result
         self.outputs = outputs
         inputs = {x.untyped_storage()._cdata for x in captured if isinstance(x, torch.Tensor)}
+        del captured
         owned = {}
         for t in outputs:
             if isinstance(t, torch.Tensor):
                 key = t.untyped_storage()._cdata
                 if key not in inputs:
                     owned[key] = 0
+                    _POOL_OUTPUTS[t.untyped_storage().data_ptr()] = self
         for key in owned:
             owned[key] = torch._C._storage_Use_Count(key)
         self.owned = list(owned.items())
+
+    def inputs_match(self, args: Sequence[Any]) -> bool:
+        """True when every input read in place is at the address captured."""
+        for i, ptr in self.inplace:
+            if args[i].data_ptr() != ptr:
+                return False
+        return True
 
     def statics_match(self, args: Sequence[Any]) -> bool:
         """True when every parameter/buffer input is where it was at capture."""
@@ -137,9 +160,10 @@ class _Instance:
         last, versions = self.last, self.versions
         for i, buf in self.buffers:
             x = args[i]
-            if x is not last.get(i) or x._version != versions[i]:
+            ref = last.get(i)  # a weak reference: holding inputs would keep them alive
+            if ref is None or ref() is not x or x._version != versions[i]:
                 buf.copy_(x)
-                last[i] = x
+                last[i] = weakref.ref(x)
                 versions[i] = x._version
         self.graph.replay()
         outs = [o.detach() if isinstance(o, torch.Tensor) else o for o in self.outputs]
@@ -170,7 +194,7 @@ class CapturedRunner:
     def __call__(self, *args: Any) -> Any:
         """Replay a free instance, or take the slow path (warm-up, capture, uncaptured)."""
         for inst in self.instances:
-            if inst.outputs_free() and inst.statics_match(args):
+            if inst.outputs_free() and inst.statics_match(args) and inst.inputs_match(args):
                 return inst.replay(args)
         return self._slow(args)
 
@@ -185,8 +209,8 @@ class CapturedRunner:
             self._note("a parameter/buffer input moved: its captured graphs were dropped")
         if len(self.instances) >= MAX_INSTANCES:
             self._note(
-                f"all {MAX_INSTANCES} captured instances have outputs still referenced: "
-                "this call runs uncaptured"
+                f"none of the {MAX_INSTANCES} captured instances fits (outputs still "
+                "referenced, or inputs read in place have moved): this call runs uncaptured"
             )
             return self._uncaptured(args)
         try:
@@ -197,7 +221,10 @@ class CapturedRunner:
             self.record.runtime_info["capture"] = "declined: " + self.disabled
             return self._uncaptured(args)
         self.instances.append(inst)
-        self.record.runtime_info["cuda_graph_instances"] = len(self.instances)
+        info = self.record.runtime_info
+        info["cuda_graph_instances"] = len(self.instances)
+        info["inputs_read_in_place"] = len(inst.inplace)
+        info["inputs_copied"] = len(inst.buffers)
         return inst.replay(args)
 
     def _warm_up(self, args: Sequence[Any]) -> Any:
