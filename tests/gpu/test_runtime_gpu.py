@@ -18,6 +18,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import kitsune_backend  # noqa: E402
+from kitsune_backend.backend import kitsune  # noqa: E402
 from kitsune_backend.models import MLP, BranchyHeads, SmallCNN  # noqa: E402
 from kitsune_backend.runtime.schedule_plot import render_schedule  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
@@ -25,6 +26,7 @@ from tests.helpers import assert_close  # noqa: E402
 pytestmark = pytest.mark.gpu
 
 DEV = "cuda"
+# the backend by object: the "kitsune" name needs the package installed (entry point)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +75,7 @@ class TwoInceptions(nn.Module):
 def compile_with(model, **options):
     torch._dynamo.reset()
     kitsune_backend.clear_history()
-    return torch.compile(model, backend="kitsune", options=options)
+    return torch.compile(model, backend=kitsune, options=options)
 
 
 def forward_record():
@@ -298,7 +300,7 @@ def replay_host_us(model, x, iters=300):
     capture.CapturedRunner.__call__ = timed
     try:
         torch._dynamo.reset()
-        fn = torch.compile(model, backend="kitsune", options={"num_streams": 8})
+        fn = torch.compile(model, backend=kitsune, options={"num_streams": 8})
         host_us(fn, x, iters)
     finally:
         capture.CapturedRunner.__call__ = original
@@ -336,10 +338,10 @@ def timing_report():
         for label, make in [
             ("eager", lambda: model),
             ("inductor reduce-overhead", lambda: torch.compile(model, mode="reduce-overhead")),
-            ("kitsune 1 stream + graph", lambda: torch.compile(model, backend="kitsune", options={"num_streams": 1})),
-            ("kitsune 8 streams + graph", lambda: torch.compile(model, backend="kitsune", options={"num_streams": 8})),
+            ("kitsune 1 stream + graph", lambda: torch.compile(model, backend=kitsune, options={"num_streams": 1})),
+            ("kitsune 8 streams + graph", lambda: torch.compile(model, backend=kitsune, options={"num_streams": 8})),
             ("dynamo+aot, null graph", lambda: torch.compile(model, backend=null_backend())),
-            ("kitsune 8 streams, no graph", lambda: torch.compile(model, backend="kitsune", options={"num_streams": 8, "cuda_graphs": False})),
+            ("kitsune 8 streams, no graph", lambda: torch.compile(model, backend=kitsune, options={"num_streams": 8, "cuda_graphs": False})),
         ]:
             torch._dynamo.reset()
             fn = make()
