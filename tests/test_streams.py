@@ -95,3 +95,13 @@ def test_views_launch_nothing_and_writes_are_ordered():
     assert dag.has_edge(exp, copy)  # write after read
     assert dag.has_edge(copy, total) or any(dag.has_edge(copy, s) for s in dag.successors(copy))
     assert names
+
+
+def test_plan_is_the_same_for_the_same_graph():
+    plans = []
+    for _ in range(3):
+        gm, inputs = branchy_graph()
+        assign_streams(gm, context(inputs, num_streams=3))
+        plans.append({n.name: (n.meta.get("kitsune_stream"), tuple(n.meta.get("kitsune_wait", ())))
+                      for n in gm.graph.nodes})
+    assert plans[0] == plans[1] == plans[2]

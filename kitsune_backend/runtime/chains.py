@@ -99,20 +99,20 @@ def chain_decomposition(
         return []
     closure = nx.transitive_closure_dag(dag)
     index = {v: i for i, v in enumerate(order)}
-    keep_next = {u: v for u, v in zip(keep, keep[1:])}
+    n = len(order)
+    keep_next = {index[u]: index[v] for u, v in zip(keep, keep[1:])}
     keep_prev = {v: u for u, v in keep_next.items()}
+    # integers, not the nodes: the matching must not depend on hash (memory address) order
     bipartite = nx.Graph()
-    left = [("L", v) for v in order]
-    bipartite.add_nodes_from(left, bipartite=0)
-    bipartite.add_nodes_from((("R", v) for v in order), bipartite=1)
-    for u, v in sorted(closure.edges(), key=lambda e: (index[e[0]], index[e[1]])):
+    bipartite.add_nodes_from(range(2 * n))
+    for u, v in sorted((index[a], index[b]) for a, b in closure.edges()):
         if u in keep_next and keep_next[u] != v:
             continue
         if v in keep_prev and keep_prev[v] != u:
             continue
-        bipartite.add_edge(("L", u), ("R", v))
-    matching = nx.bipartite.hopcroft_karp_matching(bipartite, top_nodes=left)
-    successor = {u: matching[("L", u)][1] for u in order if ("L", u) in matching}
+        bipartite.add_edge(u, n + v)
+    matching = nx.bipartite.hopcroft_karp_matching(bipartite, top_nodes=range(n))
+    successor = {order[u]: order[matching[u] - n] for u in range(n) if u in matching}
     has_pred = set(successor.values())
     chains = []
     for v in order:
