@@ -121,7 +121,7 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     plan = single
     stats: dict = {"kernel_nodes": len(order)}
     if not reason:
-        multi = chains.plan_streams(dag, order, cost, ctx.config.num_streams)
+        multi = chains.plan_streams(dag, order, cost, ctx.config.num_streams, EVENT_US)
         t_single = sum(cost.values())
         t_multi = max(
             max((e for _, e in chains.simulate(multi, dag, cost, EVENT_US).values()), default=0),

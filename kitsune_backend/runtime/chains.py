@@ -9,8 +9,9 @@ The method (Nimble, NeurIPS 2020, plus the critical path on the caller's stream)
 1. the longest path by cost is the critical path; it becomes one chain, on stream 0;
 2. the other nodes are covered by the fewest chains: a maximum matching on the bipartite
    graph of the transitive closure (``u -> v`` reachable: ``u`` may precede ``v`` in a chain);
-3. chains are merged down to ``num_streams`` streams: a chain goes to the stream whose work
-   (by earliest start times) it overlaps least;
+3. chains are merged down to ``num_streams`` streams, several ways (a chain goes to the
+   stream whose work it overlaps least, to the stream that frees up first, or to the stream
+   that gives the shortest simulated schedule); the shortest simulated schedule is kept;
 4. each node waits for a cross-stream producer's event only when the vector clocks say that
    no earlier wait already implies it, so there are never more events than cross-stream
    edges of the transitive reduction.
@@ -105,7 +106,12 @@ def chain_decomposition(
     # integers, not the nodes: the matching must not depend on hash (memory address) order
     bipartite = nx.Graph()
     bipartite.add_nodes_from(range(2 * n))
-    for u, v in sorted((index[a], index[b]) for a, b in closure.edges()):
+    # direct edges first: the matching search tries them first, so chains follow the
+    # graph's own edges where it can (branches stay whole, which merges better)
+    edges = sorted(
+        (index[a], not dag.has_edge(a, b), index[b]) for a, b in closure.edges()
+    )
+    for u, _, v in edges:
         if u in keep_next and keep_next[u] != v:
             continue
         if v in keep_prev and keep_prev[v] != u:
@@ -172,6 +178,74 @@ def merge_chains(
     return stream
 
 
+def merge_chains_first_free(
+    chains: Sequence[Sequence[Node]],
+    times: Mapping[Node, tuple[float, float]],
+    num_streams: int,
+) -> dict[Node, int]:
+    """A stream per node: chain 0 on stream 0, the others in order of earliest start, each on
+    the stream that frees up first (list scheduling of whole chains, Opara-style)."""
+    free = [0.0] * max(1, num_streams)
+    stream: dict[Node, int] = {}
+    if not chains:
+        return stream
+    for v in chains[0]:
+        stream[v] = 0
+    free[0] = times[chains[0][-1]][1]
+    for chain in sorted(chains[1:], key=lambda c: times[c[0]][0]):
+        start = times[chain[0]][0]
+        idle = [s for s in range(len(free)) if free[s] <= start]
+        target = min(idle, key=lambda s: (s == 0, s)) if idle else min(
+            range(len(free)), key=lambda s: (free[s], s)
+        )
+        for v in chain:
+            stream[v] = target
+        free[target] = max(free[target], times[chain[-1]][1])
+    return stream
+
+
+SEARCH_LIMIT = 2_000_000  # chains x streams x nodes above which merge_chains_search is skipped
+
+
+def _finish_time(
+    dag: nx.DiGraph, order: Sequence[Node], cost: Mapping[Node, float], stream: Mapping[Node, Any]
+) -> float:
+    free: dict[Any, float] = {}
+    end: dict[Node, float] = {}
+    for v in order:
+        s = stream[v]
+        start = max([free.get(s, 0.0)] + [end[u] for u in dag.predecessors(v)])
+        end[v] = free[s] = start + cost[v]
+    return max(end.values(), default=0.0)
+
+
+def merge_chains_search(
+    chains: Sequence[Sequence[Node]],
+    dag: nx.DiGraph,
+    order: Sequence[Node],
+    cost: Mapping[Node, float],
+    num_streams: int,
+) -> dict[Node, int]:
+    """A stream per node: chain 0 on stream 0; each other chain, costliest first, on the
+    stream that gives the shortest simulated schedule (chains not placed yet run alone)."""
+    stream: dict[Node, Any] = {}
+    for i, chain in enumerate(chains):
+        for v in chain:
+            stream[v] = 0 if i == 0 else ("alone", i)
+    ranked = sorted(range(1, len(chains)), key=lambda i: -sum(cost[v] for v in chains[i]))
+    for i in ranked:
+        best = None
+        for target in range(max(1, num_streams)):
+            for v in chains[i]:
+                stream[v] = target
+            score = (_finish_time(dag, order, cost, stream), target)
+            if best is None or score < best:
+                best = score
+        for v in chains[i]:
+            stream[v] = best[1]
+    return stream
+
+
 def place_events(
     dag: nx.DiGraph, order: Sequence[Node], stream: Mapping[Node, int], num_streams: int
 ) -> tuple[dict, dict, dict, list]:
@@ -214,12 +288,18 @@ def plan_streams(
     order: Sequence[Node],
     cost: Mapping[Node, float],
     num_streams: int,
+    event_cost: float = 0.0,
 ) -> StreamPlan:
-    """The whole method: critical path, chains, merge to ``num_streams``, events."""
+    """The whole method: critical path, chains, merge to ``num_streams``, events. Several
+    ways of merging are tried; the one with the shorter simulated schedule wins."""
     path = critical_path(dag, order, cost)
     chains = chain_decomposition(dag, order, keep=path)
-    stream = merge_chains(chains, earliest_times(dag, order, cost), num_streams)
-    return finish_plan(dag, order, stream, chains, num_streams)
+    times = earliest_times(dag, order, cost)
+    assignments = [merge(chains, times, num_streams) for merge in (merge_chains, merge_chains_first_free)]
+    if len(chains) * num_streams * len(order) <= SEARCH_LIMIT:
+        assignments.append(merge_chains_search(chains, dag, order, cost, num_streams))
+    candidates = [finish_plan(dag, order, a, chains, num_streams) for a in assignments]
+    return min(candidates, key=lambda p: (makespan(p, dag, cost, event_cost), p.events))
 
 
 def single_stream_plan(dag: nx.DiGraph, order: Sequence[Node]) -> StreamPlan:
@@ -266,6 +346,13 @@ def simulate(
         times[v] = (start, start + cost[v])
         free[s] = times[v][1]
     return times
+
+
+def makespan(
+    plan: StreamPlan, dag: nx.DiGraph, cost: Mapping[Node, float], event_cost: float = 0.0
+) -> float:
+    """When the last node of :func:`simulate` ends."""
+    return max((e for _, e in simulate(plan, dag, cost, event_cost).values()), default=0.0)
 
 
 def transitive_reduction_cross_edges(dag: nx.DiGraph, stream: Callable[[Any], Any]) -> int:
