@@ -63,7 +63,8 @@ def multi_stream_runner(num_streams=4):
 
 def test_generated_code_follows_the_plan():
     gm, plan, ops, runner = multi_stream_runner()
-    args = [random_like_model_input(s, seed=i) for i, s in enumerate([(64, 256)] + [(256, 256)] * 4)]
+    shapes = [(64, 256)] + [(256, 256)] * 4
+    args = [random_like_model_input(s, seed=i) for i, s in enumerate(shapes)]
     assert_close(runner(*args), branchy(*args))
     current, seen_waits, lines = 0, [], runner.code.splitlines()
     streams = {n.name: s for n, s in plan.stream.items()}
@@ -153,7 +154,9 @@ def test_render_schedule(tmp_path):
     gm, plan, ops, runner = multi_stream_runner()
     record = CompileRecord(name="forward", config=Config())
     code, nodes = snapshot(gm)
-    record.passes.append(PassRecord("streams", "assign_streams", 0.0, False, [], [], {}, code, nodes))
+    record.passes.append(
+        PassRecord("streams", "assign_streams", 0.0, False, [], [], {}, code, nodes)
+    )
     record.runtime_info["capture"] = "declined: test"
     layout = schedule_layout(record)
     assert {n["stream"] for n in layout} == {0, 1, 2, 3}

@@ -43,7 +43,7 @@ def test_branches_go_to_separate_streams_with_events():
     result = assign_streams(gm, ctx)
     assert result.declines == []
     assert result.stats["streams_used"] == 4
-    streams = {n.name: n.meta["kitsune_stream"] for n in gm.graph.nodes if "kitsune_stream" in n.meta}
+    streams = {n.name: n.meta.get("kitsune_stream") for n in gm.graph.nodes}
     by_branch = {}
     for node in gm.graph.nodes:
         if node.target == torch.ops.aten.mm.default:

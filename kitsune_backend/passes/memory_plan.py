@@ -101,7 +101,8 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         a: 0; b: 4096   # b is written while a is read, so they cannot share
     """
     if not ctx.config.memory_pool:
-        return PassResult(declines=[Decline("memory_plan", "memory pool is off (memory_pool=False)")])
+        off = Decline("memory_plan", "memory pool is off (memory_pool=False)")
+        return PassResult(declines=[off])
     if has_symbolic_shapes(gm):
         return PassResult(declines=[Decline("memory_plan", "symbolic shapes: sizes unknown")])
     state: StreamState | None = ctx.state.get("streams")

@@ -151,6 +151,8 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         chains=len(plan.chains),
     )
     declines = [Decline("streams", reason)] if reason else []
-    notes = [f"{len(order)} kernel node(s) on {plan.streams_used} stream(s), {plan.events} event(s)"]
+    notes = [
+        f"{len(order)} kernel node(s) on {plan.streams_used} stream(s), {plan.events} event(s)"
+    ]
     return PassResult(declines=declines, stats=stats, notes=notes)
 

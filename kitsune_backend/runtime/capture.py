@@ -50,7 +50,9 @@ HOST_SYNC = frozenset(
 )
 
 
-def capture_decline(gm: fx.GraphModule, example_inputs: Sequence[Any], static: Sequence[int]) -> str:
+def capture_decline(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], static: Sequence[int]
+) -> str:
     """Why ``gm`` cannot be captured ("" when it can)."""
     if not any(isinstance(x, torch.Tensor) and x.is_cuda for x in example_inputs):
         return "CPU tensors: CUDA graphs need CUDA inputs"

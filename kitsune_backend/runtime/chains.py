@@ -295,7 +295,9 @@ def plan_streams(
     path = critical_path(dag, order, cost)
     chains = chain_decomposition(dag, order, keep=path)
     times = earliest_times(dag, order, cost)
-    assignments = [merge(chains, times, num_streams) for merge in (merge_chains, merge_chains_first_free)]
+    assignments = [
+        merge(chains, times, num_streams) for merge in (merge_chains, merge_chains_first_free)
+    ]
     if len(chains) * num_streams * len(order) <= SEARCH_LIMIT:
         assignments.append(merge_chains_search(chains, dag, order, cost, num_streams))
     candidates = [finish_plan(dag, order, a, chains, num_streams) for a in assignments]

@@ -61,8 +61,10 @@ def render_schedule(record: CompileRecord, path: str | os.PathLike) -> str:
         for w in n["waits"]:
             src = where.get(w)
             if src is not None:
-                ax.annotate("", xy=(n["start"], n["stream"]), xytext=(src["end"] - 0.1, src["stream"]),
-                            arrowprops=dict(arrowstyle="->", color="black", lw=0.8))
+                ax.annotate(
+                    "", xy=(n["start"], n["stream"]), xytext=(src["end"] - 0.1, src["stream"]),
+                    arrowprops=dict(arrowstyle="->", color="black", lw=0.8),
+                )
     ax.set_yticks(range(lanes))
     ax.set_yticklabels([f"stream {s}" + (" (caller)" if s == 0 else "") for s in range(lanes)])
     ax.invert_yaxis()

@@ -54,9 +54,15 @@ class Inception(nn.Module):
     def __init__(self, cin=192, c1=64, c3r=96, c3=128, c5r=16, c5=32, pool=32):
         super().__init__()
         self.b1 = BasicConv(cin, c1, kernel_size=1)
-        self.b2 = nn.Sequential(BasicConv(cin, c3r, kernel_size=1), BasicConv(c3r, c3, kernel_size=3, padding=1))
-        self.b3 = nn.Sequential(BasicConv(cin, c5r, kernel_size=1), BasicConv(c5r, c5, kernel_size=3, padding=1))
-        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv(cin, pool, kernel_size=1))
+        self.b2 = nn.Sequential(
+            BasicConv(cin, c3r, kernel_size=1), BasicConv(c3r, c3, kernel_size=3, padding=1)
+        )
+        self.b3 = nn.Sequential(
+            BasicConv(cin, c5r, kernel_size=1), BasicConv(c5r, c5, kernel_size=3, padding=1)
+        )
+        self.b4 = nn.Sequential(
+            nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv(cin, pool, kernel_size=1)
+        )
 
     def forward(self, x):
         return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
@@ -326,6 +332,11 @@ def device_us(fn, x, iters=20):
     return sorted(times)[len(times) // 2]
 
 
+def kitsune_compiled(model, **options):
+    """``torch.compile`` with kitsune and ``options`` (no Dynamo reset, unlike compile_with)."""
+    return torch.compile(model, backend=kitsune, options=options)
+
+
 def timing_report():
     """Per-call and host time of kitsune vs eager and Inductor's reduce-overhead."""
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -338,10 +349,12 @@ def timing_report():
         for label, make in [
             ("eager", lambda: model),
             ("inductor reduce-overhead", lambda: torch.compile(model, mode="reduce-overhead")),
-            ("kitsune 1 stream + graph", lambda: torch.compile(model, backend=kitsune, options={"num_streams": 1})),
-            ("kitsune 8 streams + graph", lambda: torch.compile(model, backend=kitsune, options={"num_streams": 8})),
+            ("kitsune 1 stream + graph", lambda: kitsune_compiled(model, num_streams=1)),
+            ("kitsune default (4 streams) + graph", lambda: kitsune_compiled(model)),
+            ("kitsune 8 streams + graph", lambda: kitsune_compiled(model, num_streams=8)),
             ("dynamo+aot, null graph", lambda: torch.compile(model, backend=null_backend())),
-            ("kitsune 8 streams, no graph", lambda: torch.compile(model, backend=kitsune, options={"num_streams": 8, "cuda_graphs": False})),
+            ("kitsune 8 streams, no graph",
+             lambda: kitsune_compiled(model, num_streams=8, cuda_graphs=False)),
         ]:
             torch._dynamo.reset()
             fn = make()
@@ -352,7 +365,7 @@ def timing_report():
                 print(label, "failed:", exc, file=sys.stderr)
         print(f"\n{name}: us per call: throughput (sync every 300) / host / device (median)")
         for label, t, h, d in rows:
-            print(f"  {label:32s} {t:9.1f} {h:9.1f} {d:9.1f}")
+            print(f"  {label:36s} {t:9.1f} {h:9.1f} {d:9.1f}")
         print(f"  inside kitsune's CapturedRunner: {replay_host_us(model, x):.1f} us per call")
 
 
