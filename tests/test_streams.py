@@ -105,3 +105,17 @@ def test_plan_is_the_same_for_the_same_graph():
         plans.append({n.name: (n.meta.get("kitsune_stream"), tuple(n.meta.get("kitsune_wait", ())))
                       for n in gm.graph.nodes})
     assert plans[0] == plans[1] == plans[2]
+
+
+def test_cost_model_counts_matmul_and_conv_flops():
+    from kitsune_backend.runtime.cost import LAUNCH_US, node_bytes, node_cost_us, node_flops
+
+    mm, _ = trace(lambda a, b: a @ b, (64, 128), (128, 32))
+    node = next(n for n in mm.graph.nodes if n.target == torch.ops.aten.mm.default)
+    assert node_flops(node) == 2 * 64 * 128 * 32
+    assert node_bytes(node) == 4 * (64 * 128 + 128 * 32 + 64 * 32)
+    assert node_cost_us(node) > LAUNCH_US
+    conv, _ = trace(lambda x, w: torch.nn.functional.conv2d(x, w, padding=1), (1, 8, 16, 16),
+                    (4, 8, 3, 3))
+    node = next(n for n in conv.graph.nodes if n.target == torch.ops.aten.convolution.default)
+    assert node_flops(node) == 2 * (1 * 4 * 16 * 16) * (8 * 3 * 3)
