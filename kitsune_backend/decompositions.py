@@ -23,6 +23,7 @@ DECOMPOSED_OPS = [
     aten.native_layer_norm_backward,
     aten._native_batch_norm_legit_functional,
     aten._native_batch_norm_legit_no_training,
+    aten._native_batch_norm_legit,  # what the no_training decomposition calls (mutating form)
     aten.native_batch_norm_backward,
 ]
 

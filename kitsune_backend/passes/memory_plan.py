@@ -1,24 +1,130 @@
 """memory_plan: an offset in one pooled arena for every intermediate.
 
-Placeholder until the stream issue lands: it measures the intermediates and plans nothing.
+The offsets come from :mod:`kitsune_backend.runtime.arena` (plain data, testable alone); the
+order that decides which buffers may share bytes is the stream plan's happens-before, which
+this pass reads from ``ctx.state["streams"]``.
+
+Buffers are found by storage: every tensor a node produces whose storage no placeholder, no
+constant and no graph output holds is an intermediate; views and ``getitem`` share their
+base's buffer, so a buffer's users are all the nodes that read any alias of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import torch
 import torch.fx as fx
 
-from ..graph_utils import launches_kernel, tensor_value
+from ..graph_utils import has_symbolic_shapes, iter_tensors
+from ..runtime import arena
 from .base import Decline, PassContext, PassResult
+from .streams import StreamState, is_scheduled
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """The arena of one graph: a :class:`~kitsune_backend.runtime.arena.Buffer` and an
+    offset per intermediate storage, and the arena's size."""
+
+    buffers: list[arena.Buffer]
+    offsets: dict[Any, int]
+    arena_bytes: int
+
+
+def _storages(value: Any) -> list[tuple[int, int]]:
+    """(storage key, storage bytes) of every tensor in ``value``."""
+    found = []
+    for t in iter_tensors(value):
+        try:
+            storage = t.untyped_storage()
+            found.append((storage._cdata, int(storage.nbytes())))
+        except Exception:  # sparse, nested or other tensors without one plain storage
+            found.append((id(t), 0))
+    return found
+
+
+def find_buffers(gm: fx.GraphModule) -> list[arena.Buffer]:
+    """The intermediates of ``gm`` (see the module docstring), each named after the node
+    that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple."""
+    outside: set[int] = set()
+    producer: dict[int, fx.Node] = {}
+    size: dict[int, int] = {}
+    users: dict[int, list[fx.Node]] = {}
+    name: dict[int, str] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            outside |= {key for key, _ in _storages(node.meta.get("val"))}
+        elif node.op == "output":
+            for arg in node.all_input_nodes:
+                outside |= {key for key, _ in _storages(arg.meta.get("val"))}
+        if not is_scheduled(node):
+            if node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor):
+                for key, _ in _storages(node.meta.get("val")):
+                    if key in producer and key not in name:
+                        name[key] = node.name  # the getitem (or first view) naming it
+            continue
+        for i in node.all_input_nodes:
+            for key, _ in _storages(i.meta.get("val")):
+                users.setdefault(key, []).append(node)
+        single = isinstance(node.meta.get("val"), torch.Tensor)
+        for index, (key, nbytes) in enumerate(_storages(node.meta.get("val"))):
+            if key not in producer:
+                producer[key], size[key] = node, nbytes
+                if single:
+                    name[key] = node.name
+    return [
+        arena.Buffer(
+            name=name.get(key, f"{producer[key].name}.{index}"),
+            size=size[key],
+            producer=producer[key],
+            users=tuple(u for u in dict.fromkeys(users.get(key, [])) if u is not producer[key]),
+        )
+        for index, key in enumerate(producer)
+        if key not in outside and size[key] > 0
+    ]
 
 
 def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Sum the bytes of the intermediates and record that no arena is planned yet."""
-    total = 0
+    """Give every intermediate an offset in one arena, sharing bytes only between buffers
+    whose lifetimes are ordered by the stream/event schedule.
+
+    Before (one stream)::
+
+        a = relu(x)     # 4 KiB
+        b = neg(a)      # 4 KiB, a dies here
+        c = exp(b)      # 4 KiB, returned
+
+    After (meta ``kitsune_offset``; ``c`` is an output, so it is not in the arena)::
+
+        a: 0; b: 4096   # b is written while a is read, so they cannot share
+    """
+    if not ctx.config.memory_pool:
+        off = Decline("memory_plan", "memory pool is off (memory_pool=False)")
+        return PassResult(declines=[off])
+    if has_symbolic_shapes(gm):
+        return PassResult(declines=[Decline("memory_plan", "symbolic shapes: sizes unknown")])
+    state: StreamState | None = ctx.state.get("streams")
+    if state is None:
+        return PassResult(declines=[Decline("memory_plan", "no stream plan to order buffers by")])
+    buffers = find_buffers(gm)
+    plan = state.plan
+    clash = arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
+    offsets, arena_bytes = arena.assign_offsets(buffers, clash)
+    by_name = {n.name: n for n in gm.graph.nodes}
     for node in gm.graph.nodes:
-        value = tensor_value(node)
-        if launches_kernel(node) and value is not None:
-            total += value.untyped_storage().nbytes() if not value.is_sparse else 0
-    return PassResult(
-        declines=[Decline("memory_plan", "arena planning not implemented yet")],
-        stats={"bytes_intermediates": total, "bytes_planned": 0},
-    )
+        node.meta.pop("kitsune_offset", None)
+    for b in buffers:
+        if b.name in by_name:
+            by_name[b.name].meta["kitsune_offset"] = offsets[b.name]
+    ctx.state["memory_plan"] = MemoryPlan(buffers, offsets, arena_bytes)
+    total = sum(b.size for b in buffers)
+    stats = {
+        "bytes_planned": arena_bytes,
+        "bytes_intermediates": total,
+        "bytes_eager_peak": arena.eager_peak(buffers, plan.order),
+        "buffers_planned": len(buffers),
+    }
+    notes = [f"{len(buffers)} intermediate(s): arena {arena_bytes} B for {total} B in total"]
+    return PassResult(stats=stats, notes=notes)

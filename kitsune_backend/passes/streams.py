@@ -1,22 +1,158 @@
 """streams: give each kernel a CUDA stream; cross-stream edges get events.
 
-Placeholder until the stream issue lands: everything stays on the caller's stream.
+The algorithm lives in :mod:`kitsune_backend.runtime.chains` (plain DAGs, testable alone);
+this pass builds the kernel DAG of the graph, asks a cost model whether concurrency can pay,
+and writes the answer on the nodes and into ``ctx.state["streams"]`` for the memory plan and
+the runtime.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import operator
+
+import networkx as nx
+import torch
 import torch.fx as fx
 
-from ..graph_utils import launches_kernel
+from ..graph_utils import has_symbolic_shapes, is_mutating, is_view, launches_kernel
+from ..runtime import chains
+from ..runtime.cost import EVENT_US, LAUNCH_US, node_cost_us
 from .base import Decline, PassContext, PassResult
+
+MIN_GAIN_US = 5.0  # below this estimated saving, one stream is kept
+MIN_GAIN_FRACTION = 0.05
+
+
+@dataclasses.dataclass
+class StreamState:
+    """What the stream pass hands on: the plan (over FX nodes) and the DAG it was made from."""
+
+    plan: chains.StreamPlan
+    dag: nx.DiGraph
+    cost: dict[fx.Node, float]
+
+
+def is_scheduled(node: fx.Node) -> bool:
+    """True for nodes that may touch device memory: kernels, and any other call that reads a
+    tensor (``_local_scalar_dense``, asserts), but not views or ``getitem``."""
+    if launches_kernel(node):
+        return True
+    if node.op != "call_function" or node.target is operator.getitem or is_view(node):
+        return False
+    return any(isinstance(n.meta.get("val"), torch.Tensor) for n in node.all_input_nodes)
+
+
+def alias_base(node: fx.Node) -> fx.Node:
+    """The node whose memory ``node`` aliases (through views and getitem)."""
+    while (is_view(node) or node.target is operator.getitem) and node.args:
+        first = node.args[0]
+        if not isinstance(first, fx.Node):
+            break
+        node = first
+    return node
+
+
+def kernel_dag(gm: fx.GraphModule) -> tuple[nx.DiGraph, list[fx.Node]]:
+    """The DAG of scheduled nodes: an edge where one reads (through aliases) what another
+    produced, plus write-after-read and read-after-write edges around in-place writes."""
+    order = [n for n in gm.graph.nodes if is_scheduled(n)]
+    dag = nx.DiGraph()
+    dag.add_nodes_from(order)
+    place = {n: i for i, n in enumerate(gm.graph.nodes)}
+    producers: dict[fx.Node, set[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        found: set[fx.Node] = set()
+        for i in node.all_input_nodes:
+            found |= {i} if is_scheduled(i) else producers.get(i, set())
+        producers[node] = found
+        if is_scheduled(node):  # sorted: the plan must not depend on hash order
+            dag.add_edges_from((p, node) for p in sorted(found, key=place.__getitem__))
+    readers: dict[fx.Node, list[fx.Node]] = {}
+    writers: dict[fx.Node, list[fx.Node]] = {}
+    for node in order:
+        bases = dict.fromkeys(alias_base(i) for i in node.all_input_nodes)
+        for base in bases:
+            for w in writers.get(base, []):
+                dag.add_edge(w, node)
+        if is_mutating(node):
+            for base in bases:
+                for r in readers.get(base, []):
+                    if r is not node:
+                        dag.add_edge(r, node)
+                writers.setdefault(base, []).append(node)
+        for base in bases:
+            readers.setdefault(base, []).append(node)
+    return dag, order
+
+
+def _decline_reason(ctx: PassContext, symbolic: bool) -> str:
+    if not ctx.config.streams:
+        return "streams are off (config streams=False)"
+    if ctx.config.num_streams < 2:
+        return "num_streams=1: one stream"
+    if not ctx.on_cuda:
+        return "CPU tensors: streams are a CUDA feature"
+    if symbolic:
+        return "symbolic shapes: the cost model needs static shapes"
+    return ""
 
 
 def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Put every kernel node on stream 0 (the caller's) and record why."""
+    """Put kernels on streams so that independent branches overlap, with few events.
+
+    Before (two independent branches, everything on the caller's stream)::
+
+        a = mm(x, w1); b = gelu(a)      # branch 1
+        c = mm(x, w2); d = gelu(c)      # branch 2
+        e = cat([b, d])
+
+    After (meta ``kitsune_stream`` / ``kitsune_wait``)::
+
+        a: stream 0; b: stream 0        # the critical path stays on the caller's stream
+        c: stream 1; d: stream 1
+        e: stream 0, waits for [d]      # one event; the final join has nothing left to do
+    """
+    dag, order = kernel_dag(gm)
+    symbolic = has_symbolic_shapes(gm)
+    cost = {n: 1.0 if symbolic else node_cost_us(n) for n in order}
+    single = chains.single_stream_plan(dag, order)
+    reason = _decline_reason(ctx, symbolic)
+    plan = single
+    stats: dict = {"kernel_nodes": len(order)}
+    if not reason:
+        multi = chains.plan_streams(dag, order, cost, ctx.config.num_streams, EVENT_US)
+        t_single = sum(cost.values())
+        t_multi = max(
+            max((e for _, e in chains.simulate(multi, dag, cost, EVENT_US).values()), default=0),
+            sum(c - LAUNCH_US for c in cost.values()),  # bandwidth/compute is shared
+        )
+        stats.update(est_one_stream_us=round(t_single, 1), est_streams_us=round(t_multi, 1))
+        if len(multi.chains) <= 1:
+            reason = "one chain: no two kernels are independent"
+        elif t_single - t_multi < max(MIN_GAIN_US, MIN_GAIN_FRACTION * t_single):
+            reason = (
+                f"concurrency cannot pay: estimated {t_single:.1f} us on one stream vs "
+                f"{t_multi:.1f} us on {multi.streams_used}"
+            )
+        else:
+            plan = multi
     for node in gm.graph.nodes:
-        if launches_kernel(node):
-            node.meta["kitsune_stream"] = 0
-    return PassResult(
-        declines=[Decline("streams", "multi-stream scheduling not implemented yet")],
-        stats={"streams_used": 1},
+        node.meta.pop("kitsune_stream", None)
+        node.meta.pop("kitsune_wait", None)
+    for node in order:
+        node.meta["kitsune_stream"] = plan.stream[node]
+        node.meta["kitsune_wait"] = [u.name for u in plan.waits[node]]
+    ctx.state["streams"] = StreamState(plan=plan, dag=dag, cost=cost)
+    stats.update(
+        streams_used=plan.streams_used,
+        events=plan.events,
+        join_events=len(plan.joins),
+        chains=len(plan.chains),
     )
+    declines = [Decline("streams", reason)] if reason else []
+    notes = [
+        f"{len(order)} kernel node(s) on {plan.streams_used} stream(s), {plan.events} event(s)"
+    ]
+    return PassResult(declines=declines, stats=stats, notes=notes)
+

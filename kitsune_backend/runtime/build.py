@@ -1,28 +1,56 @@
-"""Turn the graph the pipeline produced into the callable that AOTAutograd calls."""
+"""Turn the graph the pipeline produced into the callable that AOTAutograd calls.
+
+What it builds, and what the record says about it (``record.runtime_info``)::
+
+    executor   "graph"  : the graph's own code on the caller's stream (CPU, or one stream)
+               "streams": generated straight-line code over several CUDA streams
+    capture    "replay per input-shape signature after 1 warm-up call", or "declined: why"
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 import torch.fx as fx
 
-from ..passes.base import PassContext
+from ..passes.base import Decline, PassContext
 from ..record import CompileRecord
+from .capture import CapturedRunner, capture_decline
+from .executor import ScheduleRunner
+from .schedule_code import StreamOps
 
 
-class GraphRunner:
-    """Runs the final FX graph through its generated Python code (one stream, no capture)."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        gm.recompile()
-        self.gm = gm
-        self._forward = gm.forward
-
-    def __call__(self, *args: Any) -> Any:
-        """Run the graph on ``args``; returns what the graph returns."""
-        return self._forward(*args)
+def _plan_over(gm: fx.GraphModule, ctx: PassContext) -> Any:
+    """The stream plan of ``gm``, if the stream pass left one for these very nodes."""
+    state = ctx.state.get("streams")
+    if state is None:
+        return None
+    nodes = set(gm.graph.nodes)
+    if not all(v in nodes for v in state.plan.order):
+        return None  # the graph changed after the stream pass: plan no longer applies
+    return state.plan
 
 
 def build_runtime(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -> Callable:
-    """The callable for ``gm``: for now the graph's own code, run on the caller's stream."""
-    return GraphRunner(gm)
+    """The callable for ``gm``: the schedule on its streams, captured when that is safe."""
+    plan = _plan_over(gm, ctx)
+    device = ctx.device
+    ops = None
+    if plan is not None and plan.num_streams > 1 and ctx.on_cuda:
+        ops = StreamOps(device, plan, ctx.config.stream_debug_delays)
+    runner = ScheduleRunner(gm, plan, ops)
+    info = record.runtime_info
+    info["executor"] = "streams" if runner.ops is not None else "graph"
+    info["streams_used"] = plan.num_streams if runner.ops is not None else 1
+    info["events"] = plan.events if runner.ops is not None else 0
+    reason = "cuda_graphs=False" if not ctx.config.cuda_graphs else capture_decline(
+        gm, ctx.example_inputs, ctx.static_input_indices
+    )
+    if reason:
+        info["capture"] = "declined: " + reason
+        record.other_declines.append(Decline("cuda_graphs", reason))
+        return runner
+    info["capture"] = "replay per input-shape signature after 1 warm-up call"
+    info["cuda_graph_instances"] = 0
+    return CapturedRunner(runner, ctx.static_input_indices, torch.device(device), record)

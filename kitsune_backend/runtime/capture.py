@@ -1,0 +1,256 @@
+"""Whole-graph CUDA graph capture: the multi-stream schedule captured once, replayed after.
+
+Calls go like this:
+
+1. the first call runs the schedule uncaptured (warm-up: lazy library init, autotuning);
+2. the next call captures it into a :class:`torch.cuda.CUDAGraph` (one *instance*: its own
+   memory pool, static input buffers, static outputs) and replays it;
+3. later calls replay an instance whose outputs nobody holds any more.
+
+Inputs: parameters and buffers (``static_input_indices``) are read where they are, and so
+are inputs that live in another instance's static outputs (the forward activations a
+backward graph reads): an instance is replayed only when those are at the captured address.
+Other inputs are copied into the instance's buffers, skipped when the same tensor object
+comes again with the same version counter (nothing changed it in place since the copy).
+
+Outputs are never overwritten while someone holds them: a replay hands out fresh aliases
+of the static outputs, and an instance is only replayed when the use count of each of its
+output storages is back to its own references. Otherwise another instance is used or
+captured (up to ``MAX_INSTANCES``), and past that the call runs uncaptured. This covers the
+forward outputs that autograd saves for backward: they stay referenced until backward ran.
+
+RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fresh numbers.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx as fx
+
+from ..graph_utils import has_symbolic_shapes, iter_tensors, op_overload
+from ..passes.base import Decline
+from ..passes.streams import alias_base
+from ..record import CompileRecord
+
+aten = torch.ops.aten
+
+MAX_INSTANCES = 3
+
+# Ops that synchronize with the host or size their output from data: not capturable.
+HOST_SYNC = frozenset(
+    {
+        "_local_scalar_dense", "item", "nonzero", "nonzero_static", "masked_select", "unique",
+        "_unique", "_unique2", "unique_consecutive", "unique_dim", "equal", "is_nonzero",
+        "bincount", "repeat_interleave", "histc", "_assert_async", "to_sparse",
+    }
+)
+
+
+def capture_decline(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], static: Sequence[int]
+) -> str:
+    """Why ``gm`` cannot be captured ("" when it can)."""
+    if not any(isinstance(x, torch.Tensor) and x.is_cuda for x in example_inputs):
+        return "CPU tensors: CUDA graphs need CUDA inputs"
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, example_inputs):
+        if not isinstance(value, torch.Tensor):
+            return f"non-tensor input {node.name} ({type(value).__name__})"
+    for node in gm.graph.nodes:
+        overload = op_overload(node)
+        if overload is not None and overload.overloadpacket.__name__ in HOST_SYNC:
+            return f"node {node.name} ({overload}) synchronizes with the host"
+    if has_symbolic_shapes(gm):
+        return "symbolic shapes: a CUDA graph fixes every shape"
+    index = {n: i for i, n in enumerate(placeholders)}
+    for node in gm.graph.nodes:
+        overload = op_overload(node)
+        if overload is None:
+            continue
+        for arg, value in zip(overload._schema.arguments, node.args):
+            written = arg.alias_info is not None and arg.alias_info.is_write
+            if not (written and isinstance(value, fx.Node)):
+                continue
+            value = alias_base(value)
+            if value in index:
+                if index[value] not in static:
+                    return (
+                        f"node {node.name} writes into input {value.name}, which is not a "
+                        "parameter or buffer: a replay would write into a copy"
+                    )
+    for node in gm.graph.nodes:
+        for t in iter_tensors(node.meta.get("val")):
+            if t.device.type != "cuda":
+                return f"node {node.name} makes a {t.device.type} tensor"
+    return ""
+
+
+# Storage address -> the instance whose static outputs live there. An input found here at
+# capture time (a forward output saved for backward, say) is read in place, not copied.
+_POOL_OUTPUTS: "weakref.WeakValueDictionary[int, _Instance]" = weakref.WeakValueDictionary()
+
+
+class _Instance:
+    """One captured graph with its static input buffers and static outputs."""
+
+    def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any):
+        self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
+        # fast path of statics_match: the same objects as at capture, compared in C
+        self._static_get = operator.itemgetter(*[i for i, _, _ in self.static], 0, 0)  # a tuple
+        self._static_objs = tuple(obj for _, obj, _ in self.static)
+        dynamic = [i for i in range(len(args)) if i not in set(static)]
+        self.inplace = [
+            (i, args[i].data_ptr())
+            for i in dynamic
+            if args[i].untyped_storage().data_ptr() in _POOL_OUTPUTS
+        ]
+        read_in_place = {i for i, _ in self.inplace}
+        self.buffers = [(i, torch.empty_strided(
+            args[i].shape, args[i].stride(), dtype=args[i].dtype, device=args[i].device
+        )) for i in dynamic if i not in read_in_place]
+        self.last: dict[int, Any] = {}
+        self.versions: dict[int, int] = {}
+        captured = list(args)
+        for i, buf in self.buffers:
+            captured[i] = buf
+        self.graph = torch.cuda.CUDAGraph()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.graph(self.graph, stream=stream):
+            result = run(*captured)
+        self.structure = type(result) if isinstance(result, (list, tuple)) else None
+        outputs = list(result) if self.structure is not None else [result]
+        del result
+        self.outputs = outputs
+        inputs = {x.untyped_storage()._cdata for x in captured if isinstance(x, torch.Tensor)}
+        del captured
+        owned = {}
+        for t in outputs:
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage()._cdata
+                if key not in inputs:
+                    owned[key] = 0
+                    _POOL_OUTPUTS[t.untyped_storage().data_ptr()] = self
+        for key in owned:
+            owned[key] = torch._C._storage_Use_Count(key)
+        self.owned = list(owned.items())
+
+    def inputs_match(self, args: Sequence[Any]) -> bool:
+        """True when every input read in place is at the address captured."""
+        for i, ptr in self.inplace:
+            if args[i].data_ptr() != ptr:
+                return False
+        return True
+
+    def statics_match(self, args: Sequence[Any]) -> bool:
+        """True when every parameter/buffer input is where it was at capture."""
+        if all(map(operator.is_, self._static_get(args), self._static_objs)):
+            return True
+        for i, obj, ptr in self.static:
+            x = args[i]
+            if x is not obj and x.data_ptr() != ptr:
+                return False
+        return True
+
+    def outputs_free(self) -> bool:
+        """True when nobody outside holds memory of this instance's outputs."""
+        use_count = torch._C._storage_Use_Count
+        for key, baseline in self.owned:
+            if use_count(key) > baseline:
+                return False
+        return True
+
+    def replay(self, args: Sequence[Any]) -> Any:
+        """Copy changed inputs in, replay, hand out fresh aliases of the outputs."""
+        last, versions = self.last, self.versions
+        for i, buf in self.buffers:
+            x = args[i]
+            ref = last.get(i)  # a weak reference: holding inputs would keep them alive
+            if ref is None or ref() is not x or x._version != versions[i]:
+                buf.copy_(x)
+                last[i] = weakref.ref(x)
+                versions[i] = x._version
+        self.graph.replay()
+        outs = [o.detach() if isinstance(o, torch.Tensor) else o for o in self.outputs]
+        if self.structure is None:
+            return outs[0]
+        return tuple(outs) if self.structure is tuple else outs
+
+
+class CapturedRunner:
+    """Warm-up, capture and replay of one compiled graph's schedule (see the module doc)."""
+
+    def __init__(
+        self,
+        run: Callable,
+        static: Sequence[int],
+        device: torch.device,
+        record: CompileRecord,
+    ) -> None:
+        self.run = run
+        self.static = tuple(static)
+        self.stream = torch.cuda.Stream(device)
+        self.record = record
+        self.instances: list[_Instance] = []
+        self.calls = 0
+        self.disabled = ""
+        self.uncaptured_calls = 0
+
+    def __call__(self, *args: Any) -> Any:
+        """Replay a free instance, or take the slow path (warm-up, capture, uncaptured)."""
+        for inst in self.instances:
+            if inst.outputs_free() and inst.statics_match(args) and inst.inputs_match(args):
+                return inst.replay(args)
+        return self._slow(args)
+
+    def _slow(self, args: Sequence[Any]) -> Any:
+        self.calls += 1
+        if self.disabled:
+            return self._uncaptured(args)
+        if self.calls == 1:
+            return self._warm_up(args)
+        if any(not inst.statics_match(args) for inst in self.instances):
+            self.instances = [i for i in self.instances if i.statics_match(args)]
+            self._note("a parameter/buffer input moved: its captured graphs were dropped")
+        if len(self.instances) >= MAX_INSTANCES:
+            self._note(
+                f"none of the {MAX_INSTANCES} captured instances fits (outputs still "
+                "referenced, or inputs read in place have moved): this call runs uncaptured"
+            )
+            return self._uncaptured(args)
+        try:
+            inst = _Instance(self.run, args, self.static, self.stream)
+        except Exception as exc:  # capture is an optimization: run uncaptured from now on
+            self.disabled = f"capture failed: {type(exc).__name__}: {exc}"
+            self.record.other_declines.append(Decline("cuda_graphs", self.disabled))
+            self.record.runtime_info["capture"] = "declined: " + self.disabled
+            return self._uncaptured(args)
+        self.instances.append(inst)
+        info = self.record.runtime_info
+        info["cuda_graph_instances"] = len(self.instances)
+        info["inputs_read_in_place"] = len(inst.inplace)
+        info["inputs_copied"] = len(inst.buffers)
+        return inst.replay(args)
+
+    def _warm_up(self, args: Sequence[Any]) -> Any:
+        """The first call, uncaptured, on the capture stream: libraries set up their
+        per-stream state (cuBLAS workspaces) here rather than inside the capture."""
+        caller = torch.cuda.current_stream()
+        self.stream.wait_stream(caller)
+        with torch.cuda.stream(self.stream):
+            result = self._uncaptured(args)
+        caller.wait_stream(self.stream)
+        return result
+
+    def _uncaptured(self, args: Sequence[Any]) -> Any:
+        self.uncaptured_calls += 1
+        self.record.runtime_info["uncaptured_calls"] = self.uncaptured_calls
+        return self.run(*args)
+
+    def _note(self, text: str) -> None:
+        declines = self.record.other_declines
+        if not any(d.reason == text for d in declines):
+            declines.append(Decline("cuda_graphs", text))

@@ -1,0 +1,58 @@
+"""The memory plan pass on FX graphs: what is planned, what never is, and overlap safety."""
+
+import networkx as nx
+import torch
+
+from kitsune_backend.passes.memory_plan import find_buffers, plan_memory
+from kitsune_backend.passes.streams import assign_streams
+from kitsune_backend.runtime import arena
+from tests.test_streams import branchy_graph, context, trace
+from tests.test_streams_algo import order_graph
+
+
+def planned(gm, ctx):
+    assign_streams(gm, ctx)
+    return plan_memory(gm, ctx)
+
+
+def test_chain_reuses_dead_buffers_and_never_plans_inputs_or_outputs():
+    gm, inputs = trace(lambda x: torch.relu(x).exp().neg().sin(), (16, 16))
+    result = planned(gm, context(inputs))
+    offsets = {n.name: n.meta.get("kitsune_offset") for n in gm.graph.nodes}
+    assert offsets["relu"] is not None and offsets["exp"] is not None
+    assert offsets["neg"] == offsets["relu"]  # relu died when exp finished
+    assert offsets["sin"] is None and offsets["x_1"] is None  # output and input
+    assert result.stats["bytes_intermediates"] == 3 * 1024
+    assert result.stats["bytes_planned"] == 2 * 1024 == result.stats["bytes_eager_peak"]
+
+
+def test_multi_stream_plan_respects_happens_before():
+    gm, inputs = branchy_graph()
+    ctx = context(inputs, num_streams=4)
+    result = planned(gm, ctx)
+    plan = ctx.state["streams"].plan
+    reach = nx.transitive_closure_dag(order_graph(plan))
+    mem = ctx.state["memory_plan"]
+    assert arena.check_plan(mem.buffers, mem.offsets, lambda a, b: reach.has_edge(a, b)) == []
+    assert result.stats["bytes_planned"] <= result.stats["bytes_intermediates"]
+    # the four branches run concurrently, so their first buffers cannot share bytes
+    mms = [n for n in gm.graph.nodes if n.target == torch.ops.aten.mm.default]
+    assert len({n.meta["kitsune_offset"] for n in mms}) == 4
+
+
+def test_tuple_outputs_are_named_by_their_getitem():
+    def fn(x, w, b):
+        y = torch.nn.functional.layer_norm(x, (32,), w, b)
+        return y.relu() * 2
+
+    gm, inputs = trace(fn, (8, 32), (32,), (32,))
+    names = [b.name for b in find_buffers(gm)]
+    assert len(names) == len(set(names))
+    planned(gm, context(inputs))
+
+
+def test_declines():
+    gm, inputs = trace(lambda x: x.relu().exp(), (4, 4))
+    result = planned(gm, context(inputs, memory_pool=False))
+    assert "memory_pool=False" in result.declines[0].reason
+    assert not any("kitsune_offset" in n.meta for n in gm.graph.nodes)
