@@ -64,16 +64,15 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
     nodes = list(gm.graph.nodes)
     grouping = Grouping([], {}, {n: i for i, n in enumerate(nodes)}, {}, [])
     segment = 0
+    apart: list[tuple[fx.Node, str]] = []
     for node in nodes:
         if is_barrier(node):
             segment += 1
         grouping.segment[node] = segment
         kind, why = ops.classify(node)
         if kind is None:
-            if node.op == "call_function" and any(
-                a in grouping.region_of for a in node.all_input_nodes
-            ):
-                grouping.declines.append(Decline(STAGE, f"not fused: {why}", node.name))
+            if node.op == "call_function":
+                apart.append((node, why))
             continue
         problem = _tensor_problem(node, device)
         if problem is not None:
@@ -81,6 +80,9 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
             continue
         if not _join(grouping, node, kind) and kind != "view":
             _start(grouping, node, kind)
+    for node, why in apart:  # a boundary: it feeds a region or reads one
+        if any(n in grouping.region_of for n in (*node.all_input_nodes, *node.users)):
+            grouping.declines.append(Decline(STAGE, f"not fused: {why}", node.name))
     return grouping
 
 
