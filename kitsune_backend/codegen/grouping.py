@@ -1,10 +1,11 @@
 """Region formation: which FX nodes go into which fusion region.
 
 One walk over the graph in order. A fusable node (pointwise, reduction, identity view)
-joins the region of one of its inputs, newest region first, when the region's shape rule
-allows it (:meth:`Region.why_not`), no in-place or random op lies between them, and the
-join makes no cycle between regions; otherwise a pointwise or reduction node starts a new
-region. Every refusal is kept as a reason. The walk is deterministic (graph order only).
+joins the region of one of its inputs (reduction regions first, then the newest) when the
+region's shape rule allows it (:meth:`Region.why_not`), no in-place or random op lies
+between them, and the join makes no cycle between regions; otherwise a pointwise or
+reduction node starts a new region. Other regions feeding the joined node are then merged
+in when all their nodes fit (:func:`_absorb`). Every refusal is kept as a reason. The walk is deterministic (graph order only).
 
 Cycle check: joining node ``n`` to region ``G`` adds edges from ``n``'s outside inputs into
 ``G``; that closes a cycle exactly when one of those inputs depends on ``G``, looking
@@ -88,7 +89,9 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
 
 def _join(grouping: Grouping, node: fx.Node, kind: str) -> bool:
     candidates = {grouping.region_of[a] for a in node.all_input_nodes if a in grouping.region_of}
-    for region in sorted(candidates, key=lambda r: -r.id):
+    # Reduction regions first (a small pointwise region is then absorbed into them), then
+    # the newest region.
+    for region in sorted(candidates, key=lambda r: (r.kind != "reduction", -r.id)):
         if grouping.segment[region.nodes[0]] != grouping.segment[node]:
             reason = "an in-place or random op lies between it and the region"
         else:
@@ -100,6 +103,8 @@ def _join(grouping: Grouping, node: fx.Node, kind: str) -> bool:
                 region.make_reduction(node)
             region.add(node, context)
             grouping.region_of[node] = region
+            for other in sorted(candidates - {region}, key=lambda r: -r.id):
+                _absorb(grouping, region, other)
             return True
         grouping.declines.append(
             Decline(STAGE, f"not fused with region {region.id}: {reason}", node.name)
@@ -118,15 +123,46 @@ def _start(grouping: Grouping, node: fx.Node, kind: str) -> None:
     grouping.region_of[node] = region
 
 
+def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
+    """Merge ``other`` (a region feeding the node that just joined ``region``) into
+    ``region`` when all its nodes fit ``region``'s shape rule and no cycle forms: the
+    small pointwise regions beside a reduction (running-stat updates) then cost no launch."""
+    if grouping.segment[other.nodes[0]] != grouping.segment[region.nodes[0]]:
+        return False
+    trial = dataclasses.replace(region, nodes=list(region.nodes), context=dict(region.context),
+                                external=set(region.external))
+    for member in other.nodes:
+        kind, _ = ops.classify(member)
+        reason, context = trial.why_not(member, kind)
+        if reason is not None or kind == "reduction":
+            return False
+        trial.add(member, context)
+    trial.nodes.sort(key=grouping.index.__getitem__)
+    if _reaches(grouping, {region, other}, trial.external, trial.nodes[0]):
+        return False
+    region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
+    for member in other.nodes:
+        grouping.region_of[member] = region
+    grouping.regions.remove(other)
+    return True
+
+
 def _makes_cycle(grouping: Grouping, region: Region, node: fx.Node) -> bool:
+    starts = [a for a in node.all_input_nodes if a not in region.context]
+    return _reaches(grouping, {region}, starts, region.nodes[0])
+
+
+def _reaches(grouping: Grouping, targets: set, starts, first_node: fx.Node) -> bool:
+    """True when a node of a region in ``targets`` is upstream of any of ``starts``
+    (looking through other regions as single units)."""
     index = grouping.index
-    first = index[region.nodes[0]]
-    stack = [a for a in node.all_input_nodes if a not in region.context]
+    first = index[first_node]
+    stack = list(starts)
     seen: set[object] = set()
     while stack:
         item = stack.pop()
         other = grouping.region_of.get(item)
-        if other is region:
+        if other in targets:
             return True
         if other is not None:
             if other.id in seen or index[other.nodes[-1]] < first:
