@@ -64,8 +64,8 @@ def test_large_rows_and_half_types_cuda():
 
 def test_max_autotune_picks_and_remembers_a_config(tmp_path):
     fn = torch.compile(lambda t: torch.softmax(t, -1) * 2, backend="kitsune",
-                       mode="max-autotune-no-cudagraphs",
-                       options={"strict": True, "kernel_cache_dir": str(tmp_path)})
+                       options={"strict": True, "autotune": True, "cuda_graphs": False,
+                                "kernel_cache_dir": str(tmp_path)})
     x = rand(512, 1024, device="cuda")
     torch.testing.assert_close(fn(x), torch.softmax(x, -1) * 2)
     assert os.path.exists(tmp_path / "autotune.json")
