@@ -114,6 +114,8 @@ class Region:
         if source not in self.context:
             return "reduces a value from outside the region", ""
         shape = shape_of(source)
+        if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
+            return "reduces only size-1 dims (a copy)", ""
         for member in self.nodes:
             if strip_leading_ones(shape_of(member)) != strip_leading_ones(shape):
                 return f"{member.name} has another shape than the reduced input", ""
