@@ -31,7 +31,19 @@ def programs(draw):
     rows = draw(st.integers(1, 9))
     cols = draw(st.integers(1, 40))
     dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float16]))
-    return steps, rows, cols, dtype
+    layout = draw(st.sampled_from(["same", "row", "column", "transposed"]))
+    return steps, rows, cols, dtype, layout
+
+
+def second_input(rows, cols, dtype, layout):
+    """The second input: same shape, broadcast along rows or columns, or transposed."""
+    if layout == "row":
+        return torch.randn(cols).to(dtype)
+    if layout == "column":
+        return torch.randn(rows, 1).to(dtype)
+    if layout == "transposed":
+        return torch.randn(cols, rows).to(dtype).t()
+    return torch.randn(rows, cols).to(dtype)
 
 
 def run_program(steps, x, y):
@@ -48,13 +60,13 @@ def run_program(steps, x, y):
     return values[-1], values[-2]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(programs())
 def test_random_graphs_match_eager(program):
-    steps, rows, cols, dtype = program
+    steps, rows, cols, dtype, layout = program
     torch._dynamo.reset()
     x = torch.randn(rows, cols).to(dtype)
-    y = torch.randn(rows, cols).to(dtype)
+    y = second_input(rows, cols, dtype, layout)
     compiled = torch.compile(lambda a, b: run_program(steps, a, b), backend="kitsune",
                              options={"strict": True})
     assert_close(compiled(x, y), run_program(steps, x, y))

@@ -148,3 +148,19 @@ def test_intermediate_with_outside_user_is_materialized(out_of_region_user):
         return (torch.mm(y, w) if out_of_region_user else y * 3), z.exp()
 
     check(fn, rand(4, 4), rand(4, 4))
+
+
+def test_reshapes_inside_a_region_are_folded():
+    def fn(x):
+        y = torch.relu(x * 2).reshape(6, 4).unsqueeze(0)
+        return (y + 1).squeeze(0).view(24).sigmoid()
+
+    record = check(fn, rand(4, 6)).forward
+    assert len(record.kernels) == 1
+    assert record.stats["kernels"] == 1
+
+
+def test_debug_dump_has_kernel_sources(tmp_path):
+    check(lambda x: torch.softmax(x, -1) * 2, rand(3, 5), options={"debug_dir": str(tmp_path)})
+    dumped = [p.name for p in tmp_path.rglob("kernel_*.py")]
+    assert dumped and dumped[0].startswith("kernel_kitsune_fused_amax")

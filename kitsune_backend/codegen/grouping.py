@@ -16,6 +16,7 @@ come after ``G``'s first node.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Optional
 
 import torch
@@ -72,7 +73,7 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
         grouping.segment[node] = segment
         kind, why = ops.classify(node)
         if kind is None:
-            if node.op == "call_function":
+            if node.op == "call_function" and node.target is not operator.getitem:
                 apart.append((node, why))
             continue
         problem = _tensor_problem(node, device)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.fx as fx
 
+from ..graph_utils import is_view
+
 aten = torch.ops.aten
 prims = torch.ops.prims
 
@@ -228,6 +230,9 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return None, f"{name} is not an ATen op"
     if op in IDENTITY_VIEWS:
         return "view", ""
+    if is_view(node):
+        return None, (f"{name} reorders or broadcasts elements: it stays an ATen view and "
+                      "kernels read it through its strides")
     if op in POINTWISE:
         return _check_pointwise(node, op)
     if op in REDUCTIONS:

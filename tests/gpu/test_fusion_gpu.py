@@ -20,6 +20,15 @@ from test_fusion_ops import check, rand
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """Full fp32 convolutions and matmuls, so eager and compiled differ only by fusion."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("name", ["MLP", "SmallCNN", "TransformerBlock", "BranchyHeads"])
 def test_models_forward_backward_cuda(name):
     model, x = model_cases("cuda")[name]
