@@ -163,3 +163,19 @@ def test_backward_pointwise_ops(device):
         return torch.sigmoid(F.gelu(torch.relu(x) * 2 + x.tanh())) + F.silu(x)
 
     check(fn, rand(4, 33, device=device), grad=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_propagates_like_eager(device):
+    x = rand(4, 40, device=device)
+    x[1, 3] = float("nan")
+    x[2, 39] = float("nan")
+
+    def fn(t):
+        return (torch.softmax(t, -1), t.amax(-1) + 1, torch.relu(t) * 2,
+                t.clamp(-0.5, 0.5) + torch.maximum(t, t * 0.5))
+
+    compiled = torch.compile(fn, backend="kitsune", options={"strict": True})
+    for got, want in zip(compiled(x), fn(x)):
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)
+    assert kitsune_backend.last_compile().forward.stats["fused_regions"] >= 3

@@ -61,6 +61,10 @@ def literal(value: Any) -> str:
     raise TypeError(f"no Triton literal for {value!r}")
 
 
+NAN = "propagate_nan=tl.PropagateNan.ALL"
+"""max/min propagate NaN, as in eager."""
+
+
 def _tanh(a: str) -> str:
     return f"(2.0 * tl.sigmoid(2.0 * {a}) - 1.0)"
 
@@ -108,9 +112,9 @@ def _clamp(args: list[str], node: fx.Node) -> str:
     lo = args[1] if len(args) > 1 else "None"
     hi = args[2] if len(args) > 2 else "None"
     if lo != "None":
-        out = f"tl.maximum({out}, {lo})"
+        out = f"tl.maximum({out}, {lo}, {NAN})"
     if hi != "None":
-        out = f"tl.minimum({out}, {hi})"
+        out = f"tl.minimum({out}, {hi}, {NAN})"
     return out
 
 
@@ -167,14 +171,14 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
     aten.tanh: (lambda a, n: _tanh(a[0]), "result"),
     aten.sigmoid: (_call("tl.sigmoid"), "result"),
     aten.erf: (_call("tl.erf"), "result"),
-    aten.relu: (lambda a, n: f"tl.where({a[0]} > 0, {a[0]}, 0)", "result"),
+    aten.relu: (lambda a, n: f"tl.where({a[0]} < 0, 0, {a[0]})", "result"),  # NaN stays
     aten.gelu: (_gelu, "result"),
     aten.silu: (lambda a, n: f"({a[0]} * tl.sigmoid({a[0]}))", "result"),
-    aten.maximum: (lambda a, n: f"tl.maximum({a[0]}, {a[1]})", "result"),
-    aten.minimum: (lambda a, n: f"tl.minimum({a[0]}, {a[1]})", "result"),
+    aten.maximum: (lambda a, n: f"tl.maximum({a[0]}, {a[1]}, {NAN})", "result"),
+    aten.minimum: (lambda a, n: f"tl.minimum({a[0]}, {a[1]}, {NAN})", "result"),
     aten.clamp: (_clamp, "result"),
-    aten.clamp_min: (lambda a, n: f"tl.maximum({a[0]}, {a[1]})", "result"),
-    aten.clamp_max: (lambda a, n: f"tl.minimum({a[0]}, {a[1]})", "result"),
+    aten.clamp_min: (lambda a, n: f"tl.maximum({a[0]}, {a[1]}, {NAN})", "result"),
+    aten.clamp_max: (lambda a, n: f"tl.minimum({a[0]}, {a[1]}, {NAN})", "result"),
     aten.pow: (_pow, "result"),
     aten.square: (lambda a, n: f"({a[0]} * {a[0]})", "result"),
     aten.eq: (_binary("=="), "promote"),

@@ -341,11 +341,15 @@ class _Writer:
             if kind in ("sum", "mean"):
                 self.line(f"{acc} = {acc} + {value}")
             else:
-                self.line(f"{acc} = tl.{'maximum' if kind == 'amax' else 'minimum'}({acc}, {value})")
+                pick = "maximum" if kind == "amax" else "minimum"
+                self.line(f"{acc} = tl.{pick}({acc}, {value}, {ops.NAN})")
             self.depth = 1
             value = acc
         scale = f" / {float(self.region.columns)!r}" if kind == "mean" else ""
         self.line(f"{var} = {combine}({value}, 1)[:, None]{scale}  # {node.name}")
+        if kind in ("amax", "amin"):  # tl.max/tl.min skip NaN; eager returns it
+            self.line(f"{var} = tl.where(tl.max(({value} != {value}).to(tl.int8), 1)[:, None] > 0, "
+                      f'float("nan"), {var})')
         self.top[node] = var
 
     def store(self, index: int, node: fx.Node, scope: dict) -> None:
