@@ -157,7 +157,7 @@ class _Writer:
         if self.xmask:
             self.line(f"xmask = rows < {self.region.rows}")
         if not self.looped:
-            self.open_columns(self.top, "0")
+            self.open_columns("0")
         for node in self.region.nodes:
             if ops.packet(node) in ops.REDUCTIONS:
                 self.reduce(node)
@@ -173,7 +173,7 @@ class _Writer:
                 self.store(self.outputs.index(node), node, self.top)
         return self.lines
 
-    def open_columns(self, scope: dict, start: str) -> None:
+    def open_columns(self, start: str) -> None:
         """Define ``k`` (and the column masks) for a block of columns starting at ``start``."""
         rb = self.config.rblock
         k = f"tl.arange(0, {rb})[None, :]" if start == "0" else f"{start} + tl.arange(0, {rb})[None, :]"
@@ -299,7 +299,10 @@ class _Writer:
 
     def ensure_rows(self, targets: list[fx.Node]) -> None:
         """Define, at the top level, the per-row values ``targets`` need."""
-        _, rows = self.needed(targets)
+        self.define_rows(self.needed(targets)[1])
+
+    def define_rows(self, rows: list[fx.Node]) -> None:
+        """Define per-row values at the top level (reductions are defined by :meth:`reduce`)."""
         for node in rows:
             if node not in self.top and ops.packet(node) not in ops.REDUCTIONS:
                 self.emit(node, self.top)
@@ -307,12 +310,12 @@ class _Writer:
     def phase(self, targets: list[fx.Node]) -> dict:
         """Open a pass over the columns and define the full-size ``targets`` in it."""
         full, rows = self.needed(targets)
-        self.ensure_rows([r for r in rows])
+        self.define_rows(rows)
         if self.looped:
             self.line(f"for roff in range(0, {self.region.columns}, {self.config.rblock}):")
             self.depth += 1
             scope: dict = {}
-            self.open_columns(scope, "roff")
+            self.open_columns("roff")
         else:
             scope = self.top
         for node in full:

@@ -45,7 +45,7 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     why = _why_not_fuse(gm, ctx)
     if why:
         return PassResult(declines=[Decline(STAGE, why)])
-    device = ctx.device
+    device = _graph_device(ctx)
     grouping = find_regions(gm, device)
     result = PassResult(declines=list(grouping.declines))
     kept = []
@@ -76,12 +76,20 @@ def _why_not_fuse(gm: fx.GraphModule, ctx: PassContext) -> str:
         return "fusion is off (config fusion=False): the graph runs as ATen ops"
     if has_symbolic_shapes(gm):
         return "dynamic shapes: generated kernels need static sizes, the graph runs as ATen ops"
-    device = ctx.device
+    device = _graph_device(ctx)
     if device is None:
         return "no tensor inputs"
     if device.type not in ("cuda", "cpu"):
         return f"no Triton kernels on {device.type}: the graph runs as ATen ops"
     return ""
+
+
+def _graph_device(ctx: PassContext):
+    """The graph's device: the first CUDA input's (CPU scalars may sit beside it), else any."""
+    for value in ctx.example_inputs:
+        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+            return value.device
+    return ctx.device
 
 
 def kernel_name(region: Region, number: int) -> str:
