@@ -39,7 +39,7 @@ class FusedKernel:
     def __init__(
         self,
         generated: KernelSource,
-        aten_region: fx.GraphModule,
+        aten_graph: fx.Graph,
         cache_dir: str,
         autotune: bool = False,
         variant: Optional[Callable[[LaunchConfig], KernelSource]] = None,
@@ -48,7 +48,8 @@ class FusedKernel:
         self.__qualname__ = generated.name
         self.__module__ = "kitsune_backend.kernels"
         self.generated = generated
-        self.aten_region = aten_region
+        self.aten_graph = aten_graph
+        self._aten_module: Optional[fx.GraphModule] = None
         self.cache_dir = cache_dir
         self.autotune = autotune
         self.variant = variant
@@ -56,6 +57,14 @@ class FusedKernel:
         self.last_fallback_reason = ""
         self._tuned = not autotune
         self._launch_fn = self._load(generated)
+
+    @property
+    def aten_region(self) -> fx.GraphModule:
+        """The region's ATen ops as a callable module (built at first use: most kernels
+        never need it)."""
+        if self._aten_module is None:
+            self._aten_module = fx.GraphModule(torch.nn.Module(), self.aten_graph)
+        return self._aten_module
 
     @property
     def source(self) -> str:

@@ -112,7 +112,7 @@ def _config(region: Region) -> LaunchConfig:
     return reduction_config(region.rows, region.columns)
 
 
-def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.GraphModule:
+def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.Graph:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in inputs:
@@ -121,7 +121,7 @@ def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) 
     for node in region.nodes:
         env[node] = graph.node_copy(node, lambda a: env[a])
     graph.output(tuple(env[n] for n in outputs))
-    return fx.GraphModule(torch.nn.Module(), graph)
+    return graph
 
 
 def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> None:
