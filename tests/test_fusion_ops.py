@@ -178,4 +178,4 @@ def test_nan_propagates_like_eager(device):
     compiled = torch.compile(fn, backend="kitsune", options={"strict": True})
     for got, want in zip(compiled(x), fn(x)):
         torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)
-    assert kitsune_backend.last_compile().forward.stats["fused_regions"] >= 3
+    assert kitsune_backend.last_compile().forward.stats["fused_regions"] >= 1

@@ -164,3 +164,11 @@ def test_debug_dump_has_kernel_sources(tmp_path):
     check(lambda x: torch.softmax(x, -1) * 2, rand(3, 5), options={"debug_dir": str(tmp_path)})
     dumped = [p.name for p in tmp_path.rglob("kernel_*.py")]
     assert dumped and dumped[0].startswith("kernel_kitsune_fused_amax")
+
+
+def test_siblings_reading_one_input_share_a_kernel():
+    def fn(x, g):
+        return x.exp() + 1, torch.sigmoid(x) * 2, (x * g).sum(0), g.sum(0)
+
+    record = check(fn, rand(6, 5), rand(6, 5)).forward
+    assert record.stats["kernels"] == 2  # one pointwise kernel, one column-sum kernel

@@ -82,6 +82,7 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
             continue
         if not _join(grouping, node, kind) and kind != "view":
             _start(grouping, node, kind)
+    _merge_siblings(grouping)
     for node, why in apart:  # a boundary: it feeds a region or reads one
         if any(n in grouping.region_of for n in (*node.all_input_nodes, *node.users)):
             grouping.declines.append(Decline(STAGE, f"not fused: {why}", node.name))
@@ -141,6 +142,58 @@ def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
     trial.nodes.sort(key=grouping.index.__getitem__)
     if _reaches(grouping, {region, other}, trial.external, trial.nodes[0]):
         return False
+    region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
+    for member in other.nodes:
+        grouping.region_of[member] = region
+    grouping.regions.remove(other)
+    return True
+
+
+def _merge_siblings(grouping: Grouping) -> None:
+    """Merge regions that read a common input and have the same geometry (and do not
+    depend on each other): the shared input is then read once, by one kernel."""
+    readers: dict[fx.Node, list[Region]] = {}
+    for region in grouping.regions:
+        for node in sorted(region.external, key=grouping.index.__getitem__):
+            readers.setdefault(node, []).append(region)
+    merged: set[int] = set()
+    for group in readers.values():
+        for i, first in enumerate(group):
+            if first.id in merged:
+                continue
+            for other in group[i + 1:]:
+                if other.id not in merged and _same_geometry(first, other) and _fold(
+                    grouping, first, other
+                ):
+                    merged.add(other.id)
+
+
+def _same_geometry(a: Region, b: Region) -> bool:
+    if a.kind != b.kind:
+        return False
+    if a.kind == "pointwise":
+        return a.numel == b.numel
+    return a.shape == b.shape and a.reduced == b.reduced
+
+
+def _fold(grouping: Grouping, region: Region, other: Region) -> bool:
+    """Merge ``other`` into ``region`` when every node fits and no cycle forms."""
+    if grouping.segment[other.nodes[0]] != grouping.segment[region.nodes[0]]:
+        return False
+    first = min(region.nodes[0], other.nodes[0], key=grouping.index.__getitem__)
+    if _reaches(grouping, {region}, other.external, first) or _reaches(
+        grouping, {other}, region.external, first
+    ):
+        return False
+    trial = dataclasses.replace(region, nodes=list(region.nodes), context=dict(region.context),
+                                external=set(region.external))
+    for member in other.nodes:
+        kind, _ = ops.classify(member)
+        reason, context = trial.why_not(member, kind)
+        if reason is not None:
+            return False
+        trial.add(member, context)
+    trial.nodes.sort(key=grouping.index.__getitem__)
     region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
     for member in other.nodes:
         grouping.region_of[member] = region

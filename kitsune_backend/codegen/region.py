@@ -90,7 +90,7 @@ class Region:
             return None, "full"
         if kind == "reduction":
             source = node.args[0]
-            if self.context.get(source) != "full":
+            if self.context.get(source, "full") != "full":
                 return "reduces a per-row value of the region", ""
             if ops.reduced_dims(node) != self.reduced or shape_of(source) != self.shape:
                 return "reduces over other dims than the region's reductions", ""
