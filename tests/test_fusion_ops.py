@@ -179,3 +179,10 @@ def test_nan_propagates_like_eager(device):
     for got, want in zip(compiled(x), fn(x)):
         torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)
     assert kitsune_backend.last_compile().forward.stats["fused_regions"] >= 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_size_reductions(device):
+    check(lambda t: torch.softmax(t * 2, -1), rand(0, 5, device=device))
+    session = check(lambda t: (t * 2).sum(0) + 1, rand(0, 5, device=device), min_regions=0)
+    assert any("empty dim" in d.reason for d in session.forward.declines)
