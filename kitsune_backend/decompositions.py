@@ -2,12 +2,14 @@
 
 Composite ops whose pieces kitsune can fuse are broken into those pieces (softmax into
 amax/sub/exp/sum/div, layer_norm into var_mean and pointwise ops, ...), so the fusion pass
-only needs rules for primitive pointwise ops and reductions.
+only needs rules for primitive pointwise ops and reductions. ``var``/``var_mean`` are
+decomposed here into ``sum``, ``sub``, ``mul`` and ``div`` (two-pass variance, computed in
+fp32 for fp16/bf16 inputs) rather than PyTorch's prims, which fusion does not know.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch._decomp import get_decompositions
@@ -28,6 +30,40 @@ DECOMPOSED_OPS = [
 ]
 
 
+def _dims(x: torch.Tensor, dim: Optional[Sequence[int]]) -> list[int]:
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return list(range(x.dim()))
+    if isinstance(dim, int):
+        return [dim % max(x.dim(), 1)]
+    return [d % max(x.dim(), 1) for d in dim]
+
+
+def var_mean_correction(
+    x: torch.Tensor, dim=None, *, correction=None, keepdim: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``var_mean`` as sums: mean = sum(x)/n, var = sum((x - mean)^2)/(n - correction)."""
+    dims = _dims(x, dim)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    correction = 1 if correction is None else correction
+    wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    mean = aten.sum.dim_IntList(wide, dims, True) / n
+    diff = wide - mean
+    var = aten.sum.dim_IntList(diff * diff, dims, keepdim) / max(n - correction, 0)
+    if not keepdim:
+        mean = aten.squeeze.dims(mean, dims)
+    return var.to(x.dtype), mean.to(x.dtype)
+
+
+def var_correction(x: torch.Tensor, dim=None, *, correction=None, keepdim: bool = False):
+    """``var`` through :func:`var_mean_correction`."""
+    return var_mean_correction(x, dim, correction=correction, keepdim=keepdim)[0]
+
+
 def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     """The decomposition table handed to AOTAutograd."""
-    return get_decompositions(DECOMPOSED_OPS)
+    table = get_decompositions(DECOMPOSED_OPS)
+    table[aten.var_mean.correction] = var_mean_correction
+    table[aten.var.correction] = var_correction
+    return table

@@ -1,17 +1,163 @@
 """fusion: group pointwise and reduction nodes into regions that become generated kernels.
 
-Placeholder until the fusion issue lands: it changes nothing and says so.
+Regions are found by :func:`kitsune_backend.codegen.grouping.find_regions` (the rules and
+the reason for every boundary live there and in :mod:`kitsune_backend.codegen.region`);
+each region of two or more ops is generated as Triton source
+(:mod:`kitsune_backend.codegen.source`), loaded through the kernel cache, and replaced by
+one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.kernel.FusedKernel`.
 """
 
 from __future__ import annotations
 
+import operator
+import os
+
+import torch
 import torch.fx as fx
 
+from ..codegen import ops
+from ..codegen.grouping import find_regions, schedule
+from ..codegen.heuristics import LaunchConfig, pointwise_config, reduction_config
+from ..codegen.kernel import FusedKernel
+from ..codegen.region import Region
+from ..codegen.source import generate
+from ..graph_utils import has_symbolic_shapes
+from ..record import KernelRecord
 from .base import Decline, PassContext, PassResult
+
+STAGE = "fusion"
+_SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": "relu_bwd"}
 
 
 def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Leave ``gm`` as it is and record that no fusion rules exist yet."""
+    """Replace each fusable region of ``gm`` by one generated-kernel node.
+
+    Before::
+
+        amax = aten.amax(x, [-1], True); sub = aten.sub(x, amax); exp = aten.exp(sub)
+        sum_1 = aten.sum(exp, [-1], True); div = aten.div(exp, sum_1); return div
+
+    After::
+
+        kitsune_fused_amax_sub_exp_sum_div_0 = kitsune_fused_amax_sub_exp_sum_div_0(x)
+        return kitsune_fused_amax_sub_exp_sum_div_0
+    """
+    why = _why_not_fuse(gm, ctx)
+    if why:
+        return PassResult(declines=[Decline(STAGE, why)])
+    device = _graph_device(ctx)
+    grouping = find_regions(gm, device)
+    result = PassResult(declines=list(grouping.declines))
+    kept = []
+    for region in grouping.regions:
+        compute = [n for n in region.nodes if ops.packet(n) not in ops.IDENTITY_VIEWS]
+        if len(compute) >= 2:
+            kept.append(region)
+        else:
+            result.declines.append(Decline(
+                STAGE, "kept as ATen: a region of one op saves no memory pass",
+                region.nodes[0].name))
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        result.declines.append(Decline(
+            STAGE, f"CPU tensors without TRITON_INTERPRET=1: the {len(kept)} region(s) found "
+            "run as their ATen ops"))
+        kept = []
+    result.stats.update(fused_regions=len(kept), nodes_fused=sum(len(r.nodes) for r in kept))
+    if not kept:
+        return result
+    _rewrite(gm, ctx, grouping, kept)
+    result.changed = True
+    result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused")
+    return result
+
+
+def _why_not_fuse(gm: fx.GraphModule, ctx: PassContext) -> str:
     if not ctx.config.fusion:
-        return PassResult(declines=[Decline("fusion", "fusion is off (config fusion=False)")])
-    return PassResult(declines=[Decline("fusion", "no fusion rules implemented yet")])
+        return "fusion is off (config fusion=False): the graph runs as ATen ops"
+    if has_symbolic_shapes(gm):
+        return "dynamic shapes: generated kernels need static sizes, the graph runs as ATen ops"
+    device = _graph_device(ctx)
+    if device is None:
+        return "no tensor inputs"
+    if device.type not in ("cuda", "cpu"):
+        return f"no Triton kernels on {device.type}: the graph runs as ATen ops"
+    return ""
+
+
+def _graph_device(ctx: PassContext):
+    """The graph's device: the first CUDA input's (CPU scalars may sit beside it), else any."""
+    for value in ctx.example_inputs:
+        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+            return value.device
+    return ctx.device
+
+
+def kernel_name(region: Region, number: int) -> str:
+    """``kitsune_fused_<first ops>_<number>``: what the kernel computes, readable in traces."""
+    parts: list[str] = []
+    for node in region.nodes:
+        op = ops.packet(node)
+        if op in ops.IDENTITY_VIEWS:
+            continue
+        name = op.__name__.split(".")[-1]
+        name = _SHORT.get(name, name.strip("_"))
+        if name not in parts:
+            parts.append(name)
+    return f"kitsune_fused_{'_'.join(parts[:5])}_{number}"
+
+
+def _config(region: Region) -> LaunchConfig:
+    if region.kind == "pointwise":
+        return pointwise_config(region.numel)
+    return reduction_config(region.rows, region.columns)
+
+
+def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.Graph:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in inputs:
+        env[node] = graph.placeholder(node.name)
+        env[node].meta = dict(node.meta)
+    for node in region.nodes:
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    graph.output(tuple(env[n] for n in outputs))
+    return graph
+
+
+def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> None:
+    nodes = list(gm.graph.nodes)
+    order = schedule(grouping, kept, nodes)
+    graph = fx.Graph()
+    graph._codegen = gm.graph._codegen
+    env: dict[fx.Node, fx.Node] = {}
+    regions_state: dict[str, list[str]] = {}
+    numbers = {id(u): i for i, u in enumerate(u for u in order if isinstance(u, Region))}
+    for unit in order:
+        if not isinstance(unit, Region):
+            env[unit] = graph.node_copy(unit, lambda a: env[a])
+            continue
+        inputs = sorted(unit.external, key=grouping.index.__getitem__)
+        outputs = [n for n in unit.nodes if any(u not in unit.context for u in n.users)]
+        name = kernel_name(unit, numbers[id(unit)])
+        kernel = FusedKernel(
+            generate(unit, name, inputs, outputs, _config(unit)),
+            _aten_region(unit, inputs, outputs),
+            ctx.config.cache_dir,
+            autotune=ctx.config.autotune,
+            variant=lambda config, r=unit, i=inputs, o=outputs, n=name: generate(r, n, i, o, config),
+        )
+        call = graph.create_node("call_function", kernel, tuple(env[a] for a in inputs), name=name)
+        call.meta["kitsune_region"] = name
+        if len(outputs) == 1:
+            call.meta["val"] = outputs[0].meta["val"]
+            env[outputs[0]] = call
+        else:
+            call.meta["val"] = tuple(o.meta["val"] for o in outputs)
+            for i, out in enumerate(outputs):
+                item = graph.create_node("call_function", operator.getitem, (call, i), name=out.name)
+                item.meta["val"] = out.meta["val"]
+                env[out] = item
+        ctx.kernels.append(KernelRecord(name, [n.name for n in unit.nodes], kernel.source))
+        regions_state[name] = [n.name for n in unit.nodes]
+    gm.graph = graph
+    ctx.state["fusion"] = {"regions": regions_state}

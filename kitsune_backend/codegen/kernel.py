@@ -1,0 +1,126 @@
+"""``FusedKernel``: the callable that stands for one fusion region in the FX graph.
+
+The post-fusion graph calls it like an ATen op: ``kernel(*inputs)`` returns the region's
+output tensor (or a tuple of them), allocated with the strides the FX metadata gives, or
+written into ``out=(...)`` when the runtime places outputs itself. It launches the
+generated Triton kernel on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1``.
+Otherwise, and whenever the tensors it gets differ from the metadata it was generated for
+(a stride, a dtype), it runs the region's ATen ops instead, and counts that in
+``fallback_calls`` with ``last_fallback_reason``: correct, just not fused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from . import cache
+from .heuristics import LaunchConfig
+from .source import KernelSource, TensorSpec
+
+
+def _matches(tensor: Any, spec: TensorSpec) -> bool:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != spec.dtype:
+        return False
+    if tuple(tensor.shape) != spec.shape:
+        return False
+    return all(
+        size == 1 or have == want
+        for size, have, want in zip(spec.shape, tensor.stride(), spec.stride)
+    )
+
+
+class FusedKernel:
+    """One generated kernel, callable on real tensors like the ATen ops it replaces."""
+
+    def __init__(
+        self,
+        generated: KernelSource,
+        aten_graph: fx.Graph,
+        cache_dir: str,
+        autotune: bool = False,
+        variant: Optional[Callable[[LaunchConfig], KernelSource]] = None,
+    ) -> None:
+        self.__name__ = generated.name
+        self.__qualname__ = generated.name
+        self.__module__ = "kitsune_backend.kernels"
+        self.generated = generated
+        self.aten_graph = aten_graph
+        self._aten_module: Optional[fx.GraphModule] = None
+        self.cache_dir = cache_dir
+        self.autotune = autotune
+        self.variant = variant
+        self.fallback_calls = 0
+        self.last_fallback_reason = ""
+        self._tuned = not autotune
+        self._launch_fn = self._load(generated)
+
+    @property
+    def aten_region(self) -> fx.GraphModule:
+        """The region's ATen ops as a callable module (built at first use: most kernels
+        never need it)."""
+        if self._aten_module is None:
+            self._aten_module = fx.GraphModule(torch.nn.Module(), self.aten_graph)
+        return self._aten_module
+
+    @property
+    def source(self) -> str:
+        """The Triton source this kernel launches."""
+        return self.generated.source
+
+    def _load(self, generated: KernelSource) -> Any:
+        module = cache.load(generated.source, self.cache_dir)
+        return getattr(module, generated.name)
+
+    def __repr__(self) -> str:
+        return f"<FusedKernel {self.__name__}: {', '.join(self.generated.nodes)}>"
+
+    def why_not_launch(self, args: Sequence[Any]) -> str:
+        """Why these arguments run as ATen instead of the kernel ('' when they launch)."""
+        for tensor, spec in zip(args, self.generated.inputs):
+            if not _matches(tensor, spec):
+                got = (tuple(tensor.shape), tensor.stride(), tensor.dtype) if isinstance(
+                    tensor, torch.Tensor) else type(tensor).__name__
+                return f"input {spec.name} is {got}, the kernel was generated for " \
+                       f"{(spec.shape, spec.stride, spec.dtype)}"
+        device = args[0].device if args else torch.device("cpu")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "CPU tensors without TRITON_INTERPRET=1 run as ATen ops"
+        if device.type not in ("cpu", "cuda"):
+            return f"no Triton kernels on {device.type}"
+        return ""
+
+    def __call__(self, *args: Any, out: Optional[Sequence[torch.Tensor]] = None) -> Any:
+        """Compute the region's outputs from its inputs (see the module docstring)."""
+        reason = self.why_not_launch(args)
+        if reason:
+            self.fallback_calls += 1
+            self.last_fallback_reason = reason
+            results = self.aten_region(*args)
+            if out is not None:
+                for target, value in zip(out, results):
+                    target.copy_(value)
+                results = tuple(out)
+            return results[0] if len(results) == 1 else tuple(results)
+        device = args[0].device
+        if out is None:
+            out = tuple(
+                torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=device)
+                for s in self.generated.outputs
+            )
+        if self.generated.grid > 0:
+            if not self._tuned and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+                from .autotune import tune
+
+                self.generated, self._launch_fn = tune(self, args, out)
+                self._tuned = True
+            self._launch(self._launch_fn, self.generated, args, out)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    @staticmethod
+    def _launch(fn: Any, generated: KernelSource, args: Sequence[Any], out: Sequence[Any]) -> None:
+        """Launch ``fn`` (a kernel of ``generated``) on the given inputs and outputs."""
+        fn[(generated.grid,)](*args, *out, num_warps=generated.config.num_warps)

@@ -1,0 +1,308 @@
+"""Which ATen ops kitsune fuses, and the Triton expression each one lowers to.
+
+Three families: pointwise ops (one output element from the same element of each input),
+reductions (``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the
+fusion pass already decomposed into these, see :mod:`kitsune_backend.decompositions`) and
+identity views (reshapes that keep the logical element order, folded into index math).
+
+Every value inside a kernel lives in a *compute dtype*: float16/bfloat16/float32 compute in
+float32 (so fp16/bf16 math accumulates in fp32), float64 in float64, integers and bool as
+themselves. A lowering is ``fn(args, node) -> str``: ``args`` are the operand expressions,
+tensors already cast to the op's compute dtype, Python scalars as literals.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+
+from ..graph_utils import is_view
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+TL_DTYPES = {
+    torch.float16: "tl.float16",
+    torch.bfloat16: "tl.bfloat16",
+    torch.float32: "tl.float32",
+    torch.float64: "tl.float64",
+    torch.int8: "tl.int8",
+    torch.uint8: "tl.uint8",
+    torch.int16: "tl.int16",
+    torch.int32: "tl.int32",
+    torch.int64: "tl.int64",
+    torch.bool: "tl.int1",
+}
+"""dtypes a generated kernel can load and store; anything else ends a region."""
+
+
+def compute_dtype(dtype: torch.dtype) -> str:
+    """The Triton dtype a value of ``dtype`` is computed in (fp16/bf16 widen to fp32)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "tl.float32"
+    return TL_DTYPES[dtype]
+
+
+def literal(value: Any) -> str:
+    """A Python scalar as Triton source (infinities and NaN included)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 'float("nan")'
+        if math.isinf(value):
+            return 'float("inf")' if value > 0 else '-float("inf")'
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value)
+    raise TypeError(f"no Triton literal for {value!r}")
+
+
+NAN = "propagate_nan=tl.PropagateNan.ALL"
+"""max/min propagate NaN, as in eager."""
+
+
+def _tanh(a: str) -> str:
+    return f"(2.0 * tl.sigmoid(2.0 * {a}) - 1.0)"
+
+
+_SQRT1_2 = 0.7071067811865476
+_SQRT_2_OVER_PI = 0.7978845608028654
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _gelu(args: list[str], node: fx.Node) -> str:
+    a = args[0]
+    if _kw(node, "approximate", 1, "none") == "tanh":
+        inner = f"{_SQRT_2_OVER_PI} * ({a} + 0.044715 * {a} * {a} * {a})"
+        return f"(0.5 * {a} * (1.0 + {_tanh(inner)}))"
+    return f"(0.5 * {a} * (1.0 + tl.erf({a} * {_SQRT1_2})))"
+
+
+def _gelu_backward(args: list[str], node: fx.Node) -> str:
+    g, x = args[0], args[1]
+    if _kw(node, "approximate", 2, "none") == "tanh":
+        inner = f"{_SQRT_2_OVER_PI} * ({x} + 0.044715 * {x} * {x} * {x})"
+        t = _tanh(inner)
+        dinner = f"{_SQRT_2_OVER_PI} * (1.0 + 3.0 * 0.044715 * {x} * {x})"
+        return f"({g} * (0.5 * (1.0 + {t}) + 0.5 * {x} * (1.0 - {t} * {t}) * {dinner}))"
+    cdf = f"(0.5 * (1.0 + tl.erf({x} * {_SQRT1_2})))"
+    pdf = f"({_INV_SQRT_2PI} * tl.exp(-0.5 * {x} * {x}))"
+    return f"({g} * ({cdf} + {x} * {pdf}))"
+
+
+def _pow(args: list[str], node: fx.Node) -> str:
+    a, e = args[0], node.args[1]
+    if isinstance(e, (int, float)) and float(e).is_integer() and abs(e) <= 4:
+        e = int(e)
+        if e == 0:
+            return f"({a} * 0.0 + 1.0)"
+        body = " * ".join([a] * abs(e))
+        return f"({body})" if e > 0 else f"(1.0 / ({body}))"
+    if e == 0.5:
+        return f"tl.sqrt({a})"
+    return f"tl.exp({literal(float(e))} * tl.log({a}))"
+
+
+def _clamp(args: list[str], node: fx.Node) -> str:
+    out = args[0]
+    lo = args[1] if len(args) > 1 else "None"
+    hi = args[2] if len(args) > 2 else "None"
+    if lo != "None":
+        out = f"tl.maximum({out}, {lo}, {NAN})"
+    if hi != "None":
+        out = f"tl.minimum({out}, {hi}, {NAN})"
+    return out
+
+
+def _cast(args: list[str], node: fx.Node) -> str:
+    target = node.meta["val"].dtype
+    if target == torch.bool:
+        return f"({args[0]} != 0)"
+    if target in (torch.float16, torch.bfloat16):  # round like eager, keep computing in fp32
+        return f"{args[0]}.to({TL_DTYPES[target]}).to(tl.float32)"
+    return f"{args[0]}.to({compute_dtype(target)})"
+
+
+def _kw(node: fx.Node, name: str, position: int, default: Any) -> Any:
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[position] if len(node.args) > position else default
+
+
+def _alpha(node: fx.Node) -> str:
+    alpha = node.kwargs.get("alpha", 1)
+    return "" if alpha == 1 else f"{literal(alpha)} * "
+
+
+def _binary(symbol: str) -> Callable[[list[str], fx.Node], str]:
+    return lambda a, n: f"({a[0]} {symbol} {a[1]})"
+
+
+def _call(fn: str) -> Callable[[list[str], fx.Node], str]:
+    return lambda a, n: f"{fn}({a[0]})"
+
+
+# overload packet -> (lowering, cast mode): "result" casts tensor operands to the result's
+# compute dtype; "promote" to the promoted dtype of the operands (comparisons); "none": as is.
+POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
+    aten.add: (lambda a, n: f"({a[0]} + {_alpha(n)}{a[1]})", "result"),
+    aten.sub: (lambda a, n: f"({a[0]} - {_alpha(n)}{a[1]})", "result"),
+    aten.rsub: (lambda a, n: f"({a[1]} - {_alpha(n)}{a[0]})", "result"),
+    aten.mul: (_binary("*"), "result"),
+    aten.div: (_binary("/"), "result"),
+    aten.true_divide: (_binary("/"), "result"),
+    aten.neg: (lambda a, n: f"(-{a[0]})", "result"),
+    aten.abs: (_call("tl.abs"), "result"),
+    aten.exp: (_call("tl.exp"), "result"),
+    aten.exp2: (_call("tl.exp2"), "result"),
+    aten.log: (_call("tl.log"), "result"),
+    aten.log2: (_call("tl.log2"), "result"),
+    aten.log1p: (lambda a, n: f"tl.log(1.0 + {a[0]})", "result"),
+    aten.expm1: (lambda a, n: f"(tl.exp({a[0]}) - 1.0)", "result"),
+    aten.sqrt: (_call("tl.sqrt"), "result"),
+    aten.rsqrt: (_call("tl.rsqrt"), "result"),
+    aten.reciprocal: (lambda a, n: f"(1.0 / {a[0]})", "result"),
+    aten.sin: (_call("tl.sin"), "result"),
+    aten.cos: (_call("tl.cos"), "result"),
+    aten.tanh: (lambda a, n: _tanh(a[0]), "result"),
+    aten.sigmoid: (_call("tl.sigmoid"), "result"),
+    aten.erf: (_call("tl.erf"), "result"),
+    aten.relu: (lambda a, n: f"tl.where({a[0]} < 0, 0, {a[0]})", "result"),  # NaN stays
+    aten.gelu: (_gelu, "result"),
+    aten.silu: (lambda a, n: f"({a[0]} * tl.sigmoid({a[0]}))", "result"),
+    aten.maximum: (lambda a, n: f"tl.maximum({a[0]}, {a[1]}, {NAN})", "result"),
+    aten.minimum: (lambda a, n: f"tl.minimum({a[0]}, {a[1]}, {NAN})", "result"),
+    aten.clamp: (_clamp, "result"),
+    aten.clamp_min: (lambda a, n: f"tl.maximum({a[0]}, {a[1]}, {NAN})", "result"),
+    aten.clamp_max: (lambda a, n: f"tl.minimum({a[0]}, {a[1]}, {NAN})", "result"),
+    aten.pow: (_pow, "result"),
+    aten.square: (lambda a, n: f"({a[0]} * {a[0]})", "result"),
+    aten.eq: (_binary("=="), "promote"),
+    aten.ne: (_binary("!="), "promote"),
+    aten.lt: (_binary("<"), "promote"),
+    aten.le: (_binary("<="), "promote"),
+    aten.gt: (_binary(">"), "promote"),
+    aten.ge: (_binary(">="), "promote"),
+    aten.logical_not: (lambda a, n: f"({a[0]} == 0)", "none"),
+    aten.logical_and: (lambda a, n: f"(({a[0]} != 0) & ({a[1]} != 0))", "none"),
+    aten.logical_or: (lambda a, n: f"(({a[0]} != 0) | ({a[1]} != 0))", "none"),
+    aten.where: (lambda a, n: f"tl.where({a[0]}, {a[1]}, {a[2]})", "result"),
+    aten.masked_fill: (lambda a, n: f"tl.where({a[1]}, {a[2]}, {a[0]})", "result"),
+    aten.clone: (lambda a, n: a[0], "result"),
+    aten._to_copy: (_cast, "none"),
+    prims.convert_element_type: (_cast, "none"),
+    aten.threshold_backward: (lambda a, n: f"tl.where({a[1]} <= {a[2]}, 0.0, {a[0]})", "result"),
+    aten.gelu_backward: (_gelu_backward, "result"),
+    aten.sigmoid_backward: (lambda a, n: f"({a[0]} * {a[1]} * (1.0 - {a[1]}))", "result"),
+    aten.tanh_backward: (lambda a, n: f"({a[0]} * (1.0 - {a[1]} * {a[1]}))", "result"),
+    aten.silu_backward: (
+        lambda a, n: f"({a[0]} * tl.sigmoid({a[1]}) * (1.0 + {a[1]} * (1.0 - tl.sigmoid({a[1]}))))",
+        "result",
+    ),
+    aten.native_dropout_backward: (lambda a, n: f"({a[0]} * {a[1]} * {a[2]})", "result"),
+}
+
+REDUCTIONS = {aten.sum: "sum", aten.mean: "mean", aten.amax: "amax", aten.amin: "amin"}
+"""Reduction overload packets and the accumulator each uses."""
+
+IDENTITY_VIEWS = {
+    aten.view, aten.reshape, aten._unsafe_view, aten.squeeze, aten.unsqueeze,
+    aten.alias, aten.detach,
+}
+"""Views that keep the logical (row-major) element order: inside a region they cost nothing."""
+
+
+def packet(node: fx.Node) -> Optional[Any]:
+    """The overload packet (``aten.add``) of an ATen/prims call, or ``None``."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return None
+    return target.overloadpacket
+
+
+def classify(node: fx.Node) -> tuple[Optional[str], str]:
+    """``("pointwise"|"reduction"|"view", "")`` for a fusable node, else ``(None, why not)``."""
+    if node.op != "call_function":
+        return None, f"{node.op} node"
+    op = packet(node)
+    name = getattr(node.target, "__name__", str(node.target))
+    if op is None:
+        return None, f"{name} is not an ATen op"
+    if op in IDENTITY_VIEWS:
+        return "view", ""
+    if is_view(node):
+        return None, (f"{name} reorders or broadcasts elements: it stays an ATen view and "
+                      "kernels read it through its strides")
+    if op in POINTWISE:
+        return _check_pointwise(node, op)
+    if op in REDUCTIONS:
+        return _check_reduction(node)
+    if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
+        return None, f"{name} is a random op"
+    return None, f"{name} is a library call or an op without a Triton lowering"
+
+
+def _check_pointwise(node: fx.Node, op: Any) -> tuple[Optional[str], str]:
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return None, "result is not a single tensor"
+    if op is aten.div and node.kwargs.get("rounding_mode") is not None:
+        return None, "div with a rounding mode has no lowering"
+    if op is aten._to_copy and set(node.kwargs) - {"dtype", "layout", "device"}:
+        return None, "_to_copy with memory_format/pin_memory changes more than the dtype"
+    if op is aten._to_copy and node.kwargs.get("device") not in (None, value.device):
+        return None, "_to_copy across devices"
+    if op is aten.pow and not isinstance(node.args[1], (int, float)):
+        return None, "pow with a tensor exponent has no lowering"
+    if op is aten.clone and node.kwargs.get("memory_format") not in (None, torch.preserve_format,
+                                                                     torch.contiguous_format):
+        return None, "clone to a memory format is a layout change"
+    return "pointwise", ""
+
+
+def _check_reduction(node: fx.Node) -> tuple[Optional[str], str]:
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor) or not node.args:
+        return None, "result is not a single tensor"
+    source = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    if not isinstance(source, torch.Tensor):
+        return None, "reduction input has no tensor metadata"
+    if not value.dtype.is_floating_point or not source.dtype.is_floating_point:
+        return None, f"{value.dtype} reduction (only floating point accumulates in a kernel)"
+    if node.kwargs.get("dtype") not in (None, value.dtype):
+        return None, "reduction with a dtype argument"
+    reduce_size = math.prod(source.shape[d] for d in reduced_dims(node))
+    if reduce_size == 0 and value.numel() > 0:
+        return None, "reduction over an empty dim (eager decides its identity value)"
+    return "reduction", ""
+
+
+def reduced_dims(node: fx.Node) -> tuple[int, ...]:
+    """The sorted, non-negative dims a reduction node reduces over (all when none given)."""
+    source = node.args[0].meta["val"]
+    rank = source.dim()
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        return tuple(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    return tuple(sorted({d % rank for d in dims})) if rank else ()
+
+
+def lower_pointwise(node: fx.Node, args: list[str]) -> str:
+    """The Triton expression for a pointwise node, given its operand expressions."""
+    lowering, _ = POINTWISE[packet(node)]
+    return lowering(args, node)
+
+
+BOOL_OPERANDS = {aten.where: 0, aten.masked_fill: 1}
+"""Operand positions that stay boolean whatever the result dtype."""
+
+
+def cast_mode(node: fx.Node) -> str:
+    """How operands are cast before a pointwise node's lowering (see :data:`POINTWISE`)."""
+    return POINTWISE[packet(node)][1]

@@ -1,0 +1,164 @@
+"""A fusion region: which nodes one generated kernel computes, and the shape rule it keeps.
+
+A region has one of two geometries:
+
+* ``pointwise``: every node has the same number of elements ``numel``; the kernel walks one
+  flat (row-major) index, and each node's value at that index is one element.
+* ``reduction``: a reduced shape ``shape`` and reduced dims ``reduced``. The kernel walks
+  rows (positions over the kept dims) and, within a row, columns (positions over the
+  reduced dims). Each node is either ``full`` (one value per row and column, the shape of
+  ``shape``) or ``row`` (one value per row: the reductions and what is computed from them).
+
+:meth:`Region.why_not` answers whether a node can join while keeping that rule; the answer
+is the reason string recorded when it cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from . import ops
+
+
+def shape_of(node: fx.Node) -> tuple[int, ...]:
+    """The static shape of a node's (fake) tensor value."""
+    return tuple(int(s) for s in node.meta["val"].shape)
+
+
+def strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without its leading size-1 dims (they do not change the element order)."""
+    start = 0
+    while start < len(shape) and shape[start] == 1:
+        start += 1
+    return shape[start:]
+
+
+def _no_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(s for s in shape if s != 1)
+
+
+@dataclasses.dataclass(eq=False)
+class Region:
+    """One future kernel: its nodes in graph order and its geometry."""
+
+    id: int
+    kind: str  # "pointwise" or "reduction"
+    numel: int
+    nodes: list[fx.Node] = dataclasses.field(default_factory=list)
+    context: dict[fx.Node, str] = dataclasses.field(default_factory=dict)  # "full" / "row"
+    shape: tuple[int, ...] = ()
+    reduced: tuple[int, ...] = ()
+    external: set[fx.Node] = dataclasses.field(default_factory=set)
+
+    @property
+    def rows(self) -> int:
+        """Rows of a reduction region (positions over the kept dims)."""
+        return math.prod(s for d, s in enumerate(self.shape) if d not in self.reduced)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The kept dims' sizes of a reduction region, in order."""
+        return tuple(s for d, s in enumerate(self.shape) if d not in self.reduced)
+
+    @property
+    def columns(self) -> int:
+        """Elements reduced per row in a reduction region."""
+        return math.prod(self.shape[d] for d in self.reduced)
+
+    def add(self, node: fx.Node, context: str) -> None:
+        """Put ``node`` in the region (the caller has checked :meth:`why_not`)."""
+        self.nodes.append(node)
+        self.context[node] = context
+        self.external.discard(node)
+        for arg in node.all_input_nodes:
+            if arg not in self.context:
+                self.external.add(arg)
+
+    def why_not(self, node: fx.Node, kind: str) -> tuple[Optional[str], str]:
+        """``(None, context)`` when ``node`` (a ``kind`` node) may join, else ``(reason, "")``."""
+        inside = [a for a in node.all_input_nodes if a in self.context]
+        if self.kind == "pointwise":
+            if kind == "reduction":
+                return self._why_not_first_reduction(node)
+            if node.meta["val"].numel() != self.numel:
+                return (f"has {node.meta['val'].numel()} elements, the region's ops {self.numel}", "")
+            return None, "full"
+        if kind == "reduction":
+            source = node.args[0]
+            if self.context.get(source, "full") != "full":
+                return "reduces a per-row value of the region", ""
+            if ops.reduced_dims(node) != self.reduced or shape_of(source) != self.shape:
+                return "reduces over other dims than the region's reductions", ""
+            return None, "row"
+        shape = shape_of(node)
+        if strip_leading_ones(shape) == strip_leading_ones(self.shape) and self.columns > 1:
+            for arg in inside:
+                if self.context[arg] == "row" and not self._row_broadcasts(shape_of(arg)):
+                    return f"{arg.name} does not broadcast along the reduced dims", ""
+            if kind == "view" and self.context[inside[0]] == "row":
+                return "view turns a per-row value into a full-size one", ""
+            return None, "full"
+        if _no_ones(shape) == _no_ones(self.row_shape):
+            if any(self.context[arg] == "full" for arg in inside):
+                return "mixes full-size values into a per-row value", ""
+            return None, "row"
+        return f"shape {list(shape)} fits neither the region's rows nor its full shape", ""
+
+    def _why_not_first_reduction(self, node: fx.Node) -> tuple[Optional[str], str]:
+        source = node.args[0]
+        if source not in self.context:
+            return "reduces a value from outside the region", ""
+        shape = shape_of(source)
+        if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
+            return "reduces only size-1 dims (a copy)", ""
+        for member in self.nodes:
+            if strip_leading_ones(shape_of(member)) != strip_leading_ones(shape):
+                return f"{member.name} has another shape than the reduced input", ""
+        return None, "row"
+
+    def make_reduction(self, node: fx.Node) -> None:
+        """Turn a pointwise region into a reduction region around ``node``'s geometry."""
+        self.kind = "reduction"
+        self.shape = shape_of(node.args[0])
+        self.reduced = ops.reduced_dims(node)
+        self.numel = math.prod(self.shape)
+
+    def _row_broadcasts(self, shape: tuple[int, ...]) -> bool:
+        padded = (1,) * (len(self.shape) - len(shape)) + shape
+        if len(padded) != len(self.shape):
+            return False
+        return all(
+            (p == 1) if d in self.reduced else (p == s)
+            for d, (p, s) in enumerate(zip(padded, self.shape))
+        )
+
+
+def new_region(region_id: int, node: fx.Node, kind: str) -> Region:
+    """A region that starts at ``node`` (pointwise or reduction)."""
+    value = node.meta["val"]
+    if kind == "reduction":
+        region = Region(region_id, "pointwise", 0)
+        region.make_reduction(node)
+        region.add(node, "row")
+        return region
+    region = Region(region_id, "pointwise", value.numel())
+    region.add(node, "full")
+    return region
+
+
+def supported_tensor(value: object) -> Optional[str]:
+    """Why a tensor value cannot be read or written by a kernel, or ``None`` when it can."""
+    if not isinstance(value, torch.Tensor):
+        return "not a tensor"
+    if value.dtype not in ops.TL_DTYPES:
+        return f"dtype {value.dtype} has no Triton type"
+    if value.device.type not in ("cuda", "cpu"):
+        return f"device {value.device.type}"
+    if any(not isinstance(s, int) for s in (*value.shape, *value.stride())):
+        return "symbolic shape"
+    return None

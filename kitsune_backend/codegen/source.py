@@ -1,0 +1,387 @@
+"""Triton source for one fusion region: the kernel text and what its launch needs.
+
+A pointwise kernel walks one flat index ``xindex``; a reduction kernel walks ``rows`` (one
+per kept position, ``XBLOCK`` rows per program) and columns ``k`` (``RBLOCK`` at a time).
+When a whole row fits in one block, every value is computed once and kept in registers
+(one pass over the input); otherwise each reduction gets its own loop over the row and a
+last loop writes the full-size outputs, recomputing what it needs (reads, not writes).
+
+Values compute in fp32 for fp16/bf16 inputs; every load and store casts. Shapes and
+strides are constants of the source (kitsune compiles static shapes only); the launcher
+checks the tensors it receives against them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+import torch.fx as fx
+
+from . import ops
+from .heuristics import LaunchConfig
+from .indexing import broadcast_strides, collapse, max_offset, offset_expr, split_dims
+from .region import Region, shape_of, strip_leading_ones
+
+INT32_LIMIT = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A kernel argument as the FX metadata describes it."""
+
+    name: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    @staticmethod
+    def of(node: fx.Node) -> "TensorSpec":
+        """The spec of a node's fake tensor value."""
+        value = node.meta["val"]
+        return TensorSpec(node.name, tuple(value.shape), tuple(value.stride()), value.dtype)
+
+    def describe(self) -> str:
+        """``name dtype[shape] strides (..)`` for the kernel header."""
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"{self.name} {dtype}{list(self.shape)} strides {self.stride}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSource:
+    """Generated source plus the facts its launcher needs."""
+
+    name: str
+    source: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    grid: int
+    config: LaunchConfig
+    nodes: tuple[str, ...]
+    columns: int = 0
+    """Elements reduced per row (0 for a pointwise kernel)."""
+
+
+def generate(
+    region: Region, name: str, inputs: list[fx.Node], outputs: list[fx.Node], config: LaunchConfig
+) -> KernelSource:
+    """The Triton source of ``region`` as kernel ``name`` launched with ``config``."""
+    writer = _Writer(region, inputs, outputs, config)
+    body = writer.write()
+    in_specs = tuple(TensorSpec.of(n) for n in inputs)
+    out_specs = tuple(TensorSpec.of(n) for n in outputs)
+    if region.kind == "pointwise":
+        grid = -(-region.numel // config.xblock)
+        what = f"pointwise over {region.numel} elements"
+    else:
+        grid = -(-region.rows // config.xblock) if region.columns else 0
+        passes = "one pass per row" if config.rblock >= region.columns else "looped rows"
+        what = (f"row reduction over dims {list(region.reduced)} of {list(region.shape)}: "
+                f"{region.rows} rows x {region.columns} columns, {passes}")
+    header = [
+        f"# kitsune generated kernel {name}",
+        f"# FX nodes: {', '.join(n.name for n in region.nodes)}",
+        *(f"# in{i}: {s.describe()}" for i, s in enumerate(in_specs)),
+        *(f"# out{i}: {s.describe()}" for i, s in enumerate(out_specs)),
+        f"# {what}; {config.describe()}; grid ({grid},)",
+        "import triton",
+        "import triton.language as tl",
+        "",
+        f"GRID = ({grid},)",
+        f"NUM_WARPS = {config.num_warps}",
+        "",
+        "",
+        "@triton.jit",
+        f"def {name}({', '.join([f'in{i}' for i in range(len(inputs))] + [f'out{i}' for i in range(len(outputs))])}):",
+    ]
+    source = "\n".join(header + body) + "\n"
+    columns = region.columns if region.kind == "reduction" else 0
+    return KernelSource(name, source, in_specs, out_specs, grid, config,
+                        tuple(n.name for n in region.nodes), columns)
+
+
+def _uses(expr: str, var: str) -> bool:
+    return re.search(rf"\b{var}\b", expr) is not None
+
+
+class _Writer:
+    """Writes the kernel body line by line; one instance per kernel."""
+
+    def __init__(self, region: Region, inputs: list[fx.Node], outputs: list[fx.Node],
+                 config: LaunchConfig) -> None:
+        self.region = region
+        self.inputs = {n: i for i, n in enumerate(inputs)}
+        self.outputs = outputs
+        self.config = config
+        self.lines: list[str] = []
+        self.depth = 1
+        self.top: dict[object, str] = {}
+        self.count = 0
+        self.looped = region.kind == "reduction" and config.rblock < region.columns
+        specs = [TensorSpec.of(n) for n in (*inputs, *outputs)]
+        work = region.numel if region.kind == "pointwise" else region.rows * max(region.columns, 1)
+        self.int64 = work > INT32_LIMIT or any(
+            max_offset(s.shape, s.stride) > INT32_LIMIT for s in specs
+        )
+        if region.kind == "pointwise":
+            self.xmask = region.numel % config.xblock != 0
+            self.rmask = False
+        else:
+            self.xmask = region.rows % config.xblock != 0
+            self.rmask = region.columns % config.rblock != 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def line(self, text: str) -> None:
+        """Append one line at the current depth."""
+        self.lines.append("    " * self.depth + text)
+
+    def fresh(self, stem: str) -> str:
+        """A new local variable name."""
+        self.count += 1
+        return f"{stem}{self.count}"
+
+    def write(self) -> list[str]:
+        """The whole kernel body."""
+        pid = "tl.program_id(0).to(tl.int64)" if self.int64 else "tl.program_id(0)"
+        if self.region.kind == "pointwise":
+            self.line(f"xindex = {pid} * {self.config.xblock} + tl.arange(0, {self.config.xblock})")
+            if self.xmask:
+                self.line(f"xmask = xindex < {self.region.numel}")
+            for node in self.region.nodes:
+                self.emit(node, self.top)
+            for i, node in enumerate(self.outputs):
+                self.store(i, node, self.top)
+            return self.lines
+        self.line(f"rows = {pid} * {self.config.xblock} + tl.arange(0, {self.config.xblock})[:, None]")
+        if self.xmask:
+            self.line(f"xmask = rows < {self.region.rows}")
+        if not self.looped:
+            self.open_columns("0")
+        for node in self.region.nodes:
+            if ops.packet(node) in ops.REDUCTIONS:
+                self.reduce(node)
+        full_outputs = [n for n in self.outputs if self.region.context[n] == "full"]
+        if full_outputs:
+            scope = self.phase(full_outputs)
+            for node in full_outputs:
+                self.store(self.outputs.index(node), node, scope)
+            self.depth = 1
+        for node in self.outputs:
+            if self.region.context[node] == "row":
+                self.ensure_rows([node])
+                self.store(self.outputs.index(node), node, self.top)
+        return self.lines
+
+    def open_columns(self, start: str) -> None:
+        """Define ``k`` (and the column masks) for a block of columns starting at ``start``."""
+        rb = self.config.rblock
+        k = f"tl.arange(0, {rb})[None, :]" if start == "0" else f"{start} + tl.arange(0, {rb})[None, :]"
+        self.line(f"k = ({k}).to(tl.int64)" if self.int64 else f"k = {k}")
+        if self.rmask:
+            self.line(f"rmask = k < {self.region.columns}")
+        if self.rmask and self.xmask:
+            self.line("fmask = xmask & rmask")
+
+    # -- values -----------------------------------------------------------------------------
+    def lookup(self, node: fx.Node, scope: dict) -> str:
+        """The variable holding an in-region node's value."""
+        return scope[node] if node in scope else self.top[node]
+
+    def emit(self, node: fx.Node, scope: dict) -> None:
+        """Define ``node``'s value in ``scope`` (its in-region inputs are defined already)."""
+        if node in scope or node in self.top:
+            return
+        op = ops.packet(node)
+        if op in ops.IDENTITY_VIEWS:
+            scope[node] = self.lookup(node.args[0], scope)
+            return
+        result = node.meta["val"].dtype
+        mode = ops.cast_mode(node)
+        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+        if mode == "promote":
+            dtypes = [a.meta["val"].dtype for a in tensors]
+            target = dtypes[0]
+            for dtype in dtypes[1:]:
+                target = torch.promote_types(target, dtype)
+            if not target.is_floating_point and any(isinstance(a, float) for a in node.args):
+                target = torch.float32
+            want = ops.compute_dtype(target)
+        else:
+            want = ops.compute_dtype(result)
+        keep_bool = ops.BOOL_OPERANDS.get(op)
+        args = []
+        for position, arg in enumerate(node.args):
+            if isinstance(arg, fx.Node):
+                expr = self.operand(arg, node, scope)
+                have = ops.compute_dtype(arg.meta["val"].dtype)
+                if mode != "none" and have != want and position != keep_bool:
+                    expr = f"{expr}.to({want})"
+                args.append(expr)
+            elif isinstance(arg, (bool, int, float)):
+                args.append(ops.literal(arg))
+            else:
+                args.append("None")
+        var = self.fresh("v")
+        self.line(f"{var} = {ops.lower_pointwise(node, args)}  # {node.name}")
+        scope[node] = var
+
+    def operand(self, arg: fx.Node, consumer: fx.Node, scope: dict) -> str:
+        """An operand of ``consumer``: an in-region value or a load of a kernel input."""
+        if arg in self.region.context:
+            return self.lookup(arg, scope)
+        if self.region.kind == "pointwise":
+            context = "flat"
+        else:
+            context = self.region.context[consumer]
+        return self.load(arg, context, shape_of(consumer), scope if context == "full" else self.top)
+
+    def load(self, arg: fx.Node, context: str, target: tuple[int, ...], scope: dict) -> str:
+        """Load kernel input ``arg`` broadcast to ``target`` (the consumer's shape)."""
+        key = ("load", arg, context, target if context != "full" else ())
+        if key in scope:
+            return scope[key]
+        spec = TensorSpec.of(arg)
+        sizes, strides = _strip(spec.shape, spec.stride)
+        if context == "full":
+            target = self.region.shape
+        strides = broadcast_strides(sizes, strides, target)
+        offset = self.offset(context, target, strides)
+        mask = self.mask_for(offset)
+        mask_arg = f", mask={mask}" if mask else ""
+        value = f"tl.load(in{self.inputs[arg]} + {offset}{mask_arg})"
+        have = ops.TL_DTYPES[spec.dtype]
+        want = ops.compute_dtype(spec.dtype)
+        if have != want:
+            value += f".to({want})"
+        var = self.fresh("x")
+        self.line(f"{var} = {value}  # {arg.name}")
+        scope[key] = var
+        return var
+
+    def offset(self, context: str, shape: tuple[int, ...], strides: list[int]) -> str:
+        """The offset expression of an element in ``context`` for a tensor of ``strides``."""
+        if context == "flat":
+            return f"({offset_expr('xindex', collapse(shape, strides))})"
+        if context == "row":
+            return f"({offset_expr('rows', collapse(shape, strides))})"
+        kept, red = split_dims(self.region.shape, strides, self.region.reduced)
+        parts = [offset_expr("rows", kept), offset_expr("k", red)]
+        parts = [p for p in parts if p != "0"] or ["0"]
+        return f"({' + '.join(parts)})"
+
+    def mask_for(self, offset: str) -> str:
+        """The mask matching the index variables an offset uses ('' when none is needed)."""
+        if _uses(offset, "xindex"):
+            return "xmask" if self.xmask else ""
+        rows = _uses(offset, "rows") and self.xmask
+        cols = _uses(offset, "k") and self.rmask
+        if rows and cols:
+            return "fmask"
+        return "xmask" if rows else ("rmask" if cols else "")
+
+    # -- reductions and phases --------------------------------------------------------------
+    def needed(self, targets: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
+        """(full nodes, row nodes) of the region that ``targets`` depend on, in graph order."""
+        seen: set[fx.Node] = set()
+        stack = [t for t in targets if t in self.region.context]
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if ops.packet(node) in ops.REDUCTIONS:
+                continue
+            stack.extend(a for a in node.all_input_nodes if a in self.region.context)
+        order = [n for n in self.region.nodes if n in seen]
+        full = [n for n in order if self.region.context[n] == "full"]
+        return full, [n for n in order if self.region.context[n] == "row"]
+
+    def ensure_rows(self, targets: list[fx.Node]) -> None:
+        """Define, at the top level, the per-row values ``targets`` need."""
+        self.define_rows(self.needed(targets)[1])
+
+    def define_rows(self, rows: list[fx.Node]) -> None:
+        """Define per-row values at the top level (reductions are defined by :meth:`reduce`)."""
+        for node in rows:
+            if node not in self.top and ops.packet(node) not in ops.REDUCTIONS:
+                self.emit(node, self.top)
+
+    def phase(self, targets: list[fx.Node]) -> dict:
+        """Open a pass over the columns and define the full-size ``targets`` in it."""
+        full, rows = self.needed(targets)
+        self.define_rows(rows)
+        if self.looped:
+            self.line(f"for roff in range(0, {self.region.columns}, {self.config.rblock}):")
+            self.depth += 1
+            scope: dict = {}
+            self.open_columns("roff")
+        else:
+            scope = self.top
+        for node in full:
+            self.emit(node, scope)
+        return scope
+
+    def reduce(self, node: fx.Node) -> None:
+        """Define the per-row value of reduction ``node``."""
+        kind = ops.REDUCTIONS[ops.packet(node)]
+        source = node.args[0]
+        want = ops.compute_dtype(node.meta["val"].dtype)
+        neutral = {"sum": "0.0", "mean": "0.0", "amax": '-float("inf")', "amin": 'float("inf")'}[kind]
+        block = f"[{self.config.xblock}, {self.config.rblock}]"
+        if self.looped:
+            acc = self.fresh("acc")
+            self.line(f"{acc} = tl.full({block}, {neutral}, {want})")
+        scope = self.phase([source] if source in self.region.context else [])
+        value = self.lookup(source, scope) if source in self.region.context else self.load(
+            source, "full", self.region.shape, scope)
+        value = f"tl.broadcast_to({value}.to({want}), {block})"
+        if self.rmask:
+            value = f"tl.where(rmask, {value}, {neutral})"
+        combine = {"sum": "tl.sum", "mean": "tl.sum", "amax": "tl.max", "amin": "tl.min"}[kind]
+        var = self.fresh("r")
+        if self.looped:
+            if kind in ("sum", "mean"):
+                self.line(f"{acc} = {acc} + {value}")
+            else:
+                pick = "maximum" if kind == "amax" else "minimum"
+                self.line(f"{acc} = tl.{pick}({acc}, {value}, {ops.NAN})")
+            self.depth = 1
+            value = acc
+        scale = f" / {float(self.region.columns)!r}" if kind == "mean" else ""
+        self.line(f"{var} = {combine}({value}, 1)[:, None]{scale}  # {node.name}")
+        if kind in ("amax", "amin"):  # tl.max/tl.min skip NaN; eager returns it
+            self.line(f"{var} = tl.where(tl.max(({value} != {value}).to(tl.int8), 1)[:, None] > 0, "
+                      f'float("nan"), {var})')
+        self.top[node] = var
+
+    def store(self, index: int, node: fx.Node, scope: dict) -> None:
+        """Write output ``index`` (``node``'s value) with its metadata strides."""
+        spec = TensorSpec.of(node)
+        value = self.lookup(node, scope)
+        if self.region.kind == "pointwise":
+            strides = broadcast_strides(*_strip(spec.shape, spec.stride), spec.shape)
+            offset = self.offset("flat", spec.shape, strides)
+            needed = ["xindex"]
+        elif self.region.context[node] == "row":
+            offset = self.offset("row", spec.shape, list(spec.stride))
+            needed = ["rows"]
+        else:
+            sizes, strides = _strip(spec.shape, spec.stride)
+            offset = self.offset("full", self.region.shape,
+                                 broadcast_strides(sizes, strides, self.region.shape))
+            needed = ["rows", "k"]
+        for var in needed:
+            if not _uses(offset, var):
+                offset = f"({offset} + {var} * 0)"
+        mask = self.mask_for(offset)
+        mask_arg = f", mask={mask}" if mask else ""
+        dtype = ops.TL_DTYPES[spec.dtype]
+        self.line(f"tl.store(out{index} + {offset}, {value}.to({dtype}){mask_arg})  # {node.name}")
+
+
+def _strip(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and strides without leading size-1 dims (they do not move any element)."""
+    kept = strip_leading_ones(tuple(shape))
+    drop = len(shape) - len(kept)
+    return kept, tuple(stride[drop:])

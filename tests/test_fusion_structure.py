@@ -1,0 +1,174 @@
+"""The shape of fusion's result: how many kernels, which nodes, which reasons."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kitsune_backend
+from test_fusion_ops import check, rand
+
+
+def _kernel_nodes(record):
+    return [n for n in record.nodes_after("fusion") if n.extra.get("kitsune_region")]
+
+
+def test_chain_of_ten_pointwise_ops_is_one_kernel():
+    def fn(x):
+        y = x * 2
+        y = y + 1
+        y = torch.relu(y)
+        y = y - 0.5
+        y = torch.sigmoid(y)
+        y = y * y
+        y = torch.exp(y)
+        y = y / 3
+        y = torch.tanh(y)
+        return y.abs()
+
+    record = check(fn, rand(8, 33)).forward
+    assert len(record.kernels) == 1
+    assert len(_kernel_nodes(record)) == 1
+    assert len(record.kernels[0].nodes) == 10
+    assert record.stats["kernels"] == 1
+
+
+def test_softmax_over_last_dim_is_one_kernel():
+    record = check(lambda x: torch.softmax(x, -1), rand(16, 100)).forward
+    assert len(record.kernels) == 1
+    assert record.stats["kernels"] == 1
+    assert record.kernels[0].name.startswith("kitsune_fused_amax_sub_exp_sum_div")
+
+
+def test_layer_norm_forward_is_one_kernel():
+    fn = lambda x, w, b: F.layer_norm(x, (64,), w, b)  # noqa: E731
+    record = check(fn, rand(8, 64), rand(64), rand(64)).forward
+    assert len(record.kernels) == 1
+    assert record.stats["kernels"] == 1
+
+
+def test_kernel_record_and_meta_name_the_region():
+    record = check(lambda x: torch.relu(x + 1) * 2, rand(4, 4)).forward
+    kernel = record.kernels[0]
+    assert kernel.nodes == ["add", "relu", "mul"]
+    assert "# FX nodes: add, relu, mul" in kernel.source
+    assert "@triton.jit" in kernel.source
+    (node,) = _kernel_nodes(record)
+    assert node.extra["kitsune_region"] == kernel.name
+
+
+def test_library_call_ends_a_region_with_a_reason():
+    def fn(x, w):
+        return torch.relu(torch.mm(torch.sigmoid(x) * 2, w) + 1) * 3
+
+    record = check(fn, rand(4, 8), rand(8, 8), min_regions=2).forward
+    assert len(record.kernels) == 2
+    reasons = [str(d) for d in record.declines]
+    assert any("mm" in r and "library call" in r for r in reasons), reasons
+
+
+def test_random_op_is_not_fused():
+    torch.manual_seed(0)
+
+    def fn(x):
+        return torch.rand_like(x) + x * 2 + 1
+
+    compiled = torch.compile(fn, backend="kitsune", options={"strict": True})
+    compiled(rand(4, 4))
+    record = kitsune_backend.last_compile().forward
+    assert any("random op" in d.reason for d in record.declines), record.declines
+
+
+def test_shape_change_ends_a_region_with_a_reason():
+    def fn(x, y):
+        return (x.exp() + 1).sum(0) * y  # reduction over dim 0, then a row-sized product
+
+    record = check(fn, rand(6, 5), rand(5)).forward
+    assert record.stats["fused_regions"] >= 1
+
+
+def test_permute_of_region_value_is_a_boundary():
+    def fn(x):
+        return (torch.relu(x + 1).t() * 2).contiguous() + 1
+
+    record = check(fn, rand(4, 6), min_regions=1).forward
+    assert any("not fused" in d.reason for d in record.declines) or len(record.kernels) >= 1
+
+
+def test_fusion_off_declines_and_stays_correct():
+    record = check(lambda x: x.exp() + 1, rand(4, 4), min_regions=0,
+                   options={"fusion": False}).forward
+    assert record.kernels == []
+    assert any("fusion is off" in d.reason for d in record.declines)
+
+
+def test_cpu_without_interpreter_runs_aten_with_reason(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    record = check(lambda x: torch.relu(x + 1) * 2, rand(4, 4), min_regions=0).forward
+    assert record.kernels == []
+    assert any("TRITON_INTERPRET" in d.reason for d in record.declines)
+
+
+def test_dynamic_shapes_decline_with_reason():
+    fn = torch.compile(lambda x: torch.relu(x + 1) * 2, backend="kitsune",
+                       options={"strict": True}, dynamic=True)
+    x = rand(5, 4)
+    torch.testing.assert_close(fn(x), torch.relu(x + 1) * 2)
+    record = kitsune_backend.last_compile().forward
+    assert record.kernels == []
+    assert any("dynamic shapes" in d.reason for d in record.declines)
+
+
+def test_single_op_region_is_kept_as_aten_with_reason():
+    record = check(lambda x, w: torch.mm(x, w).exp(), rand(4, 4), rand(4, 4), min_regions=0).forward
+    assert record.kernels == []
+    assert any("one op" in d.reason for d in record.declines)
+
+
+def test_fusion_is_deterministic():
+    fn = lambda x, y: torch.softmax(x * y + 1, -1) * x.sigmoid()  # noqa: E731
+    first = check(fn, rand(4, 9), rand(9)).forward
+    torch._dynamo.reset()
+    second = check(fn, rand(4, 9), rand(9)).forward
+    assert [k.source for k in first.kernels] == [k.source for k in second.kernels]
+
+
+def test_invariants_hold_after_fusion():
+    record = check(lambda x: torch.log_softmax(x, -1) + x.relu(), rand(3, 7),
+                   options={"debug": True}).forward
+    assert "fusion" in record.stages
+
+
+@pytest.mark.parametrize("out_of_region_user", [True, False])
+def test_intermediate_with_outside_user_is_materialized(out_of_region_user):
+    def fn(x, w):
+        y = torch.relu(x * 2)
+        z = y + 1
+        return (torch.mm(y, w) if out_of_region_user else y * 3), z.exp()
+
+    check(fn, rand(4, 4), rand(4, 4))
+
+
+def test_reshapes_inside_a_region_are_folded():
+    def fn(x):
+        y = torch.relu(x * 2).reshape(6, 4).unsqueeze(0)
+        return (y + 1).squeeze(0).view(24).sigmoid()
+
+    record = check(fn, rand(4, 6)).forward
+    assert len(record.kernels) == 1
+    assert record.stats["kernels"] == 1
+
+
+def test_debug_dump_has_kernel_sources(tmp_path):
+    check(lambda x: torch.softmax(x, -1) * 2, rand(3, 5), options={"debug_dir": str(tmp_path)})
+    dumped = [p.name for p in tmp_path.rglob("kernel_*.py")]
+    assert dumped and dumped[0].startswith("kernel_kitsune_fused_amax")
+
+
+def test_siblings_reading_one_input_share_a_kernel():
+    def fn(x, g):
+        return x.exp() + 1, torch.sigmoid(x) * 2, (x * g).sum(0), g.sum(0)
+
+    record = check(fn, rand(6, 5), rand(6, 5)).forward
+    assert record.stats["kernels"] == 2  # one pointwise kernel, one column-sum kernel
