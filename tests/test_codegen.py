@@ -17,8 +17,8 @@ from kitsune_backend.config import Config
 from kitsune_backend.decompositions import decomposition_table
 from kitsune_backend.passes.base import PassContext
 from kitsune_backend.passes.fusion import fuse, kernel_name
-from helpers import assert_close
-from test_fusion_ops import check, rand
+from tests.helpers import assert_close
+from tests.test_fusion_ops import check, rand
 
 
 def fused(fn, *inputs, cache_dir=""):

@@ -12,15 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import kitsune_backend
-from conftest import DEVICES
-from helpers import assert_close
+from tests.conftest import DEVICES
+from tests.helpers import assert_close
 
 HALF_TYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-# Where the package is only on PYTHONPATH (not pip-installed, so no entry point), register
-# the backend by hand so backend="kitsune" resolves.
-if "kitsune" not in torch._dynamo.list_backends(exclude_tags=()):
-    torch._dynamo.register_backend(kitsune_backend.kitsune, name="kitsune")
 
 
 def check(fn, *inputs, grad=False, min_regions=1, options=None, frozen=()):

@@ -6,7 +6,7 @@ import hypothesis.strategies as st
 import torch
 from hypothesis import given, settings
 
-from helpers import assert_close
+from tests.helpers import assert_close
 import kitsune_backend
 
 UNARY = [torch.exp, torch.sigmoid, torch.tanh, torch.relu, torch.neg, torch.abs,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import kitsune_backend
-from test_fusion_ops import check, rand
+from tests.test_fusion_ops import check, rand
 
 
 def _kernel_nodes(record):
@@ -162,8 +162,9 @@ def test_reshapes_inside_a_region_are_folded():
 
 def test_debug_dump_has_kernel_sources(tmp_path):
     check(lambda x: torch.softmax(x, -1) * 2, rand(3, 5), options={"debug_dir": str(tmp_path)})
-    dumped = [p.name for p in tmp_path.rglob("kernel_*.py")]
-    assert dumped and dumped[0].startswith("kernel_kitsune_fused_amax")
+    dumped = [p for p in tmp_path.rglob("kernels/*.py")]
+    assert dumped and dumped[0].name.startswith("kitsune_fused_amax")
+    assert "@triton.jit" in dumped[0].read_text()
 
 
 def test_siblings_reading_one_input_share_a_kernel():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 sys.path.insert(0, "tests")
-from test_codegen import fused  # noqa: E402
+from tests.test_codegen import fused  # noqa: E402
 
 
 def chain(x):

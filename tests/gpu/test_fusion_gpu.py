@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import kitsune_backend
 from kitsune_backend import models
 from kitsune_backend.codegen.kernel import FusedKernel
-from test_codegen import fused
-from test_fusion_models import check_model, model_cases
-from test_fusion_ops import check, rand
+from tests.test_codegen import fused
+from tests.test_fusion_models import check_model, model_cases
+from tests.test_fusion_ops import check, rand
 
 pytestmark = pytest.mark.gpu
 
