@@ -103,6 +103,21 @@ def _explain_record(record: CompileRecord) -> list[str]:
         changed = "changed" if p.changed else "       "
         notes = "; ".join(p.notes)
         lines.append(f"    {where:<28} {p.seconds * 1e3:8.2f} ms  {changed}  {notes}".rstrip())
+    lines.extend(_grouped_declines(record))
+    return lines
+
+
+def _grouped_declines(record: CompileRecord, shown_nodes: int = 4) -> list[str]:
+    """One line per distinct (stage, reason), naming the first few nodes it applies to."""
+    groups: dict[tuple[str, str], list[str]] = {}
     for decline in record.declines:
-        lines.append(f"    no: {decline}")
+        groups.setdefault((decline.stage, decline.reason), []).append(decline.node)
+    lines = []
+    for (stage, reason), nodes in groups.items():
+        named = [n for n in nodes if n]
+        where = ""
+        if named:
+            more = f", +{len(named) - shown_nodes} more" if len(named) > shown_nodes else ""
+            where = f" [{', '.join(named[:shown_nodes])}{more}]"
+        lines.append(f"    no: {stage}{where}: {reason}")
     return lines
