@@ -10,6 +10,17 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+import kitsune_backend
+
+
+def kitsune_registered() -> bool:
+    """Whether Dynamo finds ``backend="kitsune"`` by name (the package's entry point).
+
+    Without an install, the harness passes :func:`kitsune_backend.kitsune` itself, which
+    Dynamo treats the same way (``mode`` and ``options`` included).
+    """
+    return "kitsune" in torch._dynamo.list_backends(exclude_tags=())
+
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
@@ -28,7 +39,10 @@ class Backend:
         """The module itself (eager) or ``torch.compile(module, **compile_kwargs)``."""
         if self.compile_kwargs is None:
             return module
-        return torch.compile(module, **self.compile_kwargs)
+        kwargs = dict(self.compile_kwargs)
+        if kwargs["backend"] == "kitsune" and not kitsune_registered():
+            kwargs["backend"] = kitsune_backend.kitsune
+        return torch.compile(module, **kwargs)
 
     @property
     def is_kitsune(self) -> bool:

@@ -7,8 +7,8 @@ For every backend, in one process and on the same inputs:
 2. the first ``check_steps`` calls run from the identical starting weights: the first one's
    wall time is the first-call (compile) time; their results are compared with eager's
    (inference: the outputs of the first and the last check call; training: the loss of
-   every step and a sample of the parameters after the last Adam step). Checking several
-   calls covers CUDA-graph warm-up, capture and replay;
+   every step, and samples of the last step's gradients and of the parameters after its
+   Adam update). Checking several calls covers CUDA-graph warm-up, capture and replay;
 3. warm-up, then :func:`kitsune_backend.timing.time_per_call` (per call from Python);
 4. peak memory over the timed calls, relative to what was allocated before the model copy;
 5. one more call under the profiler: kernels and launches per iteration.
@@ -71,12 +71,20 @@ class TrainStep:
         return loss.detach()
 
     def observe(self, results: list[Any]) -> dict[str, torch.Tensor]:
-        """Losses of the check steps and a parameter sample, copied to the CPU."""
-        sample = [p.detach().flatten()[:PARAM_SAMPLE] for p in self.model.parameters()]
+        """Losses of the check steps, then samples of the last step's gradients and of the
+        parameters after it, copied to the CPU. Adam's update does not change when every
+        gradient is scaled alike, so the gradients are compared, not only the weights."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
         return {
             "losses": torch.stack([r.float().cpu() for r in results]),
-            "params": torch.cat(sample).float().cpu(),
+            "grads": _sample([p.grad for p in params]),
+            "params": _sample(params),
         }
+
+
+def _sample(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The first ``PARAM_SAMPLE`` elements of each tensor, concatenated, on the CPU."""
+    return torch.cat([t.detach().flatten()[:PARAM_SAMPLE] for t in tensors]).float().cpu()
 
 
 class InferCall:

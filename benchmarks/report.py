@@ -14,6 +14,8 @@ import torch
 
 import kitsune_backend
 
+from .backends import kitsune_registered
+
 SCHEMA = 1
 QUICK_BANNER = "CPU SMOKE RUN (--quick): checks that everything runs and agrees with eager. " \
                "NOT A SPEED MEASUREMENT."
@@ -36,6 +38,7 @@ def metadata(device: torch.device, args: dict[str, Any]) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "triton": triton_version,
         "kitsune": kitsune_backend.__version__,
+        "kitsune_by_entry_point": kitsune_registered(),
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
