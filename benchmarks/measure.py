@@ -4,12 +4,12 @@ For every backend, in one process and on the same inputs:
 
 1. a fresh deep copy of the seeded model is compiled (Dynamo's caches are reset first, so
    no backend inherits another's graphs or recompile budget);
-2. the first ``check_steps`` calls run from the identical starting weights: the first one's
-   wall time is the first-call (compile) time; their results are compared with eager's
-   (inference: the outputs of the first and the last check call; training: the loss of
-   every step, and samples of the last step's gradients and of the parameters after its
-   Adam update). Checking several calls covers CUDA-graph warm-up, capture and replay;
-3. warm-up, then :func:`kitsune_backend.timing.time_per_call` (per call from Python);
+2. ``check_steps`` calls run from the identical starting weights, each on its own input
+   batch: the first one's wall time is the first-call (compile) time, and what each call
+   produced is compared with eager's (:mod:`benchmarks.checks`): inference outputs; for
+   training, every step's loss and a sample of its gradients. Several calls cover CUDA
+   graph warm-up, capture and replay;
+3. on the first batch: warm-up, then :func:`kitsune_backend.timing.time_per_call`;
 4. peak memory over the timed calls, relative to what was allocated before the model copy;
 5. one more call under the profiler: kernels and launches per iteration.
 
@@ -36,7 +36,7 @@ import kitsune_backend
 from kitsune_backend import timing
 
 from .backends import Backend
-from .checks import PARAM_SAMPLE, compare_observations
+from .checks import GRAD_SAMPLE, compare_observations
 from .workloads import Workload
 
 
@@ -63,32 +63,34 @@ class TrainStep:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     def __call__(self) -> torch.Tensor:
-        """Run one step; returns the (detached) loss."""
+        """Run one step on ``self.inputs``; returns the (detached) loss."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.compiled(*self.inputs)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    def observe(self, results: list[Any]) -> dict[str, torch.Tensor]:
-        """Losses of the check steps, then samples of the last step's gradients and of the
-        parameters after it, copied to the CPU. Adam's update does not change when every
-        gradient is scaled alike, so the gradients are compared, not only the weights."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
+    def snapshot(self, result: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step's loss and a sample of every parameter's gradient, on the CPU (a missing
+        gradient counts as zeros, so it shows up as an error)."""
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad
+                 for p in self.model.parameters()]
+        sample = torch.cat([g.detach().flatten()[:GRAD_SAMPLE] for g in grads])
+        return {"loss": result.float().cpu(), "grads": sample.float().cpu()}
+
+    @staticmethod
+    def observe(snapshots: list[dict]) -> dict[str, Any]:
+        """Step 1 (identical starting weights) apart from the later steps."""
         return {
-            "losses": torch.stack([r.float().cpu() for r in results]),
-            "grads": _sample([p.grad for p in params]),
-            "params": _sample(params),
+            "step1_loss": snapshots[0]["loss"],
+            "step1_grads": snapshots[0]["grads"],
+            "later_losses": [s["loss"] for s in snapshots[1:]],
+            "later_grads": [s["grads"] for s in snapshots[1:]],
         }
 
 
-def _sample(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The first ``PARAM_SAMPLE`` elements of each tensor, concatenated, on the CPU."""
-    return torch.cat([t.detach().flatten()[:PARAM_SAMPLE] for t in tensors]).float().cpu()
-
-
 class InferCall:
-    """One inference call of the compiled model on the fixed inputs."""
+    """One inference call of the compiled model on ``self.inputs``."""
 
     def __init__(self, model: nn.Module, compiled: Callable, inputs: tuple) -> None:
         self.compiled, self.inputs = compiled, inputs
@@ -97,16 +99,16 @@ class InferCall:
         """Run the model; returns its output."""
         return self.compiled(*self.inputs)
 
-    def observe(self, results: list[Any]) -> dict[str, list[torch.Tensor]]:
-        """The first and the last check call's outputs (already copied by the caller)."""
-        return {"first": results[0], "last": results[-1]}
+    @staticmethod
+    def snapshot(result: Any) -> list[torch.Tensor]:
+        """Copies of the output tensors, on the CPU, before a later call can overwrite them."""
+        return [t.detach().clone().cpu() for t in tree_leaves(result)
+                if isinstance(t, torch.Tensor)]
 
-
-def _copy_result(kind: str, result: Any) -> Any:
-    """Copy what a call returned before the next call can overwrite it (CUDA graphs do)."""
-    if kind == "train":
-        return result.clone()
-    return [t.detach().clone().cpu() for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
+    @staticmethod
+    def observe(snapshots: list[list[torch.Tensor]]) -> dict[str, Any]:
+        """Every check call's outputs."""
+        return {"outputs": [t for outputs in snapshots for t in outputs]}
 
 
 def reset_compile_state(device: torch.device) -> None:
@@ -117,6 +119,11 @@ def reset_compile_state(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        # cuBLAS workspaces live in the caching allocator; CUDA-graph capture frees them.
+        # Freeing them here makes every row pay for the workspaces it creates.
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -126,7 +133,7 @@ def new_row(workload: Workload, backend: Backend) -> dict[str, Any]:
     return {
         "model": workload.name, "kind": workload.kind, "backend": backend.name,
         "ablation": backend.ablation, "status": "pending", "note": "",
-        "max_abs_err": None, "tol_ratio": None, "first_call_s": None,
+        "max_abs_err": None, "tol_ratio": None, "errors": None, "first_call_s": None,
         "median_ms": None, "p10_ms": None, "p90_ms": None, "samples_ms": None,
         "speedup": None, "peak_mem_mb": None, "kernels": None, "launches": None,
         "graph_launches": None, "cpu_ops": None, "graphs": None, "graph_breaks": None,
@@ -148,7 +155,7 @@ def measure_workload(
     """
     if not backends or backends[0].name != "eager":
         raise ValueError("the backend list must start with eager (the reference)")
-    base, inputs = workload.build(opts.device)
+    base, inputs = workload.build(opts.device, batches=opts.check_steps)
     reference: Optional[dict] = None
     rows = []
     for backend in backends:
@@ -178,6 +185,16 @@ def fill_speedups(rows: list[dict]) -> None:
             row["speedup"] = eager[row["model"]] / row["median_ms"]
 
 
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of an exception; for Dynamo's ``BackendCompilerFailed``, of the
+    backend's own exception, which is what says what went wrong."""
+    inner = getattr(exc, "inner_exception", None)
+    prefix = f"{type(exc).__name__} <- " if inner is not None else ""
+    exc = inner if inner is not None else exc
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{prefix}{type(exc).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
 def _measure_guarded(workload, backend, base, inputs, opts, row, reference) -> Optional[dict]:
     start = time.perf_counter()
     print(f"[bench] {workload.name} / {backend.name} ...", file=sys.stderr, flush=True)
@@ -185,8 +202,7 @@ def _measure_guarded(workload, backend, base, inputs, opts, row, reference) -> O
         reset_compile_state(opts.device)
         return _measure(workload, backend, base, inputs, opts, row, reference)
     except Exception as exc:  # a backend failing is a result, not the end of the run
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        row.update(status="error", note=f"{type(exc).__name__}: {message}"[:300])
+        row.update(status="error", note=describe_error(exc))
         print(f"[bench] {workload.name} / {backend.name} FAILED", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
         return None
@@ -204,18 +220,20 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
     with grad:
         compiled = backend.wrap(model)
         if workload.kind == "train":
-            call = TrainStep(model, compiled, inputs, opts.lr)
+            call = TrainStep(model, compiled, inputs[0], opts.lr)
         else:
-            call = InferCall(model, compiled, inputs)
-        results = []
-        for step in range(opts.check_steps):
+            call = InferCall(model, compiled, inputs[0])
+        snapshots = []
+        for step, batch in enumerate(inputs):
+            call.inputs = batch
             seconds, result = timing.first_call_seconds(call, device)
             if step == 0:
                 row["first_call_s"] = seconds
-            results.append(_copy_result(workload.kind, result))
-        observation = call.observe(results)
+            snapshots.append(call.snapshot(result))
+        observation = call.observe(snapshots)
         _check(row, backend, observation, reference)
 
+        call.inputs = inputs[0]
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
         stats = timing.time_per_call(call, opts.iters, opts.warmup, opts.rounds, device)
@@ -236,8 +254,9 @@ def _check(row: dict, backend: Backend, observation: dict, reference: Optional[d
         row["status"] = "ok"
         row["note"] = "reference"
         return
-    ok, max_abs, ratio, detail = compare_observations(observation, reference)
-    row.update(status="ok" if ok else "mismatch", max_abs_err=max_abs, tol_ratio=ratio)
+    ok, max_abs, ratio, detail, per_key = compare_observations(observation, reference)
+    row.update(status="ok" if ok else "mismatch", max_abs_err=max_abs, tol_ratio=ratio,
+               errors=per_key)
     if not ok:
         row["note"] = f"differs from eager: {detail}"
 

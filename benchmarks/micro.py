@@ -21,7 +21,7 @@ from kitsune_backend import timing
 
 from .backends import Backend
 from .checks import compare_observations
-from .measure import reset_compile_state
+from .measure import describe_error, reset_compile_state
 
 
 def pointwise_chain(x: torch.Tensor) -> torch.Tensor:
@@ -158,8 +158,7 @@ def _measure_case(case, backend, inputs, device, iters, warmup, reference, copy_
         row["kernels"] = timing.count_kernels(lambda: fn(*inputs), device)["kernels"]
         row["_output"] = output.detach().cpu()
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        row.update(status="error", note=f"{type(exc).__name__}: {message}"[:300])
+        row.update(status="error", note=describe_error(exc))
         traceback.print_exc(file=sys.stderr)
     finally:
         row["seconds"] = round(time.perf_counter() - start, 3)
@@ -174,8 +173,8 @@ def _check(row: dict, backend: Backend, output: torch.Tensor,
     elif reference is None:
         row.update(status="mismatch", note="no eager reference to compare with")
     else:
-        ok, max_abs, ratio, detail = compare_observations({"out": output.detach().cpu()},
-                                                          {"out": reference})
+        ok, max_abs, ratio, detail, _ = compare_observations({"out": output.detach().cpu()},
+                                                             {"out": reference})
         row.update(status="ok" if ok else "mismatch", max_abs_err=max_abs, tol_ratio=ratio)
         if not ok:
             row["note"] = f"differs from eager: {detail}"

@@ -55,7 +55,8 @@ def _git_commit() -> Optional[str]:
                              timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else None
 
 
 def new_results(meta: dict[str, Any]) -> dict[str, Any]:

@@ -39,13 +39,16 @@ class Workload:
                 return module
         return None
 
-    def build(self, device: torch.device, seed: int = 0) -> tuple[nn.Module, tuple]:
-        """The model (seeded weights, train/eval mode set) and its inputs, on ``device``."""
+    def build(self, device: torch.device, batches: int = 1, seed: int = 0
+              ) -> tuple[nn.Module, list[tuple]]:
+        """The model (seeded weights, train/eval mode set) and ``batches`` different input
+        tuples, all on ``device``. Every backend gets the same ones."""
         torch.manual_seed(seed)
         model = self.make_model().to(device)
         model.train(self.kind == "train")
         generator = torch.Generator().manual_seed(seed + 1)
-        inputs = tuple(t.to(device) for t in self.make_inputs(generator))
+        inputs = [tuple(t.to(device) for t in self.make_inputs(generator))
+                  for _ in range(batches)]
         return model, inputs
 
 

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import charts, cli, report  # noqa: E402  (after the path is set)
+from benchmarks import charts, checks, cli, report  # noqa: E402  (after the path is set)
 from benchmarks.backends import BY_NAME, Backend  # noqa: E402
 from benchmarks.measure import RunOptions, measure_workload  # noqa: E402
 from benchmarks.workloads import BY_NAME as WORKLOADS  # noqa: E402
@@ -98,6 +98,43 @@ def test_wrong_and_failing_backends_are_reported_not_hidden(capsys):
     assert "2 row(s) failed or mismatched eager" in table
 
 
+class _StaleBackend(Backend):
+    """Returns the first call's output again and again, as a bad CUDA-graph replay would."""
+
+    def wrap(self, module):
+        compiled = torch.compile(module, backend="kitsune")
+        first = []
+
+        def call(*args):
+            if not first:
+                first.append(compiled(*args).clone())
+            return first[0]
+
+        return call
+
+
+def test_stale_outputs_are_caught_because_every_check_call_gets_new_inputs():
+    rows = measure_workload(WORKLOADS["branchy"], [BY_NAME["eager"], _StaleBackend("stale", "t")],
+                            RunOptions(device=torch.device("cpu"), iters=1, warmup=0, rounds=1))
+    assert rows[1]["status"] == "mismatch"
+    assert "outputs[" in rows[1]["note"]
+
+
+def test_relative_l2_and_elementwise_checks():
+    expected = torch.randn(1000, dtype=torch.float64)
+    assert checks.relative_l2_error(expected * (1 + 1e-4), expected, 1e-2)[1] < 1.0
+    assert checks.relative_l2_error(expected * 3, expected, 1e-2)[1] > 100
+    assert checks.relative_l2_error(expected[:10], expected, 1e-2)[1] == float("inf")
+    nan = expected.clone()
+    nan[3] = float("nan")
+    assert checks.elementwise_error(nan, expected, 1e-3, 1e-4)[1] == float("inf")
+    assert checks.elementwise_error(nan, nan, 1e-3, 1e-4)[1] == 0.0
+    ok, _, ratio, _, per_key = checks.compare_observations(
+        {"step1_grads": expected * 1.001, "outputs": [expected.float()]},
+        {"step1_grads": expected, "outputs": [expected.float()]})
+    assert ok and ratio < 1.0 and set(per_key) == {"step1_grads", "outputs"}
+
+
 def test_training_check_catches_a_wrong_gradient():
     """A backend whose loss is right but whose gradient is scaled fails the parameter check."""
 
@@ -117,6 +154,7 @@ def test_training_check_catches_a_wrong_gradient():
     rows = measure_workload(WORKLOADS["mlp"], [BY_NAME["eager"], _WrongGrad("wrong", "t")],
                             RunOptions(device=torch.device("cpu"), iters=1, warmup=0, rounds=1))
     assert rows[1]["status"] == "mismatch", rows[1]
+    assert rows[1]["errors"]["step1_grads"] > 100 and rows[1]["errors"]["step1_loss"] < 1.0
 
 
 def test_budget_skips_rows_with_a_reason():
@@ -141,3 +179,17 @@ def test_charts_are_drawn_or_explained(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert not charts.make_charts(results, str(tmp_path / "none.png"))
     assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_quick_cuda_run_every_backend(tmp_path, capsys):
+    """On the GPU: every backend, CUDA-graph ones included, runs and agrees with eager."""
+    out = tmp_path / "results.json"
+    code = cli.main(["run", "--device", "cuda", "--quick", "--models", "branchy,mlp",
+                     "--micro", "softmax_bf16", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = json.loads(out.read_text())["models"]
+    assert {r["backend"] for r in rows} == set(BY_NAME)
+    graphed = [r for r in rows if r["backend"] in ("inductor-ro", "cudagraphs")]
+    assert all(r["graph_launches"] >= 1 and r["kernels"] > r["launches"] for r in graphed)
