@@ -1,4 +1,4 @@
-"""``python -m benchmarks {run,compare,charts} ...``"""
+"""``python -m benchmarks {run,compare,merge,charts} ...``"""
 
 import sys
 

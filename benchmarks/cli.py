@@ -1,4 +1,5 @@
-"""The command line: ``run`` measures, ``compare`` checks for regressions, ``charts`` draws.
+"""The command line: ``run`` measures, ``compare`` checks for regressions, ``merge`` joins
+runs of different models, ``charts`` draws.
 
 Heavy imports (torch, the harness) happen inside the commands, after ``--device cpu`` has
 set ``TRITON_INTERPRET=1`` (generated Triton kernels then run on CPU tensors).
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", type=float, default=0.05,
                          help="largest allowed relative drop of a ratio (default 0.05)")
 
+    merge = sub.add_parser("merge", help="join results files of runs of different models")
+    merge.add_argument("parts", nargs="+", help="results JSON files")
+    merge.add_argument("--out", required=True, help="the merged results JSON to write")
+
     charts = sub.add_parser("charts", help="draw the charts PNG from a results JSON")
     charts.add_argument("results", help="a results JSON")
     charts.add_argument("--out", required=True, help="the PNG to write")
@@ -66,6 +71,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return cmd_run(args)
     if args.command == "compare":
         return cmd_compare(args)
+    if args.command == "merge":
+        return cmd_merge(args)
     return cmd_charts(args)
 
 
@@ -167,3 +174,17 @@ def cmd_charts(args: argparse.Namespace) -> int:
     from . import charts, report
 
     return 0 if charts.make_charts(report.load(args.results), args.out) else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Write the merged results of several runs (exit 2 when they cannot be merged)."""
+    from . import report
+
+    try:
+        merged = report.merge([report.load(path) for path in args.parts])
+    except (OSError, ValueError) as exc:
+        print(f"merge: {exc}", file=sys.stderr)
+        return 2
+    report.save(merged, args.out)
+    print(report.format_results(merged))
+    return 0

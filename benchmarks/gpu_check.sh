@@ -10,7 +10,9 @@
 #   charts_<date>.png                 the six chart panels (needs matplotlib)
 #   trace_branchy_kitsune.json        Chrome trace of one kitsune iteration of the branchy model
 # Time limits (seconds, override through the environment): TESTS_TIMEOUT=150 for pytest,
-# BENCH_BUDGET=300 after which no new benchmark row starts, BENCH_TIMEOUT=420 hard stop.
+# BENCH_BUDGET=280 after which no new benchmark row starts, BENCH_TIMEOUT=380 hard stop.
+# If a full run does not fit, split it with --models and join the parts with
+# `python3 -m benchmarks merge part1.json part2.json --out results.json`.
 # Extra arguments go to `python3 -m benchmarks run` (e.g. --models branchy,gpt2 --iters 50).
 set -u
 cd "$(dirname "$0")/.."
@@ -43,8 +45,8 @@ PY
   echo "pytest exit code: ${PIPESTATUS[0]}"
 
   stamp "benchmark"
-  timeout "${BENCH_TIMEOUT:-420}" python3 -m benchmarks run --json "$RESULTS" \
-    --trace "$OUT/trace_branchy_kitsune.json" --budget-s "${BENCH_BUDGET:-300}" "$@"
+  timeout "${BENCH_TIMEOUT:-380}" python3 -m benchmarks run --json "$RESULTS" \
+    --trace "$OUT/trace_branchy_kitsune.json" --budget-s "${BENCH_BUDGET:-280}" "$@"
   echo "benchmark exit code: $? (1: a row failed or disagreed with eager; 124: timed out)"
 
   stamp "charts"

@@ -92,9 +92,9 @@ def _fmt(value: Any, spec: str, empty: str = "-") -> str:
 
 
 def _check_text(row: dict) -> str:
-    if row["status"] == "ok":
+    if row.get("status") == "ok":
         return "ref" if row.get("note") == "reference" else "ok"
-    return row["status"].upper()
+    return str(row.get("status")).upper()
 
 
 def format_models(rows: list[dict]) -> str:
@@ -104,14 +104,16 @@ def format_models(rows: list[dict]) -> str:
               f"{'launch':>6} {'graphs':>6}  note")
     lines = [header, "-" * len(header)]
     for r in rows:
-        spread = (f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}" if r["p10_ms"] is not None else "-")
+        p10, p90 = r.get("p10_ms"), r.get("p90_ms")
+        spread = f"{p10:.3f}-{p90:.3f}" if p10 is not None and p90 is not None else "-"
         note = "" if r.get("note") == "reference" else r.get("note", "")
         lines.append(
-            f"{r['model']:<10} {r['backend']:<22} {_check_text(r):<8} "
-            f"{_fmt(r['median_ms'], '.3f'):>9} {spread:>15} {_fmt(r['speedup'], '.2f'):>8} "
-            f"{_fmt(r['first_call_s'], '.2f'):>10} {_fmt(r['peak_mem_mb'], '.0f'):>8} "
-            f"{_fmt(r['kernels'], 'd'):>7} {_fmt(r['launches'], 'd'):>6} "
-            f"{_fmt(r['graphs'], 'd'):>6}  {note}"
+            f"{r.get('model', ''):<10} {r.get('backend', ''):<22} {_check_text(r):<8} "
+            f"{_fmt(r.get('median_ms'), '.3f'):>9} {spread:>15} "
+            f"{_fmt(r.get('speedup'), '.2f'):>8} "
+            f"{_fmt(r.get('first_call_s'), '.2f'):>10} {_fmt(r.get('peak_mem_mb'), '.0f'):>8} "
+            f"{_fmt(r.get('kernels'), 'd'):>7} {_fmt(r.get('launches'), 'd'):>6} "
+            f"{_fmt(r.get('graphs'), 'd'):>6}  {note}"
         )
     return "\n".join(lines)
 
@@ -124,12 +126,13 @@ def format_micro(micro: dict[str, Any]) -> str:
               f"{'% of copy':>9} {'kernels':>7}  note")
     lines += [header, "-" * len(header)]
     for r in micro.get("rows", []):
-        fraction = None if r["fraction_of_copy"] is None else 100 * r["fraction_of_copy"]
+        fraction = r.get("fraction_of_copy")
+        fraction = None if fraction is None else 100 * fraction
         note = "" if r.get("note") == "reference" else r.get("note", "")
         lines.append(
-            f"{r['case']:<18} {r['backend']:<10} {_check_text(r):<8} "
-            f"{_fmt(r['median_ms'], '.4f'):>9} {_fmt(r['gbps'], '.0f'):>8} "
-            f"{_fmt(fraction, '.1f'):>9} {_fmt(r['kernels'], 'd'):>7}  {note}"
+            f"{r.get('case', ''):<18} {r.get('backend', ''):<10} {_check_text(r):<8} "
+            f"{_fmt(r.get('median_ms'), '.4f'):>9} {_fmt(r.get('gbps'), '.0f'):>8} "
+            f"{_fmt(fraction, '.1f'):>9} {_fmt(r.get('kernels'), 'd'):>7}  {note}"
         )
     return "\n".join(lines)
 
@@ -140,8 +143,8 @@ def format_results(results: dict[str, Any]) -> str:
     lines = []
     if meta.get("quick") or meta.get("device") == "cpu":
         lines += ["=" * len(QUICK_BANNER), QUICK_BANNER, "=" * len(QUICK_BANNER)]
-    lines.append(f"kitsune benchmark  {meta['date']}  device={meta['device']} "
-                 f"gpu={meta.get('gpu')} torch={meta['torch']} triton={meta['triton']} "
+    lines.append(f"kitsune benchmark  {meta.get('date')}  device={meta.get('device')} "
+                 f"gpu={meta.get('gpu')} torch={meta.get('torch')} triton={meta.get('triton')} "
                  f"iters={meta.get('iters')} warmup={meta.get('warmup')}")
     lines.append("ms/call: median per call from Python over back-to-back calls; "
                  "speedup: eager ms / backend ms")
@@ -168,3 +171,40 @@ def failures(results: dict[str, Any]) -> list[str]:
         if r["status"] in ("error", "mismatch"):
             bad.append(f"{r['case']} / {r['backend']}: {r['status']}: {r['note']}")
     return bad
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from runs of different models (e.g. split to fit a time limit).
+
+    Speedups stay valid because each model's rows, eager included, come from one run; a
+    model or micro case measured in two parts is an error, and so are parts from
+    different GPUs or of different kinds (smoke and full).
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]["meta"]
+    for part in parts[1:]:
+        meta = part["meta"]
+        if (meta.get("gpu"), meta.get("device"), meta.get("quick")) != (
+                first.get("gpu"), first.get("device"), first.get("quick")):
+            raise ValueError("cannot merge results from different devices or run kinds")
+    merged = new_results({**first, "merged_from": [p["meta"] for p in parts]})
+    seen_models: set[str] = set()
+    seen_cases: set[str] = set()
+    for part in parts:
+        models = {row["model"] for row in part["models"]}
+        cases = {row["case"] for row in part["micro"]["rows"]}
+        twice = (models & seen_models) | (cases & seen_cases)
+        if twice:
+            raise ValueError(f"measured in two parts: {sorted(twice)}")
+        seen_models |= models
+        seen_cases |= cases
+        merged["models"] += part["models"]
+        merged["micro"]["rows"] += part["micro"]["rows"]
+        if part["micro"]["rows"]:
+            merged["micro"]["copy_gbps"] = part["micro"]["copy_gbps"]
+        merged["skipped"] += part["skipped"]
+    measured = seen_models | seen_cases
+    skipped = {s["what"]: s for s in merged["skipped"] if s["what"] not in measured}
+    merged["skipped"] = list(skipped.values())
+    return merged

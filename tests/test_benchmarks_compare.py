@@ -124,3 +124,25 @@ def test_exit_code_is_one_exactly_when_the_ratio_drops_over_five_percent(
     new = _results(speedups={("branchy", "kitsune"): baseline * factor}, micro={})
     expected = 1 if factor < 0.95 else 0
     assert _run_compare(tmp_path, new, base) == expected
+
+
+def test_merge_joins_runs_of_different_models(tmp_path, capsys):
+    first = _results(speedups={("branchy", "kitsune"): 3.0},
+                     micro={("softmax_bf16", "kitsune"): 0.9})
+    second = _results(speedups={("gpt2", "kitsune"): 2.0}, micro={})
+    second["skipped"] = [{"what": "googlenet", "reason": "needs torchvision"}]
+    paths = []
+    for name, data in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps(data))
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "merged.json"
+    assert cli.main(["merge", *paths, "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert {(r["model"], r["backend"]) for r in merged["models"]} == {
+        ("branchy", "kitsune"), ("gpt2", "kitsune")}
+    assert merged["micro"]["copy_gbps"] == 2900.0 and len(merged["micro"]["rows"]) == 1
+    assert [s["what"] for s in merged["skipped"]] == ["googlenet"]
+    assert cli.main(["merge", paths[0], paths[0], "--out", str(out)]) == 2
+    (tmp_path / "c.json").write_text(json.dumps(_results(gpu="other")))
+    assert cli.main(["merge", paths[0], str(tmp_path / "c.json"), "--out", str(out)]) == 2
+    assert "different devices" in capsys.readouterr().err
