@@ -60,6 +60,20 @@ def test_inductor_rows_run_on_cpu(tmp_path, capsys):
     assert any("cudagraphs" in line and "needs CUDA" in line for line in lines)
 
 
+def test_tf32_is_off_during_a_run_and_restored_after(tmp_path):
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+    try:
+        out = tmp_path / "results.json"
+        assert cli.main(["run", "--device", "cpu", "--quick", "--models", "none",
+                         "--micro", "none", "--json", str(out)]) == 0
+        meta = json.loads(out.read_text())["meta"]
+        assert meta["allow_tf32"] == {"matmul": False, "cudnn": False}
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 class _WrongBackend(Backend):
     """Compiles with kitsune, then adds 1e-2 to every output: a silently wrong result."""
 
