@@ -1,0 +1,213 @@
+"""The command line: ``run`` measures, ``compare`` checks for regressions, ``merge`` joins
+runs of different models, ``charts`` draws.
+
+Heavy imports (torch, the harness) happen inside the commands, after ``--device cpu`` has
+set ``TRITON_INTERPRET=1`` (generated Triton kernels then run on CPU tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+QUICK = {"iters": 2, "warmup": 1, "rounds": 2}
+FULL = {"iters": 100, "warmup": 10, "rounds": 10}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all three subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="measure models and micro-benchmarks under every backend")
+    run.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                     help="default: cuda when available, else cpu")
+    run.add_argument("--quick", action="store_true",
+                     help="smoke mode: a couple of iterations, skips slow models; "
+                          "not a speed measurement")
+    run.add_argument("--models", default="all",
+                     help="comma list of models (mlp,lenet5,resnet18,branchy,googlenet,gpt2), "
+                          "'all' or 'none'")
+    run.add_argument("--backends", default="all",
+                     help="comma list of backends, or 'all' (eager always runs: the reference)")
+    run.add_argument("--micro", default="all",
+                     help="comma list of micro-benchmarks (names or prefixes: pointwise10, "
+                          "softmax, layer_norm_bf16, ...), 'all' or 'none'")
+    run.add_argument("--iters", type=int, help="timed calls per row (default 100; quick 2)")
+    run.add_argument("--warmup", type=int, help="untimed calls first (default 10; quick 1)")
+    run.add_argument("--rounds", type=int,
+                     help="timing samples per row, each a group of back-to-back calls "
+                          "(default 10; quick 2)")
+    run.add_argument("--json", dest="json_path", help="write the results JSON here")
+    run.add_argument("--charts", help="draw the charts PNG here (needs matplotlib)")
+    run.add_argument("--trace",
+                     help="write a Chrome trace of one kitsune iteration of the branchy model")
+    run.add_argument("--tf32", action="store_true",
+                     help="allow TF32 in convolutions and matmuls (default: off, so that "
+                          "the correctness checks compare fp32 with fp32; see README)")
+    run.add_argument("--budget-s", type=float, default=None,
+                     help="skip the rows that would start after this many seconds")
+
+    compare = sub.add_parser("compare", help="fail if a kitsune speedup ratio dropped > 5%%")
+    compare.add_argument("new", help="the new results JSON")
+    compare.add_argument("baseline", help="the committed baseline results JSON")
+    compare.add_argument("--threshold", type=float, default=0.05,
+                         help="largest allowed relative drop of a ratio (default 0.05)")
+
+    merge = sub.add_parser("merge", help="join results files of runs of different models")
+    merge.add_argument("parts", nargs="+", help="results JSON files")
+    merge.add_argument("--out", required=True, help="the merged results JSON to write")
+
+    charts = sub.add_parser("charts", help="draw the charts PNG from a results JSON")
+    charts.add_argument("results", help="a results JSON")
+    charts.add_argument("--out", required=True, help="the PNG to write")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "compare":
+        return cmd_compare(args)
+    if args.command == "merge":
+        return cmd_merge(args)
+    return cmd_charts(args)
+
+
+def _names(spec: str, known: dict, what: str) -> list:
+    if spec.strip() == "all":
+        return list(known.values())
+    if spec.strip() in ("", "none"):
+        return []
+    chosen = []
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        if name not in known:
+            raise SystemExit(f"unknown {what} {name!r}; known: {', '.join(known)}")
+        chosen.append(known[name])
+    return chosen
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Measure, print the tables, save JSON/charts; exit 1 if any row failed or mismatched."""
+    if args.device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.device == "cpu":
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but CUDA is not available")
+    # Same for every backend. TF32 rounding (~1e-3), amplified by BatchNorm's backward,
+    # moved ResNet-18's first-step gradients 6-11% between eager and every other backend
+    # on the H100, Dynamo's cudagraphs included: too much for a meaningful check.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    try:
+        return _run(args, torch.device(args.device))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _run(args: argparse.Namespace, device) -> int:
+    from . import backends as backend_mod
+    from . import charts, report
+
+    counts = {k: getattr(args, k) if getattr(args, k) is not None else v
+              for k, v in (QUICK if args.quick else FULL).items()}
+    chosen = _names(args.backends, backend_mod.BY_NAME, "backend")
+    chosen = [backend_mod.BY_NAME["eager"]] + [b for b in chosen if b.name != "eager"]
+    results = report.new_results(report.metadata(device, {
+        "quick": args.quick, **counts, "backends": [b.name for b in chosen]}))
+
+    def save() -> None:
+        report.save(results, args.json_path)
+
+    _run_micro(args, device, counts, chosen, results, save)
+    _run_models(args, device, counts, chosen, results, save)
+    save()
+    print(report.format_results(results))
+    if args.charts:
+        charts.make_charts(results, args.charts)
+    return 1 if report.failures(results) else 0
+
+
+def _run_micro(args, device, counts, chosen, results, save) -> None:
+    from . import micro
+    from .backends import MICRO_BACKENDS
+
+    cases = micro.select_cases(args.micro)
+    if not cases:
+        return
+    done = micro.run_micro(
+        cases, [b for b in chosen if b.name in MICRO_BACKENDS], device, args.quick,
+        counts["iters"], counts["warmup"],
+        on_row=lambda row: (results["micro"]["rows"].append(row), save()))
+    results["micro"]["copy_gbps"] = done["copy_gbps"]
+
+
+def _run_models(args, device, counts, chosen, results, save) -> None:
+    from . import workloads
+    from .measure import RunOptions, measure_workload
+
+    options = RunOptions(device=device, iters=counts["iters"], warmup=counts["warmup"],
+                         rounds=counts["rounds"], trace_path=args.trace)
+    deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
+    explicit = args.models.strip() != "all"
+    for workload in _names(args.models, workloads.BY_NAME, "model"):
+        missing = workload.missing()
+        if missing:
+            reason = f"needs {missing}, which is not installed"
+        elif args.quick and workload.quick_skip and not explicit:
+            reason = f"--quick: {workload.quick_skip} (name it in --models to run it anyway)"
+        else:
+            reason = ""
+        if reason:
+            results["skipped"].append({"what": workload.name, "reason": reason})
+            print(f"[bench] skipping {workload.name}: {reason}", file=sys.stderr)
+            continue
+        measure_workload(workload, chosen, options,
+                         lambda row: (results["models"].append(row), save()), deadline)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 when no kitsune ratio dropped more than the threshold, 1 when one did, 2 when
+    the files cannot be compared."""
+    from . import report
+    from .compare import compare, format_verdicts
+
+    try:
+        new, baseline = report.load(args.new), report.load(args.baseline)
+        verdicts, warnings = compare(new, baseline, args.threshold)
+    except (OSError, ValueError) as exc:
+        print(f"compare: cannot compare: {exc}", file=sys.stderr)
+        return 2
+    print(format_verdicts(verdicts, warnings))
+    return 1 if any(v.problem for v in verdicts) else 0
+
+
+def cmd_charts(args: argparse.Namespace) -> int:
+    """Draw the charts for an existing results file (exit 1 without matplotlib)."""
+    from . import charts, report
+
+    return 0 if charts.make_charts(report.load(args.results), args.out) else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Write the merged results of several runs (exit 2 when they cannot be merged)."""
+    from . import report
+
+    try:
+        merged = report.merge([report.load(path) for path in args.parts])
+    except (OSError, ValueError) as exc:
+        print(f"merge: {exc}", file=sys.stderr)
+        return 2
+    report.save(merged, args.out)
+    print(report.format_results(merged))
+    return 0

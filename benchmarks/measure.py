@@ -1,0 +1,279 @@
+"""Measure one workload under each backend: correctness first, then speed, memory, kernels.
+
+For every backend, in one process and on the same inputs:
+
+1. a fresh deep copy of the seeded model is compiled (Dynamo's caches are reset first, so
+   no backend inherits another's graphs or recompile budget);
+2. ``check_steps`` calls run from the identical starting weights, each on its own input
+   batch: the first one's wall time is the first-call (compile) time, and what each call
+   produced is compared with eager's (:mod:`benchmarks.checks`): inference outputs; for
+   training, every step's loss and a sample of its gradients. Several calls cover CUDA
+   graph warm-up, capture and replay;
+3. on the first batch: warm-up, then :func:`kitsune_backend.timing.time_per_call`;
+4. peak memory over the timed calls, relative to what was allocated before the model copy;
+5. one more call under the profiler: kernels and launches per iteration.
+
+A failure at any point makes the row ``error`` (with the message) and the run goes on; a
+result outside tolerance makes it ``mismatch``. Neither is hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import gc
+import sys
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_leaves
+
+import kitsune_backend
+from kitsune_backend import timing
+
+from .backends import Backend
+from .checks import GRAD_SAMPLE, compare_observations
+from .workloads import Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How long and how carefully to measure."""
+
+    device: torch.device
+    iters: int = 100
+    warmup: int = 10
+    rounds: int = 10
+    check_steps: int = 3
+    lr: float = 1e-3
+    trace_path: Optional[str] = None
+    """Where to keep the Chrome trace of the profiled call of ``trace_target``."""
+    trace_target: tuple[str, str] = ("branchy", "kitsune")
+
+
+class TrainStep:
+    """One training step: zero grads, compiled forward+loss, backward, eager Adam step."""
+
+    def __init__(self, model: nn.Module, compiled: Callable, inputs: tuple, lr: float) -> None:
+        self.model, self.compiled, self.inputs = model, compiled, inputs
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def __call__(self) -> torch.Tensor:
+        """Run one step on ``self.inputs``; returns the (detached) loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.compiled(*self.inputs)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def snapshot(self, result: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step's loss and a sample of every parameter's gradient, on the CPU (a missing
+        gradient counts as zeros, so it shows up as an error)."""
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad
+                 for p in self.model.parameters()]
+        sample = torch.cat([g.detach().flatten()[:GRAD_SAMPLE] for g in grads])
+        return {"loss": result.float().cpu(), "grads": sample.float().cpu()}
+
+    @staticmethod
+    def observe(snapshots: list[dict]) -> dict[str, Any]:
+        """Step 1 (identical starting weights) apart from the later steps."""
+        return {
+            "step1_loss": snapshots[0]["loss"],
+            "step1_grads": snapshots[0]["grads"],
+            "later_losses": [s["loss"] for s in snapshots[1:]],
+            "later_grads": [s["grads"] for s in snapshots[1:]],
+        }
+
+
+class InferCall:
+    """One inference call of the compiled model on ``self.inputs``."""
+
+    def __init__(self, model: nn.Module, compiled: Callable, inputs: tuple) -> None:
+        self.compiled, self.inputs = compiled, inputs
+
+    def __call__(self) -> Any:
+        """Run the model; returns its output."""
+        return self.compiled(*self.inputs)
+
+    @staticmethod
+    def snapshot(result: Any) -> list[torch.Tensor]:
+        """Copies of the output tensors, on the CPU, before a later call can overwrite them."""
+        return [t.detach().clone().cpu() for t in tree_leaves(result)
+                if isinstance(t, torch.Tensor)]
+
+    @staticmethod
+    def observe(snapshots: list[list[torch.Tensor]]) -> dict[str, Any]:
+        """Every check call's outputs."""
+        return {"outputs": [t for outputs in snapshots for t in outputs]}
+
+
+def reset_compile_state(device: torch.device) -> None:
+    """Forget every compiled graph and counter; free cached device memory."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    kitsune_backend.clear_history()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        # cuBLAS workspaces live in the caching allocator; CUDA-graph capture frees them.
+        # Freeing them here makes every row pay for the workspaces it creates.
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def new_row(workload: Workload, backend: Backend) -> dict[str, Any]:
+    """A result row with every field present (``None`` until measured)."""
+    return {
+        "model": workload.name, "kind": workload.kind, "backend": backend.name,
+        "ablation": backend.ablation, "status": "pending", "note": "",
+        "max_abs_err": None, "tol_ratio": None, "errors": None, "first_call_s": None,
+        "median_ms": None, "p10_ms": None, "p90_ms": None, "samples_ms": None,
+        "speedup": None, "peak_mem_mb": None, "kernels": None, "launches": None,
+        "graph_launches": None, "cpu_ops": None, "graphs": None, "graph_breaks": None,
+        "kitsune_fallbacks": None, "seconds": None,
+    }
+
+
+def measure_workload(
+    workload: Workload,
+    backends: list[Backend],
+    opts: RunOptions,
+    on_row: Callable[[dict], None] = lambda row: None,
+    deadline: Optional[float] = None,
+) -> list[dict]:
+    """Every backend's row for ``workload``; ``backends`` must start with eager.
+
+    ``on_row`` sees each row when it is done (the CLI saves results as it goes). Rows past
+    ``deadline`` (a ``time.monotonic()`` value) are skipped with that reason.
+    """
+    if not backends or backends[0].name != "eager":
+        raise ValueError("the backend list must start with eager (the reference)")
+    base, inputs = workload.build(opts.device, batches=opts.check_steps)
+    reference: Optional[dict] = None
+    rows = []
+    for backend in backends:
+        row = new_row(workload, backend)
+        if backend.cuda_only and opts.device.type != "cuda":
+            row.update(status="skipped", note="needs CUDA")
+        elif deadline is not None and time.monotonic() > deadline:
+            row.update(status="skipped", note="time budget used up")
+        elif backend.name != "eager" and reference is None:
+            row.update(status="skipped", note="no eager reference (eager failed)")
+        else:
+            observation = _measure_guarded(workload, backend, base, inputs, opts, row, reference)
+            if backend.name == "eager":
+                reference = observation
+        rows.append(row)
+        on_row(row)
+    fill_speedups(rows)
+    return rows
+
+
+def fill_speedups(rows: list[dict]) -> None:
+    """``speedup`` = eager median / row median, for rows of the same model that were timed."""
+    eager = {r["model"]: r["median_ms"] for r in rows
+             if r["backend"] == "eager" and r["median_ms"]}
+    for row in rows:
+        if row["median_ms"] and row["model"] in eager:
+            row["speedup"] = eager[row["model"]] / row["median_ms"]
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of an exception; for Dynamo's ``BackendCompilerFailed``, of the
+    backend's own exception, which is what says what went wrong."""
+    inner = getattr(exc, "inner_exception", None)
+    prefix = f"{type(exc).__name__} <- " if inner is not None else ""
+    exc = inner if inner is not None else exc
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{prefix}{type(exc).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
+def _measure_guarded(workload, backend, base, inputs, opts, row, reference) -> Optional[dict]:
+    start = time.perf_counter()
+    print(f"[bench] {workload.name} / {backend.name} ...", file=sys.stderr, flush=True)
+    try:
+        reset_compile_state(opts.device)
+        return _measure(workload, backend, base, inputs, opts, row, reference)
+    except Exception as exc:  # a backend failing is a result, not the end of the run
+        row.update(status="error", note=describe_error(exc))
+        print(f"[bench] {workload.name} / {backend.name} FAILED", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        return None
+    finally:
+        row["seconds"] = round(time.perf_counter() - start, 3)
+        reset_compile_state(opts.device)
+
+
+def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
+    device = opts.device
+    on_cuda = device.type == "cuda"
+    mem_before = torch.cuda.memory_allocated(device) if on_cuda else 0
+    model = copy.deepcopy(base)
+    grad = torch.no_grad() if workload.kind == "infer" else contextlib.nullcontext()
+    with grad:
+        compiled = backend.wrap(model)
+        if workload.kind == "train":
+            call = TrainStep(model, compiled, inputs[0], opts.lr)
+        else:
+            call = InferCall(model, compiled, inputs[0])
+        snapshots = []
+        for step, batch in enumerate(inputs):
+            call.inputs = batch
+            seconds, result = timing.first_call_seconds(call, device)
+            if step == 0:
+                row["first_call_s"] = seconds
+            snapshots.append(call.snapshot(result))
+        observation = call.observe(snapshots)
+        _check(row, backend, observation, reference)
+
+        call.inputs = inputs[0]
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        stats = timing.time_per_call(call, opts.iters, opts.warmup, opts.rounds, device)
+        row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
+                   samples_ms=stats["samples"])
+        if on_cuda:
+            row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - mem_before) / 2**20
+
+        traced = (workload.name, backend.name) == opts.trace_target
+        counts = timing.count_kernels(call, device, opts.trace_path if traced else None)
+        row.update({k: counts[k] for k in ("kernels", "launches", "graph_launches", "cpu_ops")})
+    _compile_stats(row, backend)
+    return observation
+
+
+def _check(row: dict, backend: Backend, observation: dict, reference: Optional[dict]) -> None:
+    if backend.name == "eager":
+        row["status"] = "ok"
+        row["note"] = "reference"
+        return
+    ok, max_abs, ratio, detail, per_key = compare_observations(observation, reference)
+    row.update(status="ok" if ok else "mismatch", max_abs_err=max_abs, tol_ratio=ratio,
+               errors=per_key)
+    if not ok:
+        row["note"] = f"differs from eager: {detail}"
+
+
+def _compile_stats(row: dict, backend: Backend) -> None:
+    """Graphs Dynamo compiled, graph breaks, and kitsune graphs that fell back to ATen."""
+    counters = torch._dynamo.utils.counters
+    row["graphs"] = int(counters["stats"].get("unique_graphs", 0))
+    row["graph_breaks"] = int(sum(counters["graph_break"].values()))
+    if backend.is_kitsune:
+        fallbacks = [
+            f"{record.name}: {record.fallback_reason}"
+            for session in kitsune_backend.history()
+            for record in session.records
+            if record.fallback_reason
+        ]
+        row["kitsune_fallbacks"] = len(fallbacks)
+        if fallbacks:
+            extra = f"kitsune fell back on {len(fallbacks)} graph(s): {fallbacks[0]}"
+            row["note"] = "; ".join(filter(None, [row["note"], extra]))[:300]

@@ -1,0 +1,209 @@
+"""The benchmark harness on the CPU: the quick smoke run end to end, and that a wrong or
+failing backend shows up in the results instead of being hidden."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import charts, checks, cli, report  # noqa: E402  (after the path is set)
+from benchmarks.backends import BY_NAME, Backend  # noqa: E402
+from benchmarks.measure import RunOptions, measure_workload  # noqa: E402
+from benchmarks.workloads import BY_NAME as WORKLOADS  # noqa: E402
+
+KITSUNE_VARIANTS = [name for name in BY_NAME if name.startswith("kitsune")]
+
+
+def test_quick_cpu_smoke_run(tmp_path, capsys):
+    """What CI runs: every model that fits, every kitsune variant, all micro-benchmarks."""
+    out = tmp_path / "results.json"
+    trace = tmp_path / "trace.json"
+    code = cli.main(["run", "--device", "cpu", "--quick", "--backends",
+                     ",".join(["eager"] + KITSUNE_VARIANTS), "--json", str(out),
+                     "--trace", str(trace)])
+    printed = capsys.readouterr().out
+    assert "NOT A SPEED MEASUREMENT" in printed
+    assert code == 0, printed
+    results = json.loads(out.read_text())
+    assert results["meta"]["quick"] and results["meta"]["device"] == "cpu"
+    assert results["meta"]["torch"] == torch.__version__
+    measured = {(r["model"], r["backend"]): r for r in results["models"]}
+    for model in ("mlp", "lenet5", "branchy"):
+        for backend in ["eager"] + KITSUNE_VARIANTS:
+            row = measured[(model, backend)]
+            assert row["status"] == "ok", row
+            assert row["median_ms"] > 0 and row["first_call_s"] > 0
+        assert measured[(model, "kitsune")]["graphs"] >= 1
+    skipped = {s["what"]: s["reason"] for s in results["skipped"]}
+    assert "too slow" in skipped["resnet18"]
+    micro = results["micro"]
+    assert micro["copy_gbps"] > 0
+    assert {(r["case"], r["backend"]) for r in micro["rows"]} >= {
+        ("softmax_bf16", "kitsune"), ("layer_norm_fp32", "eager"), ("pointwise10_fp32",
+                                                                   "kitsune")}
+    assert all(r["status"] == "ok" for r in micro["rows"])
+    assert trace.exists(), "the branchy/kitsune profiler trace was not written"
+
+
+def test_inductor_rows_run_on_cpu(tmp_path, capsys):
+    """The comparison baseline works too (one small model, one micro case)."""
+    code = cli.main(["run", "--device", "cpu", "--quick", "--models", "branchy",
+                     "--micro", "softmax_fp32", "--backends", "inductor,cudagraphs"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    lines = [line for line in printed.splitlines() if line.startswith("branchy")]
+    assert any("inductor" in line and " ok " in line for line in lines)
+    assert any("cudagraphs" in line and "needs CUDA" in line for line in lines)
+
+
+def test_tf32_is_off_during_a_run_and_restored_after(tmp_path):
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+    try:
+        out = tmp_path / "results.json"
+        assert cli.main(["run", "--device", "cpu", "--quick", "--models", "none",
+                         "--micro", "none", "--json", str(out)]) == 0
+        meta = json.loads(out.read_text())["meta"]
+        assert meta["allow_tf32"] == {"matmul": False, "cudnn": False}
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
+class _WrongBackend(Backend):
+    """Compiles with kitsune, then adds 1e-2 to every output: a silently wrong result."""
+
+    def wrap(self, module):
+        compiled = torch.compile(module, backend="kitsune")
+        return lambda *args: compiled(*args) + 1e-2
+
+
+class _BrokenBackend(Backend):
+    """Fails the way a backend bug would."""
+
+    def wrap(self, module):
+        def call(*args):
+            raise RuntimeError("kernel exploded")
+
+        return call
+
+
+def test_wrong_and_failing_backends_are_reported_not_hidden(capsys):
+    rows = measure_workload(
+        WORKLOADS["branchy"],
+        [BY_NAME["eager"], _WrongBackend("wrong", "test"), _BrokenBackend("broken", "test")],
+        RunOptions(device=torch.device("cpu"), iters=2, warmup=1, rounds=2),
+    )
+    status = {r["backend"]: r for r in rows}
+    assert status["eager"]["status"] == "ok"
+    assert status["wrong"]["status"] == "mismatch"
+    assert "differs from eager" in status["wrong"]["note"]
+    assert status["wrong"]["tol_ratio"] > 1.0
+    assert status["broken"]["status"] == "error"
+    assert "RuntimeError: kernel exploded" in status["broken"]["note"]
+    results = report.new_results({"date": "x", "device": "cpu", "torch": "t", "triton": "t"})
+    results["models"] = rows
+    table = report.format_results(results)
+    assert "MISMATCH" in table and "ERROR" in table
+    assert "2 row(s) failed or mismatched eager" in table
+
+
+class _StaleBackend(Backend):
+    """Returns the first call's output again and again, as a bad CUDA-graph replay would."""
+
+    def wrap(self, module):
+        compiled = torch.compile(module, backend="kitsune")
+        first = []
+
+        def call(*args):
+            if not first:
+                first.append(compiled(*args).clone())
+            return first[0]
+
+        return call
+
+
+def test_stale_outputs_are_caught_because_every_check_call_gets_new_inputs():
+    rows = measure_workload(WORKLOADS["branchy"], [BY_NAME["eager"], _StaleBackend("stale", "t")],
+                            RunOptions(device=torch.device("cpu"), iters=1, warmup=0, rounds=1))
+    assert rows[1]["status"] == "mismatch"
+    assert "outputs[" in rows[1]["note"]
+
+
+def test_relative_l2_and_elementwise_checks():
+    expected = torch.randn(1000, dtype=torch.float64)
+    assert checks.relative_l2_error(expected * (1 + 1e-4), expected, 1e-2)[1] < 1.0
+    assert checks.relative_l2_error(expected * 3, expected, 1e-2)[1] > 100
+    assert checks.relative_l2_error(expected[:10], expected, 1e-2)[1] == float("inf")
+    nan = expected.clone()
+    nan[3] = float("nan")
+    assert checks.elementwise_error(nan, expected, 1e-3, 1e-4)[1] == float("inf")
+    assert checks.elementwise_error(nan, nan, 1e-3, 1e-4)[1] == 0.0
+    ok, _, ratio, _, per_key = checks.compare_observations(
+        {"step1_grads": expected * 1.001, "outputs": [expected.float()]},
+        {"step1_grads": expected, "outputs": [expected.float()]})
+    assert ok and ratio < 1.0 and set(per_key) == {"step1_grads", "outputs"}
+
+
+def test_training_check_catches_a_wrong_gradient():
+    """A backend whose loss is right but whose gradient is scaled fails the parameter check."""
+
+    class _ScaledGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 3.0
+
+    class _WrongGrad(Backend):
+        def wrap(self, module):
+            return lambda x, y: _ScaledGrad.apply(module(x, y))
+
+    rows = measure_workload(WORKLOADS["mlp"], [BY_NAME["eager"], _WrongGrad("wrong", "t")],
+                            RunOptions(device=torch.device("cpu"), iters=1, warmup=0, rounds=1))
+    assert rows[1]["status"] == "mismatch", rows[1]
+    assert rows[1]["errors"]["step1_grads"] > 100 and rows[1]["errors"]["step1_loss"] < 1.0
+
+
+def test_budget_skips_rows_with_a_reason():
+    rows = measure_workload(WORKLOADS["branchy"], [BY_NAME["eager"], BY_NAME["kitsune"]],
+                            RunOptions(device=torch.device("cpu"), iters=1, warmup=0,
+                                       rounds=1), deadline=0.0)
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert rows[0]["note"] == "time budget used up"
+
+
+def test_charts_are_drawn_or_explained(tmp_path, monkeypatch, capsys):
+    results = report.new_results({"date": "2026-11-22", "device": "cuda", "gpu": "G",
+                                  "torch": "t", "quick": False})
+    results["models"] = [
+        {"model": "branchy", "backend": b, "status": "ok", "speedup": s, "first_call_s": 1.0,
+         "peak_mem_mb": 10.0, "kernels": 5}
+        for b, s in (("eager", 1.0), ("kitsune", 3.0), ("kitsune-no-streams", 2.0))
+    ]
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "charts.png"
+    assert charts.make_charts(results, str(path)) and path.stat().st_size > 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert not charts.make_charts(results, str(tmp_path / "none.png"))
+    assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_quick_cuda_run_every_backend(tmp_path, capsys):
+    """On the GPU: every backend, CUDA-graph ones included, runs and agrees with eager."""
+    out = tmp_path / "results.json"
+    code = cli.main(["run", "--device", "cuda", "--quick", "--models", "branchy,mlp",
+                     "--micro", "softmax_bf16", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = json.loads(out.read_text())["models"]
+    assert {r["backend"] for r in rows} == set(BY_NAME)
+    graphed = [r for r in rows if r["backend"] in ("inductor-ro", "cudagraphs")]
+    assert all(r["graph_launches"] >= 1 and r["kernels"] > r["launches"] for r in graphed)
