@@ -66,7 +66,7 @@ def time_backends(model: torch.nn.Module, x: torch.Tensor, iters: int) -> None:
     times = {}
     with torch.no_grad():
         for name, fn in backends.items():
-            times[name] = time_per_call(lambda: fn(x), iters=iters, warmup=10)["median_us"]
+            times[name] = 1e3 * time_per_call(lambda: fn(x), iters=iters, warmup=10)["median"]
     print(f"\nper-call time, median of {iters} calls (branchy model, batch 32):")
     for name, us in times.items():
         print(f"  {name:26s} {us:9.1f} us   {times['eager'] / us:5.2f}x eager   "

@@ -13,7 +13,8 @@ from kitsune_backend import timing
 def test_summarize_orders_its_statistics(values):
     stats = timing.summarize(values)
     assert stats["min"] <= stats["p10"] <= stats["median"] <= stats["p90"] <= stats["max"]
-    assert stats["min"] <= stats["mean"] <= stats["max"]
+    slack = 1e-12 * max(abs(stats["max"]), 1.0)  # the mean of equal floats may round by an ulp
+    assert stats["min"] - slack <= stats["mean"] <= stats["max"] + slack
 
 
 @settings(max_examples=40, deadline=None)
