@@ -41,7 +41,7 @@ class Config:
     """Group pointwise and reduction ops into generated Triton kernels."""
     streams: bool = True
     """Run independent kernels concurrently on several CUDA streams."""
-    num_streams: int = 4
+    num_streams: int = 8
     """Most streams one compiled graph may use (the caller's stream included)."""
     cuda_graphs: bool = True
     """Capture the whole schedule into one CUDA graph and replay it."""
