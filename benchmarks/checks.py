@@ -9,8 +9,12 @@ buffers) differs from a fresh one by far more than any tolerance.
 * Training: the first step starts from identical weights, so its loss is compared
   elementwise and its gradients by relative L2 error (elementwise fails on gradients near
   zero, where reordered sums legitimately differ most). Later steps start from weights
-  that already differ slightly, and training amplifies that, so they get loose bounds that
-  still catch stale or missing results. These tolerances assume TF32 is off (the harness's
+  that already differ slightly, and Adam amplifies that (it normalizes each parameter's
+  step, so near-zero gradients that differ by rounding move weights by a full step): only
+  their losses are compared, loosely, which still catches stale or missing results. Their
+  gradients are not compared: on the H100, ResNet-18's gradients after two Adam steps
+  differed from eager by 16-20% (relative L2) for Inductor, Dynamo's ``cudagraphs`` and
+  kitsune alike, while every loss agreed within 2%. These tolerances assume TF32 is off (the harness's
   default): with TF32 convolutions, ResNet-18's first-step gradients differed by 6-11%
   from eager on the H100 for every backend, Dynamo's ``cudagraphs`` (same ATen ops) too.
 
@@ -40,7 +44,6 @@ OUTPUT_TOLERANCES = {
 RULES: dict[str, tuple] = {
     "step1_grads": ("relative_l2", 1e-2),
     "later_losses": ("elementwise", 2e-2, 1e-3),
-    "later_grads": ("relative_l2", 1e-1),
 }
 
 

@@ -85,7 +85,6 @@ class TrainStep:
             "step1_loss": snapshots[0]["loss"],
             "step1_grads": snapshots[0]["grads"],
             "later_losses": [s["loss"] for s in snapshots[1:]],
-            "later_grads": [s["grads"] for s in snapshots[1:]],
         }
 
 
