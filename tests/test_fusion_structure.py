@@ -173,3 +173,65 @@ def test_siblings_reading_one_input_share_a_kernel():
 
     record = check(fn, rand(6, 5), rand(6, 5)).forward
     assert record.stats["kernels"] == 2  # one pointwise kernel, one column-sum kernel
+
+
+def test_gpt2_shaped_block_makes_no_cycle():
+    """GPT-2's shape: embeddings -> ln_1 -> attention (SDPA, a barrier) -> residual -> ln_2 ->
+    MLP (library calls, tanh GELU) -> residual -> ln_f. The last residual add must not join
+    ln_2's region (a cycle through the MLP). It once did: region ids were reused after
+    merges, and the cycle search skipped a region it took for one already seen."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    d, heads = 16, 2
+    wte, wpe = torch.nn.Embedding(50, d), torch.nn.Embedding(8, d)
+    ln_1, ln_2, ln_f = (torch.nn.LayerNorm(d) for _ in range(3))
+    qkv, proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+    fc, out = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def gpt2_block(ids):
+        t = ids.shape[1]
+        x = wte(ids) + wpe(torch.arange(t))
+        q, k, v = qkv(ln_1(x)).split(d, dim=-1)
+        q, k, v = (z.view(1, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + proj(a.transpose(1, 2).reshape(1, t, d))
+        x = x + out(F.gelu(fc(ln_2(x)), approximate="tanh"))
+        return ln_f(x)
+
+    with torch.no_grad():
+        check(gpt2_block, torch.randint(0, 50, (1, 8)), min_regions=3)
+
+
+def test_region_ids_are_never_reused(monkeypatch):
+    """Merges remove regions; a new region must still get an id no region ever had (the
+    cycle search tells regions apart by id)."""
+    import kitsune_backend.codegen.grouping as grouping
+
+    made = []
+    real = grouping.new_region
+    monkeypatch.setattr(
+        grouping, "new_region", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    )
+
+    def fn(x, w):  # small pointwise regions absorbed into the reductions they feed
+        y = (x * w).relu()
+        s = y.sum(-1, keepdim=True)
+        z = (x - 1).sigmoid() + s
+        return z.amax(-1), (z * 2).exp()
+
+    check(fn, rand(4, 6), rand(6))
+    ids = [r.id for r in made]
+    assert len(made) >= 2 and len(ids) == len(set(ids)), ids
+
+
+def test_tiny_gpt2_from_transformers_fuses_without_cycle():
+    """The model the cycle was found on (skipped where transformers is not installed)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        check(lambda i: model(input_ids=i, use_cache=False).logits, ids, min_regions=3)

@@ -39,6 +39,7 @@ class Grouping:
     index: dict[fx.Node, int]
     segment: dict[fx.Node, int]
     declines: list[Decline]
+    next_id: int = 0  # region ids stay unique after merges remove regions
 
 
 def is_barrier(node: fx.Node) -> bool:
@@ -115,7 +116,8 @@ def _join(grouping: Grouping, node: fx.Node, kind: str) -> bool:
 
 
 def _start(grouping: Grouping, node: fx.Node, kind: str) -> None:
-    region = new_region(len(grouping.regions), node, kind)
+    region = new_region(grouping.next_id, node, kind)
+    grouping.next_id += 1
     if region.kind == "reduction" and region.columns <= 1 and region.rows > 0:
         grouping.declines.append(
             Decline(STAGE, "not fused: reduces only size-1 dims (a copy)", node.name)
