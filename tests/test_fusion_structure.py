@@ -217,8 +217,8 @@ def test_region_ids_are_never_reused(monkeypatch):
     def fn(x, w):  # small pointwise regions absorbed into the reductions they feed
         y = (x * w).relu()
         s = y.sum(-1, keepdim=True)
-        z = (x - 1).sigmoid() + s
-        return z.amax(-1), (z * 2).exp()
+        z = (x - 1).sigmoid() + s  # the sigmoid region is absorbed here, then removed
+        return z.amax(-1), (z * 2).exp(), (w * 3).tanh() + 1  # a region started after it
 
     check(fn, rand(4, 6), rand(6))
     ids = [r.id for r in made]
