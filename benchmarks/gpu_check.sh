@@ -4,8 +4,9 @@
 #
 #   cd <repo root> && OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #
-# Writes (at most 6 files, all directly in $OUT, so the `run` tool brings them all back):
-#   gpu_check.log                     everything printed, tests and tables included
+# Writes (at most 7 files, all directly in $OUT, so the `run` tool brings them all back):
+#   gpu_check.log                     everything printed, the tables included
+#   gpu_tests.log                     the GPU tests' full pytest output
 #   results_<date>.json               every number of the benchmark, with GPU/torch/triton/date
 #   charts_<date>.png                 the six chart panels (needs matplotlib)
 #   trace_branchy_kitsune.json        Chrome trace of one kitsune iteration of the branchy model
@@ -41,8 +42,10 @@ PY
   python3 -c "import torch; print('backend \"kitsune\" registered:', 'kitsune' in torch._dynamo.list_backends(exclude_tags=()))"
 
   stamp "GPU tests (KITSUNE_TEST_GPU=1 pytest -m gpu)"
-  KITSUNE_TEST_GPU=1 timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -40
-  echo "pytest exit code: ${PIPESTATUS[0]}"
+  KITSUNE_TEST_GPU=1 timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -m gpu -q -p no:cacheprovider \
+    > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest exit code: $? (full output in gpu_tests.log)"
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -20
 
   stamp "benchmark"
   timeout "${BENCH_TIMEOUT:-380}" python3 -m benchmarks run --json "$RESULTS" \

@@ -11,7 +11,8 @@ Inputs: parameters and buffers (``static_input_indices``) are read where they ar
 are inputs that live in another instance's static outputs (the forward activations a
 backward graph reads): an instance is replayed only when those are at the captured address.
 Other inputs are copied into the instance's buffers, skipped when the same tensor object
-comes again with the same version counter (nothing changed it in place since the copy).
+comes again with the same version counter (nothing changed it in place since the copy);
+inference tensors have no version counter and are always copied.
 
 Outputs are never overwritten while someone holds them: a replay hands out fresh aliases
 of the static outputs, and an instance is only replayed when the use count of each of its
@@ -169,10 +170,12 @@ class _Instance:
         for i, buf in self.buffers:
             x = args[i]
             ref = last.get(i)  # a weak reference: holding inputs would keep them alive
-            if ref is None or ref() is not x or x._version != versions[i]:
+            # Inference tensors (made under inference_mode) have no version counter, so an
+            # in-place change cannot be seen: they are copied every time.
+            if ref is None or ref() is not x or x.is_inference() or x._version != versions[i]:
                 buf.copy_(x)
                 last[i] = weakref.ref(x)
-                versions[i] = x._version
+                versions[i] = -1 if x.is_inference() else x._version
         self.graph.replay()
         outs = [o.detach() if isinstance(o, torch.Tensor) else o for o in self.outputs]
         if self.structure is None:
