@@ -46,7 +46,7 @@ class Config:
     cuda_graphs: bool = True
     """Capture the whole schedule into one CUDA graph and replay it."""
     memory_pool: bool = True
-    """Place intermediates in one pre-planned arena per compiled graph."""
+    """Plan one arena per compiled graph; generated kernels write their outputs into it."""
     autotune: bool = False
     """Benchmark a few launch configurations per kernel on the device (``max-autotune``)."""
     kernel_cache_dir: str = ""

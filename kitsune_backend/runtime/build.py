@@ -5,10 +5,12 @@ What it builds, and what the record says about it (``record.runtime_info``)::
     executor   "graph"  : the graph's own code on the caller's stream (CPU, or one stream)
                "streams": generated straight-line code over several CUDA streams
     capture    "replay per input-shape signature after 1 warm-up call", or "declined: why"
+    arena_kernels / arena_bytes: fused kernels writing into the planned arena, its size
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -16,6 +18,7 @@ import torch.fx as fx
 
 from ..passes.base import Decline, PassContext
 from ..record import CompileRecord
+from .arena_binding import bind_arena
 from .capture import CapturedRunner, capture_decline
 from .executor import ScheduleRunner
 from .schedule_code import StreamOps
@@ -32,10 +35,22 @@ def _plan_over(gm: fx.GraphModule, ctx: PassContext) -> Any:
     return state.plan
 
 
+def _place_in_arena(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -> None:
+    """Fused kernels write into the planned arena where their kernels really launch."""
+    memory = ctx.state.get("memory_plan")
+    launches = ctx.on_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if memory is None or not ctx.config.memory_pool or not launches or not memory.arena_bytes:
+        return
+    record.runtime_info.update(
+        bind_arena(gm, memory.offsets, memory.arena_bytes, torch.device(ctx.device))
+    )
+
+
 def build_runtime(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -> Callable:
     """The callable for ``gm``: the schedule on its streams, captured when that is safe."""
     plan = _plan_over(gm, ctx)
     device = ctx.device
+    _place_in_arena(gm, ctx, record)
     ops = None
     if plan is not None and plan.num_streams > 1 and ctx.on_cuda:
         ops = StreamOps(device, plan, ctx.config.stream_debug_delays)
