@@ -61,9 +61,24 @@ def var_correction(x: torch.Tensor, dim=None, *, correction=None, keepdim: bool 
     return var_mean_correction(x, dim, correction=correction, keepdim=keepdim)[0]
 
 
+def addmm_as_mm_and_bias(bias, mat1, mat2, *, beta=1, alpha=1):
+    """``addmm`` as ``mm`` plus a pointwise bias add, which fusion then merges into the
+    kernel after the matmul (Inductor does the same). ATen's ``addmm`` first copies the
+    broadcast bias into the output and then runs a beta=1 GEMM: two kernels, and on the H100
+    cuBLAS picked slower kernels for GPT-2's layers that way (measured with
+    ``python -m benchmarks.top_kernels gpt2 kitsune inductor-ro``)."""
+    out = aten.mm.default(mat1, mat2)
+    if alpha != 1:
+        out = out * alpha
+    if beta == 0:
+        return out
+    return out + (bias if beta == 1 else bias * beta)
+
+
 def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     """The decomposition table handed to AOTAutograd."""
     table = get_decompositions(DECOMPOSED_OPS)
+    table[aten.addmm.default] = addmm_as_mm_and_bias
     table[aten.var_mean.correction] = var_mean_correction
     table[aten.var.correction] = var_correction
     return table
