@@ -133,8 +133,7 @@ def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
     small pointwise regions beside a reduction (running-stat updates) then cost no launch."""
     if grouping.segment[other.nodes[0]] != grouping.segment[region.nodes[0]]:
         return False
-    trial = dataclasses.replace(region, nodes=list(region.nodes), context=dict(region.context),
-                                external=set(region.external))
+    trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
         reason, context = trial.why_not(member, kind)
@@ -149,6 +148,12 @@ def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
         grouping.region_of[member] = region
     grouping.regions.remove(other)
     return True
+
+
+def _trial_copy(region: Region) -> Region:
+    """A copy of ``region`` to try a merge on (its node lists and sets copied too)."""
+    return dataclasses.replace(region, nodes=list(region.nodes), context=dict(region.context),
+                               external=set(region.external))
 
 
 def _merge_siblings(grouping: Grouping) -> None:
@@ -187,8 +192,7 @@ def _fold(grouping: Grouping, region: Region, other: Region) -> bool:
         grouping, {other}, region.external, first
     ):
         return False
-    trial = dataclasses.replace(region, nodes=list(region.nodes), context=dict(region.context),
-                                external=set(region.external))
+    trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
         reason, context = trial.why_not(member, kind)
