@@ -43,6 +43,7 @@ def kitsune(
 
 def _compiler(config: Config, kind: str, session: CompileSession) -> Callable:
     def compile_aot_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        """AOTAutograd's compiler for one ``kind`` of graph, bound to this compile's config."""
         return compile_graph(gm, example_inputs, config, kind, session)
 
     compile_aot_graph.__name__ = f"kitsune_{kind}_compiler"
