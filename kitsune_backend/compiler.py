@@ -18,21 +18,8 @@ from .passes.base import Decline, PassContext
 from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
 from .runtime import build_runtime
+from .runtime.executor import ScheduleRunner
 from .session import CompileSession
-
-
-class FallbackRunner:
-    """Runs the untouched ATen graph: correct, unoptimized; ``reason`` says why."""
-
-    def __init__(self, gm: fx.GraphModule, reason: str) -> None:
-        gm.recompile()
-        self.gm = gm
-        self.reason = reason
-        self._forward = gm.forward
-
-    def __call__(self, *args: Any) -> Any:
-        """Run the original graph on ``args``."""
-        return self._forward(*args)
 
 
 def static_input_indices(kind: str) -> tuple[int, ...]:
@@ -63,7 +50,7 @@ def _optimize(
                 raise
             raise KitsuneError(f"{record.name}: compile failed: {exc}") from exc
         record.fallback_reason = reason
-        return FallbackRunner(original, reason)
+        return ScheduleRunner(original)  # the untouched ATen graph, on the caller's stream
 
 
 def compile_graph(

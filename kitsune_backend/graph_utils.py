@@ -27,12 +27,21 @@ def is_view(node: fx.Node) -> bool:
     )
 
 
-def is_mutating(node: fx.Node) -> bool:
-    """True when the node writes into one of its arguments (``copy_``, ``add_``, ...)."""
+def written_inputs(node: fx.Node) -> list[fx.Node]:
+    """The input nodes the node writes into (``copy_``'s first argument, ...)."""
     overload = op_overload(node)
     if overload is None:
-        return False
-    return any(a.alias_info is not None and a.alias_info.is_write for a in overload._schema.arguments)
+        return []
+    return [
+        value
+        for arg, value in zip(overload._schema.arguments, node.args)
+        if arg.alias_info is not None and arg.alias_info.is_write and isinstance(value, fx.Node)
+    ]
+
+
+def is_mutating(node: fx.Node) -> bool:
+    """True when the node writes into one of its arguments (``copy_``, ``add_``, ...)."""
+    return bool(written_inputs(node))
 
 
 def launches_kernel(node: fx.Node) -> bool:

@@ -142,8 +142,7 @@ def _adopt(gm: fx.GraphModule, work: fx.GraphModule) -> None:
                 dest.add_module(part, torch.nn.Module())
             dest = getattr(dest, part)
         setattr(dest, leaf, getattr(source, leaf))
-    gm.graph = work.graph
-    gm.recompile()
+    gm.graph = work.graph  # the setter recompiles
 
 
 def _report_plugin_failure(

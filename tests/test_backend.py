@@ -50,17 +50,13 @@ def test_backend_is_registered_with_dynamo():
 
 def test_unknown_option_through_torch_compile_is_a_clear_value_error():
     compiled = torch.compile(small_mlp(), backend="kitsune", options={"fusoin": True})
-    with pytest.raises(Exception) as info:
-        compiled(torch.randn(2, 16))
-    chain = _exception_chain(info.value)
+    chain = _errors_raised_by(compiled, torch.randn(2, 16))
     assert any(isinstance(e, ValueError) and "valid options are" in str(e) for e in chain)
 
 
 def test_unknown_mode_through_torch_compile_is_a_clear_value_error():
     compiled = torch.compile(small_mlp(), backend="kitsune", mode="turbo")
-    with pytest.raises(Exception) as info:
-        compiled(torch.randn(2, 16))
-    chain = _exception_chain(info.value)
+    chain = _errors_raised_by(compiled, torch.randn(2, 16))
     assert any(isinstance(e, KitsuneConfigError) and "valid modes" in str(e) for e in chain)
 
 
@@ -113,9 +109,7 @@ def test_strict_turns_internal_failure_into_an_exception(monkeypatch):
     pipeline, stages = _failing_pass_module()
     monkeypatch.setattr(pipeline, "PIPELINE", stages)
     compiled = torch.compile(small_mlp(), backend="kitsune", options={"strict": True})
-    with pytest.raises(Exception) as info:
-        compiled(torch.randn(5, 16))
-    chain = _exception_chain(info.value)
+    chain = _errors_raised_by(compiled, torch.randn(5, 16))
     assert any(isinstance(e, KitsuneError) and "synthetic failure" in str(e) for e in chain)
 
 
@@ -177,6 +171,13 @@ def test_cpu_tensors_decline_gpu_only_stages_with_reasons():
     stages = {d.stage for d in reasons}
     assert "streams" in stages
     assert all(d.reason for d in reasons)
+
+
+def _errors_raised_by(fn, *args):
+    """Call ``fn``, which must raise; the exception and its causes, outermost first."""
+    with pytest.raises(Exception) as info:
+        fn(*args)
+    return _exception_chain(info.value)
 
 
 def _exception_chain(exc):

@@ -33,6 +33,16 @@ def _matches(tensor: Any, spec: TensorSpec) -> bool:
     )
 
 
+def why_not_on(device: torch.device) -> str:
+    """Why generated kernels cannot run on ``device`` ('' when they can): CUDA always, the
+    CPU only under Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "CPU tensors without TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return f"no Triton kernels on {device.type}"
+    return ""
+
+
 class FusedKernel:
     """One generated kernel, callable on real tensors like the ATen ops it replaces."""
 
@@ -87,11 +97,8 @@ class FusedKernel:
                 return f"input {spec.name} is {got}, the kernel was generated for " \
                        f"{(spec.shape, spec.stride, spec.dtype)}"
         device = args[0].device if args else torch.device("cpu")
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "CPU tensors without TRITON_INTERPRET=1 run as ATen ops"
-        if device.type not in ("cpu", "cuda"):
-            return f"no Triton kernels on {device.type}"
-        return ""
+        reason = why_not_on(device)
+        return f"{reason}: the region runs as its ATen ops" if reason else ""
 
     def __call__(self, *args: Any, out: Optional[Sequence[torch.Tensor]] = None) -> Any:
         """Compute the region's outputs from its inputs (see the module docstring)."""

@@ -10,7 +10,6 @@ one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.ke
 from __future__ import annotations
 
 import operator
-import os
 
 import torch
 import torch.fx as fx
@@ -18,7 +17,7 @@ import torch.fx as fx
 from ..codegen import ops
 from ..codegen.grouping import find_regions, schedule
 from ..codegen.heuristics import LaunchConfig, pointwise_config, reduction_config
-from ..codegen.kernel import FusedKernel
+from ..codegen.kernel import FusedKernel, why_not_on
 from ..codegen.region import Region
 from ..codegen.source import generate
 from ..graph_utils import has_symbolic_shapes
@@ -57,10 +56,10 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             result.declines.append(Decline(
                 STAGE, "kept as ATen: a region of one op saves no memory pass",
                 region.nodes[0].name))
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    cannot_launch = why_not_on(device)
+    if cannot_launch:
         result.declines.append(Decline(
-            STAGE, f"CPU tensors without TRITON_INTERPRET=1: the {len(kept)} region(s) found "
-            "run as their ATen ops"))
+            STAGE, f"{cannot_launch}: the {len(kept)} region(s) found run as their ATen ops"))
         kept = []
     result.stats.update(fused_regions=len(kept), nodes_fused=sum(len(r.nodes) for r in kept))
     if not kept:

@@ -13,7 +13,6 @@ run in stream order on the caller's stream, and uncaptured calls all use it in t
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any, Optional, Sequence
 
@@ -82,10 +81,10 @@ def bind_arena(gm: fx.GraphModule, offsets: dict[str, int], arena_bytes: int,
                device: torch.device) -> dict[str, int]:
     """Point every fused-kernel node whose outputs are all planned at the arena, in place.
 
-    Returns what it did, for ``record.runtime_info``: kernels placed, bytes they use.
+    Returns what it did, for ``record.runtime_info``: kernels placed, the arena's size.
     """
     arena = Arena(arena_bytes, device)
-    placed, used = 0, 0
+    placed = 0
     for node in gm.graph.nodes:
         kernel = node.target
         if node.op != "call_function" or not isinstance(kernel, FusedKernel):
@@ -95,9 +94,7 @@ def bind_arena(gm: fx.GraphModule, offsets: dict[str, int], arena_bytes: int,
             continue
         node.target = InArena(kernel, arena, [offsets[name] for name in names])
         placed += 1
-        used += sum(s.dtype.itemsize * max(1, math.prod(s.shape)) for s in kernel.generated.outputs)
     if placed:
         gm.recompile()
-    return {"arena_kernels": placed, "arena_bytes": arena_bytes if placed else 0,
-            "arena_bytes_written_by_kernels": used}
+    return {"arena_kernels": placed, "arena_bytes": arena_bytes if placed else 0}
 

@@ -10,7 +10,6 @@ What it builds, and what the record says about it (``record.runtime_info``)::
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
@@ -36,10 +35,10 @@ def _plan_over(gm: fx.GraphModule, ctx: PassContext) -> Any:
 
 
 def _place_in_arena(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -> None:
-    """Fused kernels write into the planned arena where their kernels really launch."""
+    """Fused kernels write into the planned arena (the memory plan pass leaves no plan when
+    ``memory_pool`` is off; fusion leaves no kernels where they cannot launch)."""
     memory = ctx.state.get("memory_plan")
-    launches = ctx.on_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    if memory is None or not ctx.config.memory_pool or not launches or not memory.arena_bytes:
+    if memory is None or not memory.arena_bytes:
         return
     record.runtime_info.update(
         bind_arena(gm, memory.offsets, memory.arena_bytes, torch.device(ctx.device))

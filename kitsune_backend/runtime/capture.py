@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from ..graph_utils import has_symbolic_shapes, iter_tensors, op_overload
+from ..graph_utils import has_symbolic_shapes, iter_tensors, op_overload, written_inputs
 from ..passes.base import Decline
 from ..passes.streams import alias_base
 from ..record import CompileRecord
@@ -69,20 +69,12 @@ def capture_decline(
         return "symbolic shapes: a CUDA graph fixes every shape"
     index = {n: i for i, n in enumerate(placeholders)}
     for node in gm.graph.nodes:
-        overload = op_overload(node)
-        if overload is None:
-            continue
-        for arg, value in zip(overload._schema.arguments, node.args):
-            written = arg.alias_info is not None and arg.alias_info.is_write
-            if not (written and isinstance(value, fx.Node)):
-                continue
-            value = alias_base(value)
-            if value in index:
-                if index[value] not in static:
-                    return (
-                        f"node {node.name} writes into input {value.name}, which is not a "
-                        "parameter or buffer: a replay would write into a copy"
-                    )
+        for value in map(alias_base, written_inputs(node)):
+            if value in index and index[value] not in static:
+                return (
+                    f"node {node.name} writes into input {value.name}, which is not a "
+                    "parameter or buffer: a replay would write into a copy"
+                )
     for node in gm.graph.nodes:
         for t in iter_tensors(node.meta.get("val")):
             if t.device.type != "cuda":
