@@ -99,21 +99,17 @@ class CompileRecord:
 
     def graph_after(self, pass_name: str) -> str:
         """The readable code of the graph after the named pass (``"input"`` for before all)."""
-        if pass_name == "input":
-            return self.input_code
-        for p in self.passes:
-            if p.name == pass_name:
-                return p.graph_code
-        raise KeyError(f"no pass named {pass_name!r} ran; passes: {self.stages}")
+        return self.input_code if pass_name == "input" else self._pass(pass_name).graph_code
 
     def nodes_after(self, pass_name: str) -> list[NodeSnapshot]:
         """The node snapshots after the named pass (``"input"`` for before all)."""
-        if pass_name == "input":
-            return self.input_nodes
+        return self.input_nodes if pass_name == "input" else self._pass(pass_name).nodes
+
+    def _pass(self, name: str) -> PassRecord:
         for p in self.passes:
-            if p.name == pass_name:
-                return p.nodes
-        raise KeyError(f"no pass named {pass_name!r} ran; passes: {self.stages}")
+            if p.name == name:
+                return p
+        raise KeyError(f"no pass named {name!r} ran; passes: {self.stages}")
 
     @property
     def stats(self) -> dict[str, Any]:
