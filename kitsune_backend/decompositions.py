@@ -75,10 +75,24 @@ def addmm_as_mm_and_bias(bias, mat1, mat2, *, beta=1, alpha=1):
     return out + (bias if beta == 1 else bias * beta)
 
 
+def convolution_then_bias(input, weight, bias, stride, padding, dilation, transposed,
+                          output_padding, groups):
+    """``convolution`` with a bias as a bias-free convolution plus a pointwise bias add,
+    which fusion merges into the kernel after the convolution (the ReLU, say). ATen adds
+    a convolution's bias in a kernel of its own anyway, so this never adds a launch.
+    Without a bias the op is left alone (``NotImplemented``)."""
+    if bias is None:
+        return NotImplemented
+    out = aten.convolution.default(input, weight, None, stride, padding, dilation, transposed,
+                                   output_padding, groups)
+    return out + bias.view([1, -1] + [1] * (out.dim() - 2))
+
+
 def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     """The decomposition table handed to AOTAutograd."""
     table = get_decompositions(DECOMPOSED_OPS)
     table[aten.addmm.default] = addmm_as_mm_and_bias
+    table[aten.convolution.default] = convolution_then_bias
     table[aten.var_mean.correction] = var_mean_correction
     table[aten.var.correction] = var_correction
     return table

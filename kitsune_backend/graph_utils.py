@@ -44,6 +44,16 @@ def is_mutating(node: fx.Node) -> bool:
     return bool(written_inputs(node))
 
 
+def alias_base(node: fx.Node) -> fx.Node:
+    """The node whose memory ``node`` aliases (through views and getitem)."""
+    while (is_view(node) or node.target is operator.getitem) and node.args:
+        first = node.args[0]
+        if not isinstance(first, fx.Node):
+            break
+        node = first
+    return node
+
+
 def launches_kernel(node: fx.Node) -> bool:
     """True when running the node does device work: not a view, a getitem or shape math."""
     if node.op != "call_function":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -235,3 +237,22 @@ def test_tiny_gpt2_from_transformers_fuses_without_cycle():
     ids = torch.randint(0, 64, (1, 8))
     with torch.no_grad():
         check(lambda i: model(input_ids=i, use_cache=False).logits, ids, min_regions=3)
+
+
+def test_convolution_bias_is_added_in_the_kernel_after_it():
+    """conv(x, w, b) -> relu is the bias-free convolution plus one kernel (bias add + relu),
+    where ATen would launch the convolution, its bias add and the relu; gradients match."""
+    fn = lambda x, w, b: torch.relu(F.conv2d(x, w, b, padding=1))  # noqa: E731
+    session = check(fn, rand(2, 3, 7, 7), rand(4, 3, 3, 3), rand(4), grad=True)
+    forward = session.forward
+    (kernel,) = forward.kernels
+    assert kernel.nodes[:2] == ["add", "relu"]
+    code = forward.graph_after("fusion")
+    assert code.count("aten.convolution.default(") == 1
+    assert re.search(r"aten\.convolution\.default\(\w+, \w+, None,", code)
+
+
+def test_convolution_without_bias_is_left_alone():
+    fn = lambda x, w: torch.relu(F.conv2d(x, w)) * 2  # noqa: E731
+    forward = check(fn, rand(2, 3, 7, 7), rand(4, 3, 3, 3)).forward
+    assert [n.target for n in forward.nodes_after("cleanup")].count("convolution.default") == 1

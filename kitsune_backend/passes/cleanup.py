@@ -1,4 +1,5 @@
-"""cleanup: dead code out, canonical ATen names, shape/dtype metadata on every node."""
+"""cleanup: dead code and duplicate computations out, canonical ATen names, shape/dtype
+metadata on every node."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .base import PassContext, PassResult
+from .cse import eliminate_common_subexpressions
 
 aten = torch.ops.aten
 
@@ -19,17 +21,19 @@ CANONICAL = {
 
 
 def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Remove dead nodes, rename aliases of ATen ops to one canonical overload, and fill in
+    """Remove dead nodes, rename aliases of ATen ops to one canonical overload, merge
+    duplicate pure computations (:mod:`kitsune_backend.passes.cse`), and fill in
     ``meta["val"]`` where a node lacks it (by fake-tensor propagation).
 
     Before::
 
         a = aten.add(x, 1); b = aten.mul(x, 2)       # b has no users
-        v = aten._unsafe_view(a, [4]); return v
+        c = aten.add(x, 1)                           # the same value as a
+        v = aten._unsafe_view(a, [4]); return (v, c)
 
     After::
 
-        a = aten.add(x, 1); v = aten.view(a, [4]); return v
+        a = aten.add(x, 1); v = aten.view(a, [4]); return (v, a)
     """
     result = PassResult()
     renamed = 0
@@ -37,6 +41,7 @@ def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if node.op == "call_function" and node.target in CANONICAL:
             node.target = CANONICAL[node.target]
             renamed += 1
+    merged = eliminate_common_subexpressions(gm)
     before = len(gm.graph.nodes)
     gm.graph.eliminate_dead_code()
     removed = before - len(gm.graph.nodes)
@@ -44,9 +49,10 @@ def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if missing:
         _propagate_fake_values(gm, ctx)
         result.notes.append(f"filled metadata of {len(missing)} node(s) by fake propagation")
-    result.changed = bool(renamed or removed or missing)
-    result.notes.append(f"removed {removed} dead node(s), renamed {renamed} alias op(s)")
-    result.stats.update(dead_nodes_removed=removed)
+    result.changed = bool(renamed or removed or merged or missing)
+    result.notes.append(f"removed {removed} dead node(s), merged {merged} duplicate(s), "
+                        f"renamed {renamed} alias op(s)")
+    result.stats.update(dead_nodes_removed=removed, duplicates_merged=merged)
     return result
 
 

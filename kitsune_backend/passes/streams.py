@@ -15,7 +15,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from ..graph_utils import has_symbolic_shapes, is_mutating, is_view, launches_kernel
+from ..graph_utils import alias_base, has_symbolic_shapes, is_mutating, is_view, launches_kernel
 from ..runtime import chains
 from ..runtime.cost import EVENT_US, LAUNCH_US, node_cost_us
 from .base import Decline, PassContext, PassResult
@@ -41,16 +41,6 @@ def is_scheduled(node: fx.Node) -> bool:
     if node.op != "call_function" or node.target is operator.getitem or is_view(node):
         return False
     return any(isinstance(n.meta.get("val"), torch.Tensor) for n in node.all_input_nodes)
-
-
-def alias_base(node: fx.Node) -> fx.Node:
-    """The node whose memory ``node`` aliases (through views and getitem)."""
-    while (is_view(node) or node.target is operator.getitem) and node.args:
-        first = node.args[0]
-        if not isinstance(first, fx.Node):
-            break
-        node = first
-    return node
 
 
 def kernel_dag(gm: fx.GraphModule) -> tuple[nx.DiGraph, list[fx.Node]]:

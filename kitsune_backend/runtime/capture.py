@@ -9,7 +9,9 @@ Calls go like this:
 
 Inputs: parameters and buffers (``static_input_indices``) are read where they are, and so
 are inputs that live in another instance's static outputs (the forward activations a
-backward graph reads): an instance is replayed only when those are at the captured address.
+backward graph reads) or in the memory of another instance's parameters (the transposed
+weights a backward graph reads): an instance is replayed only when those are at the
+captured address.
 Other inputs are copied into the instance's buffers, skipped when the same tensor object
 comes again with the same version counter (nothing changed it in place since the copy);
 inference tensors have no version counter and are always copied.
@@ -32,9 +34,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from ..graph_utils import has_symbolic_shapes, iter_tensors, op_overload, written_inputs
+from ..graph_utils import alias_base, has_symbolic_shapes, iter_tensors, op_overload, written_inputs
 from ..passes.base import Decline
-from ..passes.streams import alias_base
 from ..record import CompileRecord
 
 aten = torch.ops.aten
@@ -85,6 +86,17 @@ def capture_decline(
 # Storage address -> the instance whose static outputs live there. An input found here at
 # capture time (a forward output saved for backward, say) is read in place, not copied.
 _POOL_OUTPUTS: "weakref.WeakValueDictionary[int, _Instance]" = weakref.WeakValueDictionary()
+# Storage address -> a parameter/buffer some instance reads in place. While that tensor
+# lives nothing else can sit at its address, so an input found here (a view of a weight
+# saved for backward, say) is read in place too.
+_STATIC_STORAGES: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+def _read_in_place(x: torch.Tensor) -> bool:
+    """True when ``x`` lives in memory that stays put between calls: another instance's
+    static outputs, or a parameter/buffer."""
+    address = x.untyped_storage().data_ptr()
+    return address in _POOL_OUTPUTS or address in _STATIC_STORAGES
 
 
 class _Instance:
@@ -92,15 +104,13 @@ class _Instance:
 
     def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any):
         self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
+        for _, param, _ in self.static:
+            _STATIC_STORAGES[param.untyped_storage().data_ptr()] = param
         # fast path of statics_match: the same objects as at capture, compared in C
         self._static_get = operator.itemgetter(*[i for i, _, _ in self.static], 0, 0)  # a tuple
         self._static_objs = tuple(obj for _, obj, _ in self.static)
         dynamic = [i for i in range(len(args)) if i not in set(static)]
-        self.inplace = [
-            (i, args[i].data_ptr())
-            for i in dynamic
-            if args[i].untyped_storage().data_ptr() in _POOL_OUTPUTS
-        ]
+        self.inplace = [(i, args[i].data_ptr()) for i in dynamic if _read_in_place(args[i])]
         read_in_place = {i for i, _ in self.inplace}
         self.buffers = [(i, torch.empty_strided(
             args[i].shape, args[i].stride(), dtype=args[i].dtype, device=args[i].device

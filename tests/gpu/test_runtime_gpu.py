@@ -219,6 +219,8 @@ def test_training_through_captured_graphs_matches_eager(name):
     backward = session.backward.runtime_info
     assert backward.get("cuda_graph_instances", 0) >= 1, session.backward.declines
     assert backward["inputs_read_in_place"] > 0  # saved activations are not copied
+    if name == "mlp":  # weights saved for backward (as transposed views) are not copied:
+        assert backward["inputs_copied"] <= 3  # only labels, the input and the loss grad
     if name == "smallcnn":
         for a, b in zip(model.buffers(), twin.buffers()):
             assert_close(b, a)
