@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tf32", action="store_true",
                      help="allow TF32 in convolutions and matmuls (default: off, so that "
                           "the correctness checks compare fp32 with fp32; see README)")
+    run.add_argument("--kernel-counts", choices=("yes", "no", "only"), default="yes",
+                     help="count each row's kernels under the profiler: 'yes' (after its "
+                          "timing), 'no', or 'only' (no timing). With CUDA graphs the profiler "
+                          "leaves CUPTI attached, which slows every later call's host side, "
+                          "so on a GPU time with 'no' and count in a second process with "
+                          "'only', then join them with `merge --counts`")
     run.add_argument("--budget-s", type=float, default=None,
                      help="skip the rows that would start after this many seconds")
 
@@ -60,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="join results files of runs of different models")
     merge.add_argument("parts", nargs="+", help="results JSON files")
     merge.add_argument("--out", required=True, help="the merged results JSON to write")
+    merge.add_argument("--counts",
+                       help="a results JSON from `run --kernel-counts only`: its kernel "
+                            "counts fill the matching rows of the merged results")
 
     charts = sub.add_parser("charts", help="draw the charts PNG from a results JSON")
     charts.add_argument("results", help="a results JSON")
@@ -124,7 +133,8 @@ def _run(args: argparse.Namespace, device) -> int:
     chosen = _names(args.backends, backend_mod.BY_NAME, "backend")
     chosen = [backend_mod.BY_NAME["eager"]] + [b for b in chosen if b.name != "eager"]
     results = report.new_results(report.metadata(device, {
-        "quick": args.quick, **counts, "backends": [b.name for b in chosen]}))
+        "quick": args.quick, **counts, "backends": [b.name for b in chosen],
+        "kernel_counts": args.kernel_counts}))
 
     def save() -> None:
         report.save(results, args.json_path)
@@ -147,7 +157,7 @@ def _run_micro(args, device, counts, chosen, results, save) -> None:
         return
     done = micro.run_micro(
         cases, [b for b in chosen if b.name in MICRO_BACKENDS], device, args.quick,
-        counts["iters"], counts["warmup"],
+        counts["iters"], counts["warmup"], args.kernel_counts,
         on_row=lambda row: (results["micro"]["rows"].append(row), save()))
     results["micro"]["copy_gbps"] = done["copy_gbps"]
 
@@ -157,7 +167,8 @@ def _run_models(args, device, counts, chosen, results, save) -> None:
     from .measure import RunOptions, measure_workload
 
     options = RunOptions(device=device, iters=counts["iters"], warmup=counts["warmup"],
-                         rounds=counts["rounds"], trace_path=args.trace)
+                         rounds=counts["rounds"], trace_path=args.trace,
+                         kernel_counts=args.kernel_counts)
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
     explicit = args.models.strip() != "all"
     for workload in _names(args.models, workloads.BY_NAME, "model"):
@@ -205,6 +216,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     try:
         merged = report.merge([report.load(path) for path in args.parts])
+        if args.counts:
+            report.fill_counts(merged, report.load(args.counts))
     except (OSError, ValueError) as exc:
         print(f"merge: {exc}", file=sys.stderr)
         return 2

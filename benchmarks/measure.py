@@ -37,6 +37,7 @@ from kitsune_backend import timing
 
 from .backends import Backend
 from .checks import GRAD_SAMPLE, compare_observations
+from .report import COUNT_KEYS
 from .workloads import Workload
 
 
@@ -53,6 +54,8 @@ class RunOptions:
     trace_path: Optional[str] = None
     """Where to keep the Chrome trace of the profiled call of ``trace_target``."""
     trace_target: tuple[str, str] = ("branchy", "kitsune")
+    kernel_counts: str = "yes"
+    """Profile each row for its kernel counts: "yes" (after timing), "no", "only" (no timing)."""
 
 
 class TrainStep:
@@ -233,19 +236,26 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
         _check(row, backend, observation, reference)
 
         call.inputs = inputs[0]
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        stats = timing.time_per_call(call, opts.iters, opts.warmup, opts.rounds, device)
-        row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
-                   samples_ms=stats["samples"])
-        if on_cuda:
-            row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - mem_before) / 2**20
-
-        traced = (workload.name, backend.name) == opts.trace_target
-        counts = timing.count_kernels(call, device, opts.trace_path if traced else None)
-        row.update({k: counts[k] for k in ("kernels", "launches", "graph_launches", "cpu_ops")})
+        if opts.kernel_counts != "only":
+            _time(row, call, opts, mem_before)
+        if opts.kernel_counts != "no":
+            traced = (workload.name, backend.name) == opts.trace_target
+            counts = timing.count_kernels(call, device, opts.trace_path if traced else None)
+            row.update({k: counts[k] for k in COUNT_KEYS})
     _compile_stats(row, backend)
     return observation
+
+
+def _time(row: dict, call: Callable, opts: RunOptions, mem_before: int) -> None:
+    """Per-call time (and, on CUDA, peak memory) of ``call`` into ``row``."""
+    on_cuda = opts.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(opts.device)
+    stats = timing.time_per_call(call, opts.iters, opts.warmup, opts.rounds, opts.device)
+    row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
+               samples_ms=stats["samples"])
+    if on_cuda:
+        row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(opts.device) - mem_before) / 2**20
 
 
 def _check(row: dict, backend: Backend, observation: dict, reference: Optional[dict]) -> None:

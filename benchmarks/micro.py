@@ -116,9 +116,13 @@ def run_micro(
     quick: bool,
     iters: int,
     warmup: int,
+    kernel_counts: str = "yes",
     on_row: Callable[[dict], None] = lambda row: None,
 ) -> dict[str, Any]:
-    """Copy bandwidth, then every case under every backend: ``{"copy_gbps", "rows"}``."""
+    """Copy bandwidth, then every case under every backend: ``{"copy_gbps", "rows"}``.
+
+    ``kernel_counts``: profile each row for its kernel count after timing it ("yes"), not
+    at all ("no"), or instead of timing it ("only")."""
     copy_gbps = copy_bandwidth(device, quick, max(iters, 10), max(warmup, 2))
     print(f"[bench] copy bandwidth {copy_gbps:.0f} GB/s", file=sys.stderr, flush=True)
     rows = []
@@ -126,8 +130,8 @@ def run_micro(
         inputs = case.inputs(device, quick)
         reference = None
         for backend in backends:
-            row = _measure_case(case, backend, inputs, device, iters, warmup, reference,
-                                copy_gbps)
+            row = _measure_case(case, backend, inputs, device, (iters, warmup, kernel_counts),
+                                reference, copy_gbps)
             if backend.name == "eager":
                 reference = row.pop("_output", None)
             row.pop("_output", None)
@@ -136,7 +140,7 @@ def run_micro(
     return {"copy_gbps": copy_gbps, "rows": rows}
 
 
-def _measure_case(case, backend, inputs, device, iters, warmup, reference, copy_gbps) -> dict:
+def _measure_case(case, backend, inputs, device, how, reference, copy_gbps) -> dict:
     row: dict[str, Any] = {
         "case": case.name, "backend": backend.name, "dtype": str(case.dtype).replace("torch.", ""),
         "shape": list(inputs[0].shape), "status": "pending", "note": "", "max_abs_err": None,
@@ -151,11 +155,14 @@ def _measure_case(case, backend, inputs, device, iters, warmup, reference, copy_
         seconds, output = timing.first_call_seconds(lambda: fn(*inputs), device)
         row["first_call_s"] = seconds
         _check(row, backend, output, reference)
-        stats = timing.time_per_call(lambda: fn(*inputs), iters, warmup, device=device)
-        gbps = ideal_bytes(inputs, output) / (stats["median"] * 1e-3) / 1e9
-        row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
-                   gbps=gbps, fraction_of_copy=gbps / copy_gbps)
-        row["kernels"] = timing.count_kernels(lambda: fn(*inputs), device)["kernels"]
+        iters, warmup, kernel_counts = how
+        if kernel_counts != "only":
+            stats = timing.time_per_call(lambda: fn(*inputs), iters, warmup, device=device)
+            gbps = ideal_bytes(inputs, output) / (stats["median"] * 1e-3) / 1e9
+            row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
+                       gbps=gbps, fraction_of_copy=gbps / copy_gbps)
+        if kernel_counts != "no":
+            row["kernels"] = timing.count_kernels(lambda: fn(*inputs), device)["kernels"]
         row["_output"] = output.detach().cpu()
     except Exception as exc:
         row.update(status="error", note=describe_error(exc))

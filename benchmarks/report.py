@@ -173,6 +173,24 @@ def failures(results: dict[str, Any]) -> list[str]:
     return bad
 
 
+COUNT_KEYS = ("kernels", "launches", "graph_launches", "cpu_ops")
+"""The per-row fields that ``run --kernel-counts`` fills from the profiler."""
+
+
+def fill_counts(results: dict[str, Any], counts: dict[str, Any]) -> None:
+    """Copy the kernel counts of ``counts`` (a ``--kernel-counts only`` run) into the rows
+    of ``results`` for the same model or micro case and backend, in place."""
+    if counts["meta"].get("gpu") != results["meta"].get("gpu"):
+        raise ValueError("cannot take kernel counts from a run on a different device")
+    by_row = {(r["model"], r["backend"]): r for r in counts["models"]}
+    by_row.update({(r["case"], r["backend"]): r for r in counts["micro"]["rows"]})
+    for row in results["models"] + results["micro"]["rows"]:
+        source = by_row.get((row.get("model", row.get("case")), row["backend"]))
+        if source is not None:
+            row.update({k: source[k] for k in COUNT_KEYS if source.get(k) is not None})
+    results["meta"]["kernel_counts_from"] = counts["meta"]
+
+
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One results document from runs of different models (e.g. split to fit a time limit).
 

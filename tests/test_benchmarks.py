@@ -207,3 +207,24 @@ def test_quick_cuda_run_every_backend(tmp_path, capsys):
     assert {r["backend"] for r in rows} == set(BY_NAME)
     graphed = [r for r in rows if r["backend"] in ("inductor-ro", "cudagraphs")]
     assert all(r["graph_launches"] >= 1 and r["kernels"] > r["launches"] for r in graphed)
+
+
+def test_timing_and_kernel_counts_in_two_runs_are_joined(tmp_path, capsys):
+    """`--kernel-counts no` times without the profiler, `only` counts without timing, and
+    `merge --counts` puts the counts into the timed rows (what the GPU check does)."""
+    timed, counted, joined = (tmp_path / f"{n}.json" for n in ("timed", "counted", "joined"))
+    common = ["run", "--device", "cpu", "--quick", "--models", "mlp", "--micro", "softmax_fp32",
+              "--backends", "kitsune"]
+    assert cli.main(common + ["--kernel-counts", "no", "--json", str(timed)]) == 0
+    assert cli.main(common + ["--kernel-counts", "only", "--json", str(counted)]) == 0
+    timed_rows = json.loads(timed.read_text())["models"]
+    counted_rows = json.loads(counted.read_text())["models"]
+    assert all(r["median_ms"] > 0 and r["kernels"] is None for r in timed_rows)
+    assert all(r["median_ms"] is None and r["cpu_ops"] > 0 for r in counted_rows)
+    assert cli.main(["merge", str(timed), "--counts", str(counted), "--out", str(joined)]) == 0
+    capsys.readouterr()
+    joined_results = json.loads(joined.read_text())
+    for row in joined_results["models"] + joined_results["micro"]["rows"]:
+        assert row["median_ms"] > 0, row
+    assert all(r["cpu_ops"] > 0 for r in joined_results["models"])
+    assert joined_results["meta"]["kernel_counts_from"]["kernel_counts"] == "only"
