@@ -48,7 +48,8 @@ class Worker:
         env.pop("TRITON_INTERPRET", None)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", BOOTSTRAP, WORKER_FILE, json.dumps([str(p) for p in sys.path])],
+                [sys.executable, "-c", BOOTSTRAP, WORKER_FILE,
+                 json.dumps([str(p) for p in sys.path])],
                 stdin=worker_in, stdout=from_worker, env=env, start_new_session=True,
             )
         except BaseException:
@@ -63,17 +64,18 @@ class Worker:
     def ask(self, request: dict, timeout: float) -> dict:
         """Send one request and wait for its reply; a failure reply if the worker died or
         took longer than ``timeout`` (the worker is then stopped)."""
+        grace = 0.0  # a hung worker is killed at once
         try:
             self.send.send(request)
             if self.recv.poll(timeout):
                 return self.recv.recv()
             why = f"no reply within {timeout:.0f} s"
         except (EOFError, OSError) as exc:
-            why = f"the worker exited ({type(exc).__name__})"
+            why, grace = f"the worker exited ({type(exc).__name__})", 1.0
         except Exception as exc:  # an unpicklable request, a garbled reply
             why = f"{type(exc).__name__}: {exc}"
-        self.stop(wait=0.0)
-        code = self.process.poll()
+        self.stop(wait=grace)
+        code = self.process.returncode
         return {"ok": False, "error": why + (f", exit code {code}" if code else "")}
 
     @property
@@ -83,9 +85,17 @@ class Worker:
 
     def stop(self, wait: float = 1.0) -> None:
         """Close the pipes (the worker exits at end of input); kill it if it lingers."""
+        self.close_pipes()
+        self.reap(wait)
+
+    def close_pipes(self) -> None:
+        """Close the parent's pipe ends: the worker sees the end of its input."""
         for conn in (self.send, self.recv):
             if not conn.closed:
                 conn.close()
+
+    def reap(self, wait: float) -> None:
+        """Wait up to ``wait`` seconds for the process to exit, then kill it."""
         try:
             self.process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
@@ -98,7 +108,7 @@ class CompilePool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _workers
-        self._run_lock = threading.Lock()  # one batch at a time
+        self._run_lock = threading.RLock()  # one batch (or resize) at a time
         self._workers: list[Worker] = []
 
     @property
@@ -109,7 +119,7 @@ class CompilePool:
 
     def resize(self, size: int) -> None:
         """Have exactly ``size`` live workers (starting or stopping some)."""
-        with self._lock:
+        with self._run_lock, self._lock:
             for worker in [w for w in self._workers if not w.alive]:
                 worker.stop(wait=0.0)
                 self._workers.remove(worker)
@@ -155,8 +165,10 @@ class CompilePool:
         """Stop every worker."""
         with self._lock:
             workers, self._workers = self._workers, []
-        for worker in workers:
-            worker.stop()
+        for worker in workers:  # all of them see the end of input at once ...
+            worker.close_pipes()
+        for worker in workers:  # ... so this waits about as long as the slowest one
+            worker.reap(1.0)
 
 
 _POOL: Optional[CompilePool] = None
