@@ -97,6 +97,32 @@ def test_pool_abandons_a_hung_compile(tmp_path, own_pool):
     assert own_pool.size == 0  # killed; the next run starts a new one
 
 
+@pytest.mark.parametrize("bootstrap, start_timeout, why", [
+    ("import sys; sys.exit(5)", 30.0, "exit code 5"),
+    ("import time; time.sleep(60)", 1.0, "did not start within 1 s"),
+])
+def test_workers_that_cannot_start_mark_the_pool_broken(bootstrap, start_timeout, why,
+                                                        tmp_path, own_pool, monkeypatch):
+    monkeypatch.setattr(compile_pool, "BOOTSTRAP", bootstrap)
+    monkeypatch.setattr(compile_pool, "START_TIMEOUT_S", start_timeout)
+    replies = own_pool.run([_request(tmp_path / "a.py"), _request(tmp_path / "b.py")], workers=2)
+    assert [r["ok"] for r in replies] == [False, False]
+    assert all(r["error"].startswith("no compile workers: WorkerStartError") for r in replies)
+    assert why in own_pool.broken
+    monkeypatch.setattr(precompile, "pool", lambda: own_pool)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    assert report.skipped.startswith("the compile workers could not start")
+
+
+def _unused_pool():
+    """A pool that is healthy but must not be asked to compile."""
+    def run(*args, **kwargs):
+        pytest.fail("the pool was asked to compile")
+
+    return types.SimpleNamespace(broken="", run=run)
+
+
 def _kernels(count: int) -> list:
     return [types.SimpleNamespace(__name__=f"k{i}", generated=types.SimpleNamespace(grid=4))
             for i in range(count)]
@@ -136,7 +162,7 @@ def test_no_precompile_when_it_cannot_help(config, device, interpret, why, monke
     if not interpret:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(precompile, "capture_request", pytest.fail)
-    monkeypatch.setattr(precompile, "pool", pytest.fail)
+    monkeypatch.setattr(precompile, "pool", _unused_pool)
     report = precompile.precompile(_kernels(3), config, torch.device(device))
     assert why in report.skipped and report.stats()["kernels_precompiled"] == 0
 
@@ -145,7 +171,7 @@ def test_a_single_kernel_compiles_at_its_launch(tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     requests = iter([None, _request(tmp_path / "k.py")])
     monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
-    monkeypatch.setattr(precompile, "pool", pytest.fail)
+    monkeypatch.setattr(precompile, "pool", _unused_pool)
     report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
     assert report.skipped.startswith("1 kernel(s) left to compile")
     assert report.declines() == []

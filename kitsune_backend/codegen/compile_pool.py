@@ -9,8 +9,10 @@ in the terminal does not reach it), with ``CUDA_VISIBLE_DEVICES=""`` and without
 ``TRITON_INTERPRET``; it exits when its stdin closes, so it never outlives the parent.
 
 The pool is created at first use, resized to what the caller asks for, and closed at exit.
-A worker that dies or hangs is replaced at the next request; its request fails with the
-reason. Nothing here raises into a compile: failures come back as replies.
+A worker that dies or hangs while compiling is replaced at the next request; its request
+fails with the reason. A worker that cannot start at all (or does not say it is ready)
+marks the pool ``broken`` for the rest of the process, so no later compile waits for
+workers. Nothing here raises into a compile: failures come back as replies.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ BOOTSTRAP = (
 REQUEST_TIMEOUT_S = 300.0
 """A compile that takes longer is abandoned (its worker killed); the kernel then compiles
 at its first launch as it would without workers."""
+START_TIMEOUT_S = 60.0
+"""A worker says it is ready (Triton imported) within this, or the pool is marked broken."""
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not be started or did not say it was ready."""
 
 
 class Worker:
@@ -60,6 +68,23 @@ class Worker:
         os.close(from_worker)
         self.send = Connection(to_worker, readable=False)
         self.recv = Connection(worker_out, writable=False)
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> None:
+        """Return once the worker has said it is ready; else stop it and raise
+        :class:`WorkerStartError` (it exited, hung, or is not a compile worker at all)."""
+        if self.ready:
+            return
+        try:
+            hello = self.recv.recv() if self.recv.poll(timeout) else None
+        except (EOFError, OSError):
+            hello = None
+        if not (isinstance(hello, dict) and hello.get("ready")):
+            self.stop(wait=0.5)
+            raise WorkerStartError(
+                f"{sys.executable} -c <compile worker> did not start within {timeout:.0f} s "
+                f"(exit code {self.process.returncode})")
+        self.ready = True
 
     def ask(self, request: dict, timeout: float) -> dict:
         """Send one request and wait for its reply; a failure reply if the worker died or
@@ -110,6 +135,9 @@ class CompilePool:
         self._lock = threading.Lock()  # guards _workers
         self._run_lock = threading.RLock()  # one batch (or resize) at a time
         self._workers: list[Worker] = []
+        self.broken = ""
+        """Why workers cannot be used in this process ('' while they can): set when one
+        could not start, so that later compiles do not wait for workers again."""
 
     @property
     def size(self) -> int:
@@ -143,11 +171,15 @@ class CompilePool:
             def one(request: dict) -> dict:
                 worker = idle.get()
                 try:
+                    if self.broken:
+                        return {"ok": False, "error": f"no compile workers: {self.broken}"}
                     if not worker.alive:  # died during an earlier request of this batch
                         worker = self._replace(worker)
+                    worker.wait_ready(START_TIMEOUT_S)
                     return worker.ask(request, timeout)
                 except Exception as exc:  # no worker could be started
-                    return {"ok": False, "error": f"no compile worker: {type(exc).__name__}: {exc}"}
+                    self.broken = self.broken or f"{type(exc).__name__}: {exc}"
+                    return {"ok": False, "error": f"no compile workers: {self.broken}"}
                 finally:
                     idle.put(worker)
 

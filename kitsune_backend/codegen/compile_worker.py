@@ -7,7 +7,8 @@ this file by path, so the worker imports neither ``kitsune_backend`` nor ``torch
 standard library and ``triton``), never initialises CUDA, and never re-runs the user's main
 script (what ``multiprocessing``'s spawn start method would do).
 
-Protocol: the parent sends one pickled request dict per kernel on the worker's stdin
+Protocol: the worker first writes ``{"ready": True}`` once Triton is imported; then the
+parent sends one pickled request dict per kernel on the worker's stdin
 (``multiprocessing.connection`` framing) and reads one reply dict on the worker's original
 stdout; anything else the worker prints goes to stderr. End of input ends the worker.
 
@@ -107,6 +108,7 @@ def main() -> None:
     import triton  # noqa: F401  (imported before the first request: start-up overlaps tracing)
     import triton.compiler  # noqa: F401
 
+    replies.send({"ready": True, "pid": os.getpid()})
     while True:
         try:
             request = requests.recv()

@@ -91,6 +91,8 @@ def why_not_precompile(config: Config, device: Optional[torch.device]) -> str:
 
     if knobs.compilation.always_compile:
         return "TRITON_ALWAYS_COMPILE=1: Triton would compile again at the first launch"
+    if pool().broken:
+        return f"the compile workers could not start in this process: {pool().broken}"
     return ""
 
 
