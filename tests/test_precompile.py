@@ -98,8 +98,8 @@ def test_pool_abandons_a_hung_compile(tmp_path, own_pool):
 
 
 @pytest.mark.parametrize("bootstrap, start_timeout, why", [
-    ("import sys; sys.exit(5)", 30.0, "exit code 5"),
-    ("import time; time.sleep(60)", 1.0, "did not start within 1 s"),
+    ("import sys; sys.exit(5)", 30.0, "exited with code 5 before it was ready"),
+    ("import time; time.sleep(60)", 1.0, "was not ready within 1 s"),
 ])
 def test_workers_that_cannot_start_mark_the_pool_broken(bootstrap, start_timeout, why,
                                                         tmp_path, own_pool, monkeypatch):

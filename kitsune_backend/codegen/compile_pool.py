@@ -21,6 +21,7 @@ import atexit
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -81,9 +82,10 @@ class Worker:
             hello = None
         if not (isinstance(hello, dict) and hello.get("ready")):
             self.stop(wait=0.5)
-            raise WorkerStartError(
-                f"{sys.executable} -c <compile worker> did not start within {timeout:.0f} s "
-                f"(exit code {self.process.returncode})")
+            code = self.process.returncode
+            how = (f"was not ready within {timeout:.0f} s" if code == -signal.SIGKILL
+                   else f"exited with code {code} before it was ready")
+            raise WorkerStartError(f"the compile worker ({sys.executable} -c ...) {how}")
         self.ready = True
 
     def ask(self, request: dict, timeout: float) -> dict:
