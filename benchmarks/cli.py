@@ -1,5 +1,5 @@
 """The command line: ``run`` measures, ``compare`` checks for regressions, ``merge`` joins
-runs of different models, ``charts`` draws.
+runs of different models, ``charts`` draws, ``compile-time`` times first-step compiles.
 
 Heavy imports (torch, the harness) happen inside the commands, after ``--device cpu`` has
 set ``TRITON_INTERPRET=1`` (generated Triton kernels then run on CPU tensors).
@@ -18,7 +18,7 @@ FULL = {"iters": 100, "warmup": 10, "rounds": 10}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for all three subcommands."""
+    """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     charts = sub.add_parser("charts", help="draw the charts PNG from a results JSON")
     charts.add_argument("results", help="a results JSON")
     charts.add_argument("--out", required=True, help="the PNG to write")
+
+    from .compile_time import add_parser as add_compile_time
+
+    add_compile_time(sub)
     return parser
 
 
@@ -85,6 +89,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return cmd_compare(args)
     if args.command == "merge":
         return cmd_merge(args)
+    if args.command == "compile-time":
+        from .compile_time import cmd_compile_time
+
+        return cmd_compile_time(args)
     return cmd_charts(args)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU check, end to end, in under 10 minutes: install this checkout in place, run the GPU
-# tests, run the full benchmark, draw the charts, keep a profiler trace.
+# One GPU check, end to end: install this checkout in place, run the GPU tests, run the full
+# benchmark, draw the charts, keep a profiler trace, time the first-step compile.
 #
 #   cd <repo root> && OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #
@@ -10,8 +10,11 @@
 #   results_<date>.json               every number of the benchmark, with GPU/torch/triton/date
 #   charts_<date>.png                 the six chart panels (needs matplotlib)
 #   trace_branchy_kitsune.json        Chrome trace of one kitsune iteration of the branchy model
+#   compile_time_<date>.json          ResNet-18 first-step compile time, cold and warm
 # Time limits (seconds, override through the environment): TESTS_TIMEOUT=150 for pytest,
-# BENCH_BUDGET=280 after which no new benchmark row starts, BENCH_TIMEOUT=380 hard stop.
+# BENCH_BUDGET=280 after which no new benchmark row starts, BENCH_TIMEOUT=380 hard stop,
+# COMPILE_TIMEOUT=240 for the compile-time step (0 skips it; with all three at their
+# limits the check passes 10 minutes: lower BENCH_BUDGET or split the run).
 # If a full run does not fit, split it with --models and join the parts with
 # `python3 -m benchmarks merge part1.json part2.json --out results.json`.
 # Extra arguments go to `python3 -m benchmarks run` (e.g. --models branchy,gpt2 --iters 50).
@@ -57,6 +60,14 @@ PY
     python3 -m benchmarks charts "$RESULTS" --out "$OUT/charts_$DATE.png"
   else
     echo "no results file was written"
+  fi
+  stamp "compile time (first step cold and warm, kitsune against Inductor)"
+  if [ "${COMPILE_TIMEOUT:-240}" != "0" ]; then
+    timeout "${COMPILE_TIMEOUT:-240}" python3 -m benchmarks compile-time \
+      --json "$OUT/compile_time_$DATE.json"
+    echo "compile-time exit code: $? (124: timed out)"
+  else
+    echo "skipped (COMPILE_TIMEOUT=0)"
   fi
   stamp "done"
 } 2>&1 | grep -v -e '^USDT:' -e 'SyncActivityProfilerHandler' | tee "$OUT/gpu_check.log"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import torch
 import torch.fx as fx
 from torch._dynamo.backends.common import aot_autograd
 
+from .codegen.precompile import warm_pool
 from .compiler import compile_graph
 from .config import Config, resolve
 from .decompositions import decomposition_table
@@ -30,6 +32,8 @@ def kitsune(
     graphs, and each is compiled by :func:`kitsune_backend.compiler.compile_graph`.
     """
     config = resolve(mode, options)
+    if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
+        warm_pool(config)  # compile workers start while AOTAutograd traces
     session = new_session(config, mode)
     backend = aot_autograd(
         fw_compiler=_compiler(config, "forward", session),

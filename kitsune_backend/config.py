@@ -51,6 +51,12 @@ class Config:
     """Benchmark a few launch configurations per kernel on the device (``max-autotune``)."""
     kernel_cache_dir: str = ""
     """Where compiled kernels are cached on disk; empty means ``~/.cache/kitsune_backend``."""
+    compile_workers: int = dataclasses.field(
+        default=min(8, max(0, (os.cpu_count() or 1) - 1)),
+        metadata={"default_doc": "min(8, CPU cores - 1)"},
+    )
+    """Processes that compile a graph's generated kernels in parallel, at compile time
+    (0: each kernel compiles in the calling process at its first launch)."""
     debug_dir: str = ""
     """Dump every stage of every compiled graph under this folder (empty: no dump)."""
     debug: bool = False
@@ -122,6 +128,11 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
     if coerced.get("num_streams", 1) < 1:
         raise KitsuneConfigError(
             f"kitsune option 'num_streams' must be at least 1, got {coerced['num_streams']}"
+        )
+    if coerced.get("compile_workers", 0) < 0:
+        raise KitsuneConfigError(
+            "kitsune option 'compile_workers' must be 0 (compile in this process) or more, "
+            f"got {coerced['compile_workers']}"
         )
     return Config(**coerced)
 

@@ -54,7 +54,7 @@ class ConfigTable(_TableDirective):
             found.append((
                 f"``{name}``",
                 type(field.default).__name__,
-                f"``{field.default!r}``",
+                f"``{field.metadata.get('default_doc', repr(field.default))}``",
                 f"``{config.ENV_PREFIX}{name.upper()}``",
                 text or "(no description)",
             ))

@@ -5,6 +5,8 @@ the reason for every boundary live there and in :mod:`kitsune_backend.codegen.re
 each region of two or more ops is generated as Triton source
 (:mod:`kitsune_backend.codegen.source`), loaded through the kernel cache, and replaced by
 one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.kernel.FusedKernel`.
+The new kernels are then compiled on worker processes in parallel
+(:mod:`kitsune_backend.codegen.precompile`) instead of one by one at their first launch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..codegen import ops
 from ..codegen.grouping import find_regions, schedule
 from ..codegen.heuristics import LaunchConfig, pointwise_config, reduction_config
 from ..codegen.kernel import FusedKernel, why_not_on
+from ..codegen.precompile import precompile
 from ..codegen.region import Region
 from ..codegen.source import generate
 from ..graph_utils import has_symbolic_shapes
@@ -67,7 +70,18 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     _rewrite(gm, ctx, grouping, kept)
     result.changed = True
     result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused")
+    _compile_ahead(gm, ctx, device, result)
     return result
+
+
+def _compile_ahead(gm: fx.GraphModule, ctx: PassContext, device, result: PassResult) -> None:
+    """Compile the graph's new kernels on the worker processes now, rather than one by one
+    at their first launch (:mod:`kitsune_backend.codegen.precompile`)."""
+    kernels = [n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)]
+    report = precompile(kernels, ctx.config, device)
+    result.stats.update(report.stats())
+    result.notes.extend(report.notes())
+    result.declines.extend(report.declines())
 
 
 def _why_not_fuse(gm: fx.GraphModule, ctx: PassContext) -> str:

@@ -1,0 +1,117 @@
+"""The compile worker: a separate Python process that compiles generated kernels with Triton.
+
+Triton's compile holds the GIL, so threads do not overlap compiles; processes do.
+:mod:`kitsune_backend.codegen.compile_pool` starts each worker as
+``python -c <bootstrap> <this file> <the parent's sys.path as JSON>``: the bootstrap loads
+this file by path, so the worker imports neither ``kitsune_backend`` nor ``torch`` (only the
+standard library and ``triton``), never initialises CUDA, and never re-runs the user's main
+script (what ``multiprocessing``'s spawn start method would do).
+
+Protocol: the worker first writes ``{"ready": True}`` once Triton is imported; then the
+parent sends one pickled request dict per kernel on the worker's stdin
+(``multiprocessing.connection`` framing) and reads one reply dict on the worker's original
+stdout; anything else the worker prints goes to stderr. End of input ends the worker.
+
+A request holds only plain data, captured in the parent from Triton's own compile request
+(see :mod:`kitsune_backend.codegen.precompile`)::
+
+    path, module      the cached kernel source file and the module name to import it as
+    name              the @triton.jit function in it
+    signature, constants, attrs, options, target
+                      exactly what JITFunction._do_compile would pass to triton.compile
+    cache_dir         TRITON_CACHE_DIR to compile into
+    env               Triton's cache-invalidating environment variables in the parent
+
+:func:`compile_request` runs what ``JITFunction._do_compile`` runs (``triton.compile(
+ASTSource(fn, signature, constants, attrs), target=target, options=options)``), which
+stores the binary in Triton's disk cache under the key the parent's first launch looks up.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from typing import Any
+
+_MODULES: dict[str, Any] = {}
+
+
+def _module(path: str, name: str) -> Any:
+    """Import the kernel source at ``path`` as module ``name`` (once per worker)."""
+    module = _MODULES.get(path)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # Triton reads the kernel's source through its module
+        spec.loader.exec_module(module)
+        _MODULES[path] = module
+    return module
+
+
+def _use_environment(request: dict) -> str:
+    """Point Triton at the request's cache and environment; why not ('' when done)."""
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+
+    os.environ["TRITON_CACHE_DIR"] = request["cache_dir"]
+    os.environ.pop("TRITON_INTERPRET", None)
+    for key, value in request["env"].items():
+        os.environ[key] = value
+    have = get_cache_invalidating_env_vars()
+    if have != request["env"]:
+        return (f"the worker's Triton environment {have} differs from the parent's "
+                f"{request['env']}, so its binary would not be found")
+    return ""
+
+
+def compile_request(request: dict) -> dict:
+    """Compile one kernel into Triton's disk cache; the reply (never raises).
+
+    The reply is ``{"ok": True, "seconds": s, "cache_hit": bool}`` or
+    ``{"ok": False, "error": "..."}``.
+    """
+    start = time.perf_counter()
+    try:
+        why = _use_environment(request)
+        if why:
+            return {"ok": False, "error": why}
+        import triton
+        from triton import knobs
+        from triton.compiler import ASTSource
+
+        fn = getattr(_module(request["path"], request["module"]), request["name"])
+        hits: list[bool] = []
+        knobs.compilation.listener = lambda **kw: hits.append(kw.get("cache_hit", False))
+        try:
+            triton.compile(
+                ASTSource(fn, request["signature"], request["constants"], request["attrs"]),
+                target=request["target"],
+                options=request["options"],
+            )
+        finally:
+            knobs.compilation.listener = None
+        return {"ok": True, "seconds": time.perf_counter() - start,
+                "cache_hit": bool(hits and hits[0])}
+    except BaseException as exc:  # noqa: BLE001 - the reply carries any failure back
+        text = str(exc).strip().splitlines()
+        return {"ok": False, "error": f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]}
+
+
+def main() -> None:
+    """Serve requests from stdin until it closes."""
+    from multiprocessing.connection import Connection
+
+    replies = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # stray prints (Triton, ptxas) must not corrupt the reply stream
+    requests = Connection(0, writable=False)
+    import triton  # noqa: F401  (imported before the first request: start-up overlaps tracing)
+    import triton.compiler  # noqa: F401
+
+    replies.send({"ready": True, "pid": os.getpid()})
+    while True:
+        try:
+            request = requests.recv()
+        except (EOFError, OSError):
+            return
+        replies.send(compile_request(request))

@@ -1,0 +1,235 @@
+"""Compile a graph's generated kernels in parallel worker processes, at compile time.
+
+Without this, Triton compiles each generated kernel at its first launch, one after another,
+inside the first call (about 0.3-0.5 s each; Triton's compile holds the GIL, so threads do
+not help). :func:`precompile` instead asks Triton, for each kernel, for the exact compile
+request its first launch would make, hands the requests to the worker processes of
+:mod:`kitsune_backend.codegen.compile_pool`, and waits. Each worker runs that request's
+``triton.compile``, which fills Triton's disk cache under the key the first launch looks up,
+so the launch loads the binary instead of compiling it.
+
+Getting the request: ``JITFunction.warmup`` with ``MockTensor`` arguments (one per kernel
+pointer argument, data pointer 0, so 16-byte aligned like the arena's and PyTorch's
+allocations) specializes the kernel exactly as a launch on real tensors does, and calls
+``triton.knobs.runtime.jit_cache_hook`` just before compiling; a hook that returns True
+skips the compile. The hook records signature, constants, attributes and options.
+
+Nothing here is fatal: a kernel whose request cannot be captured, whose worker fails, or
+that is not precompiled at all simply compiles at its first launch, as before, and the
+report says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..config import Config
+from ..passes.base import Decline
+from . import cache
+from .compile_pool import pool
+
+STAGE = "precompile"
+_HOOK_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass
+class PrecompileReport:
+    """What :func:`precompile` did for one graph's kernels."""
+
+    kernels: int = 0
+    """Kernels that launch (a kernel with an empty grid never compiles)."""
+    workers: int = 0
+    """Worker processes used (0 when nothing was precompiled)."""
+    precompiled: int = 0
+    """Kernels a worker compiled into Triton's disk cache."""
+    cached: int = 0
+    """Kernels already compiled, in this process or in Triton's disk cache."""
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """(kernel, reason) for each kernel left to compile at its first launch by a failure."""
+    skipped: str = ""
+    """Why nothing was sent to the workers ('' when requests were sent)."""
+    seconds: float = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        """The numbers for the fusion pass's stats."""
+        return {"precompile_seconds": round(self.seconds, 4),
+                "kernels_precompiled": self.precompiled,
+                "kernels_already_compiled": self.cached,
+                "precompile_workers": self.workers,
+                "precompile_failures": len(self.failures)}
+
+    def notes(self) -> list[str]:
+        """One line for the pass's notes."""
+        if self.skipped:
+            return [f"kernels not precompiled: {self.skipped}"]
+        return [f"{self.precompiled} kernel(s) precompiled on {self.workers} worker(s) in "
+                f"{self.seconds:.2f} s, {self.cached} already compiled"]
+
+    def declines(self) -> list[Decline]:
+        """A decline per kernel a failure left to compile at its first launch."""
+        return [Decline(STAGE, f"not compiled ahead, compiles at its first launch: {why}", name)
+                for name, why in self.failures]
+
+
+def why_not_precompile(config: Config, device: Optional[torch.device]) -> str:
+    """Why kernels for ``device`` are not compiled ahead under ``config`` ('' when they are)."""
+    if config.compile_workers == 0:
+        return "compile_workers=0: each kernel compiles at its first launch"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "TRITON_INTERPRET=1: kernels are interpreted, there is nothing to compile"
+    if device is None or device.type != "cuda":
+        return f"kernels on {device}: nothing to compile ahead"
+    from triton import knobs
+
+    if knobs.compilation.always_compile:
+        return "TRITON_ALWAYS_COMPILE=1: Triton would compile again at the first launch"
+    if pool().broken:
+        return f"the compile workers could not start in this process: {pool().broken}"
+    return ""
+
+
+def warm_pool(config: Config) -> None:
+    """Start the worker processes in a daemon thread, so that their start-up (importing
+    Triton) overlaps Dynamo's and AOTAutograd's tracing. Call only for CUDA graphs."""
+    if not config.fusion or why_not_precompile(config, torch.device("cuda")):
+        return
+
+    def start() -> None:
+        try:
+            pool().resize(config.compile_workers)
+        except Exception:  # precompile() tries again and reports the reason
+            pass
+
+    threading.Thread(target=start, name="kitsune-warm-compile-pool", daemon=True).start()
+
+
+def precompile(kernels: Sequence[Any], config: Config,
+               device: Optional[torch.device]) -> PrecompileReport:
+    """Compile ``kernels`` (:class:`~kitsune_backend.codegen.kernel.FusedKernel`) on the
+    worker processes before their first launch; what happened (never raises)."""
+    start = time.perf_counter()
+    report = PrecompileReport()
+    launching = [k for k in kernels if k.generated.grid > 0]
+    report.kernels = len(launching)
+    report.skipped = why_not_precompile(config, device)
+    if report.skipped:
+        return report
+    requests, names = [], []
+    for kernel in launching:
+        try:
+            request = capture_request(kernel)
+        except Exception as exc:
+            report.failures.append((kernel.__name__, f"request not captured: {_say(exc)}"))
+            continue
+        if request is None:
+            report.cached += 1
+        else:
+            requests.append(request)
+            names.append(kernel.__name__)
+    if len(requests) < 2:
+        report.skipped = (f"{len(requests)} kernel(s) left to compile: not worth the "
+                          "round trip, they compile at their first launch")
+        report.seconds = time.perf_counter() - start
+        return report
+    report.workers = config.compile_workers
+    try:
+        replies = pool().run(requests, config.compile_workers)
+    except Exception as exc:
+        replies = [{"ok": False, "error": f"compile pool failed: {_say(exc)}"}] * len(requests)
+    for name, reply in zip(names, replies):
+        if reply.get("ok"):
+            report.precompiled += 1
+        else:
+            report.failures.append((name, str(reply.get("error", "no reason given"))))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _say(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def capture_request(kernel: Any) -> Optional[dict]:
+    """The worker request for ``kernel``'s first launch, or ``None`` when it needs no
+    compile (compiled already in this process, or found in Triton's disk cache)."""
+    fn = kernel._launch_fn
+    generated = kernel.generated
+    captured = _capture(fn, [s.dtype for s in (*generated.inputs, *generated.outputs)],
+                        (generated.grid,), generated.config.num_warps)
+    if captured is None:
+        return None
+    from triton import knobs
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.runtime.driver import driver
+
+    spec = json.loads(captured["specialization_data"])
+    request = {
+        "path": os.path.join(cache.source_dir(kernel.cache_dir),
+                             f"{cache.source_hash(generated.source)}.py"),
+        "module": fn.__module__,
+        "name": fn.__name__,
+        "signature": captured["signature"],
+        "constants": captured["constants"],
+        "attrs": captured["configs"][0],
+        "options": {key: _tuples(value) for key, value in spec["options"].items()},
+        "target": driver.active.get_current_target(),
+        "cache_dir": knobs.cache.dir,
+        "env": get_cache_invalidating_env_vars(),
+    }
+    return None if _in_disk_cache(fn, request) else request
+
+
+def _capture(fn: Any, dtypes: list[torch.dtype], grid: tuple[int, ...],
+             num_warps: int) -> Optional[dict]:
+    """Triton's compile arguments for launching ``fn`` on tensors of ``dtypes``, taken from
+    ``jit_cache_hook`` without compiling; ``None`` when ``fn`` is compiled already."""
+    from triton import knobs
+
+    captured: dict = {}
+
+    with _HOOK_LOCK:
+        previous = knobs.runtime.jit_cache_hook
+
+        def hook(**kwargs: Any) -> Any:
+            if kwargs["fn"].jit_function is fn:
+                captured.update(kwargs["compile"])
+                return True  # skip the compile: a worker does it
+            return previous(**kwargs) if previous is not None else None
+
+        knobs.runtime.jit_cache_hook = hook
+        try:
+            fn.warmup(*dtypes, grid=grid, num_warps=num_warps)
+        finally:
+            knobs.runtime.jit_cache_hook = previous
+    return captured or None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON turned the options' tuples into lists; Triton hashes options, so turn them back."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _in_disk_cache(fn: Any, request: dict) -> bool:
+    """Whether Triton's disk cache holds this request's binary: the lookup
+    ``triton.compile`` starts with. Any doubt counts as 'no' (a worker then finds out)."""
+    try:
+        from triton.compiler.compiler import ASTSource, make_backend
+        from triton.runtime.cache import get_cache_key, get_cache_manager
+
+        src = ASTSource(fn, request["signature"], request["constants"], request["attrs"])
+        backend = make_backend(request["target"])
+        options = backend.parse_options(dict(request["options"], **src.parse_options()))
+        key = get_cache_key(src, backend, options, env_vars=request["env"])
+        manager = get_cache_manager(hashlib.sha256(key.encode("utf-8")).hexdigest())
+        group = manager.get_group(f"{src.name[:150]}.json") or {}
+        return group.get(f"{src.name[:150]}.json") is not None
+    except Exception:
+        return False

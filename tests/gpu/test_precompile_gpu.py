@@ -1,0 +1,83 @@
+"""Compiling generated kernels ahead on worker processes, on CUDA: every kernel of a training
+step is compiled by a worker during the compile, and the first real launch of each one
+loads the worker's binary from Triton's disk cache instead of compiling it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from triton import knobs
+
+import kitsune_backend
+from kitsune_backend import models
+from kitsune_backend.codegen import cache
+from tests.helpers import assert_close
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def fresh_caches(tmp_path, monkeypatch):
+    """Empty kitsune and Triton caches, and no kernel module imported yet, as in a new
+    process; the kitsune cache folder."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(cache, "_LOADED", {})
+    return str(tmp_path / "kitsune")
+
+
+@pytest.fixture
+def launch_compiles():
+    """(kernel name, cache hit) for every Triton compile in this process while the test runs."""
+    seen: list[tuple[str, bool]] = []
+    previous = knobs.compilation.listener
+    knobs.compilation.listener = lambda **kw: seen.append((kw["src"].name, kw["cache_hit"]))
+    yield seen
+    knobs.compilation.listener = previous
+
+
+def test_training_step_kernels_are_compiled_by_the_workers(fresh_caches, launch_compiles):
+    torch.manual_seed(0)
+    model = models.BranchyHeads(dim=48, heads=3, hidden=40).cuda()
+    twin = copy.deepcopy(model)
+    x = torch.randn(6, 48, device="cuda")
+    compiled = torch.compile(twin, backend="kitsune", options={
+        "compile_workers": 4, "kernel_cache_dir": fresh_caches, "strict": True})
+
+    out, ref = compiled(x), model(x)
+    weight = torch.randn_like(ref)
+    (out * weight).sum().backward()
+    (ref * weight).sum().backward()
+    torch.cuda.synchronize()
+
+    assert_close(out, ref)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4)
+    session = kitsune_backend.last_compile()
+    precompiled = 0
+    for record in session.records:
+        stats = record.stats
+        assert not record.fallback_reason, record.name
+        assert stats["precompile_failures"] == 0, [str(d) for d in record.declines]
+        assert stats["kernels_already_compiled"] == 0, record.name
+        assert stats["kernels_precompiled"] == stats["fused_regions"] >= 2, (record.name, stats)
+        assert stats["precompile_workers"] == 4
+        precompiled += stats["kernels_precompiled"]
+    ours = [(name, hit) for name, hit in launch_compiles if name.startswith("kitsune_fused")]
+    assert len(ours) == precompiled  # each kernel loaded once at its first launch ...
+    assert all(hit for _, hit in ours), ours  # ... from the workers' binaries, not compiled
+
+
+def test_second_compile_finds_everything_compiled(fresh_caches):
+    x = torch.randn(5, 24, device="cuda")
+    options = {"compile_workers": 2, "kernel_cache_dir": fresh_caches}
+    for _ in range(2):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = models.BranchyHeads(dim=24, heads=2, hidden=24).cuda().eval()
+        with torch.no_grad():
+            assert_close(torch.compile(model, backend="kitsune", options=options)(x), model(x))
+    stats = kitsune_backend.last_compile().forward.stats
+    assert stats["kernels_precompiled"] == 0 and stats["precompile_failures"] == 0
+    assert stats["kernels_already_compiled"] == stats["fused_regions"] >= 2

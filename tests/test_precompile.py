@@ -1,0 +1,203 @@
+"""Compiling generated kernels ahead on worker processes: the worker, the pool, the report.
+
+The real compile path runs without a GPU in a child process without ``TRITON_INTERPRET``
+(tests/precompile_child.py fakes Triton's driver and compiles for sm_90 with the bundled
+ptxas). The pool's failure handling runs here, with requests whose "kernel source" fails on
+purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from kitsune_backend.codegen import compile_pool, precompile
+from kitsune_backend.config import Config, resolve
+from kitsune_backend.errors import KitsuneConfigError
+from kitsune_backend.passes.base import PassContext
+from kitsune_backend.passes.fusion import fuse
+from tests.test_codegen import fused
+from tests.test_fusion_ops import rand
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _child(what: str, tmp_path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "precompile_child.py"),
+                           what, str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_worker_fills_the_cache_the_first_launch_reads(tmp_path):
+    facts = _child("worker", tmp_path)
+    assert facts["kernels"] == 3 and facts["captured"]
+    assert facts["reply"] == {"ok": True, "cache_hit": False}
+    assert facts["entries_after_worker"] == 1
+    assert not facts["request_after_worker"]  # found in the disk cache: nothing to send
+    assert facts["hits"] == [True]  # the parent's compile loads the worker's binary
+    assert not facts["cuda_initialized"]
+
+
+def test_precompile_through_the_pool(tmp_path):
+    facts = _child("pool", tmp_path)
+    assert facts["skipped"] == "" and facts["failures"] == []
+    assert facts["report"]["kernels_precompiled"] == 3
+    assert facts["report"]["precompile_workers"] == 2
+    assert facts["hits"] == [True, True, True] and facts["new_entries"] == 0
+    assert facts["again"]["kernels_already_compiled"] == 3
+    assert facts["again"]["kernels_precompiled"] == 0
+
+
+def _request(path) -> dict:
+    return {"path": str(path), "module": "kitsune_test_module", "name": "kernel",
+            "cache_dir": str(path.parent / "triton"), "env": {}}
+
+
+@pytest.fixture
+def own_pool():
+    """A pool of its own (not the process-wide one), closed afterwards."""
+    made = compile_pool.CompilePool()
+    yield made
+    made.close()
+
+
+def test_pool_reports_failures_and_replaces_dead_workers(tmp_path, own_pool):
+    crash = tmp_path / "crash.py"
+    crash.write_text("import os\nos._exit(3)\n")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os, sys\nraise RuntimeError(f\"torch={'torch' in sys.modules} "
+                     "cuda={os.environ.get('CUDA_VISIBLE_DEVICES')!r}\")\n")
+    replies = own_pool.run([_request(tmp_path / "missing.py"), _request(crash),
+                            _request(probe), _request(probe)], workers=1)
+    assert [r["ok"] for r in replies] == [False] * 4
+    assert replies[0]["error"].startswith("FileNotFoundError")
+    assert "the worker exited" in replies[1]["error"] and "exit code 3" in replies[1]["error"]
+    # the next request got a fresh worker, which imports neither torch nor sees a GPU
+    assert replies[2]["error"] == replies[3]["error"] == "RuntimeError: torch=False cuda=''"
+    assert own_pool.size == 1
+
+
+def test_pool_abandons_a_hung_compile(tmp_path, own_pool):
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\ntime.sleep(60)\n")
+    (reply,) = own_pool.run([_request(slow)], workers=1, timeout=1.0)
+    assert not reply["ok"] and "no reply within 1 s" in reply["error"]
+    assert own_pool.size == 0  # killed; the next run starts a new one
+
+
+@pytest.mark.parametrize("bootstrap, start_timeout, why", [
+    ("import sys; sys.exit(5)", 30.0, "exited with code 5 before it was ready"),
+    ("import time; time.sleep(60)", 1.0, "was not ready within 1 s"),
+])
+def test_workers_that_cannot_start_mark_the_pool_broken(bootstrap, start_timeout, why,
+                                                        tmp_path, own_pool, monkeypatch):
+    monkeypatch.setattr(compile_pool, "BOOTSTRAP", bootstrap)
+    monkeypatch.setattr(compile_pool, "START_TIMEOUT_S", start_timeout)
+    replies = own_pool.run([_request(tmp_path / "a.py"), _request(tmp_path / "b.py")], workers=2)
+    assert [r["ok"] for r in replies] == [False, False]
+    assert all(r["error"].startswith("no compile workers: WorkerStartError") for r in replies)
+    assert why in own_pool.broken
+    monkeypatch.setattr(precompile, "pool", lambda: own_pool)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    assert report.skipped.startswith("the compile workers could not start")
+
+
+def _unused_pool():
+    """A pool that is healthy but must not be asked to compile."""
+    def run(*args, **kwargs):
+        pytest.fail("the pool was asked to compile")
+
+    return types.SimpleNamespace(broken="", run=run)
+
+
+def _kernels(count: int) -> list:
+    return [types.SimpleNamespace(__name__=f"k{i}", generated=types.SimpleNamespace(grid=4))
+            for i in range(count)]
+
+
+def test_failures_become_declines_not_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    requests = iter([_request(tmp_path / "gone.py"), None, _request(tmp_path / "gone2.py")])
+    monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
+    report = precompile.precompile(_kernels(3), Config(compile_workers=2), torch.device("cuda"))
+    assert report.stats()["kernels_precompiled"] == 0
+    assert report.stats()["kernels_already_compiled"] == 1
+    assert report.stats()["precompile_failures"] == 2
+    declines = report.declines()
+    assert [d.node for d in declines] == ["k0", "k2"]
+    assert all("compiles at its first launch: FileNotFoundError" in d.reason for d in declines)
+
+
+def test_capture_errors_are_reported(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+    def broken(kernel):
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(precompile, "capture_request", broken)
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    assert report.failures == [("k0", "request not captured: RuntimeError: no driver"),
+                               ("k1", "request not captured: RuntimeError: no driver")]
+
+
+@pytest.mark.parametrize("config, device, interpret, why", [
+    (Config(compile_workers=0), "cuda", False, "compile_workers=0"),
+    (Config(compile_workers=2), "cuda", True, "TRITON_INTERPRET=1"),
+    (Config(compile_workers=2), "cpu", False, "kernels on cpu"),
+])
+def test_no_precompile_when_it_cannot_help(config, device, interpret, why, monkeypatch):
+    if not interpret:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(precompile, "capture_request", pytest.fail)
+    monkeypatch.setattr(precompile, "pool", _unused_pool)
+    report = precompile.precompile(_kernels(3), config, torch.device(device))
+    assert why in report.skipped and report.stats()["kernels_precompiled"] == 0
+
+
+def test_a_single_kernel_compiles_at_its_launch(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    requests = iter([None, _request(tmp_path / "k.py")])
+    monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
+    monkeypatch.setattr(precompile, "pool", _unused_pool)
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    assert report.skipped.startswith("1 kernel(s) left to compile")
+    assert report.declines() == []
+
+
+def test_fusion_pass_reports_precompile_under_the_interpreter(tmp_path):
+    x = rand(4, 8)
+    gm = make_fx(lambda x: torch.relu(x * 2) + 1, tracing_mode="fake")(x)
+    ctx = PassContext(config=Config(kernel_cache_dir=str(tmp_path), compile_workers=2),
+                      graph_name="t", example_inputs=(x,))
+    result = fuse(gm, ctx)
+    assert result.stats["kernels_precompiled"] == 0 and result.stats["precompile_workers"] == 0
+    assert any("TRITON_INTERPRET=1" in note for note in result.notes)
+    _, (kernel,) = fused(lambda x: torch.relu(x * 2) + 1, x, cache_dir=str(tmp_path))
+    torch.testing.assert_close(kernel(x), torch.relu(x * 2) + 1)
+
+
+def test_compile_workers_option(monkeypatch):
+    assert Config().compile_workers == min(8, max(0, (os.cpu_count() or 1) - 1))
+    monkeypatch.setenv("KITSUNE_COMPILE_WORKERS", "3")
+    assert resolve().compile_workers == 3
+    assert resolve(options={"compile_workers": 0}).compile_workers == 0
+    with pytest.raises(KitsuneConfigError, match="'compile_workers' must be 0"):
+        resolve(options={"compile_workers": -1})
+    monkeypatch.setenv("KITSUNE_COMPILE_WORKERS", "-2")
+    with pytest.raises(KitsuneConfigError, match="'compile_workers' must be 0"):
+        resolve()
+    with pytest.raises(KitsuneConfigError, match="must be a int"):
+        Config().replace(compile_workers="many")
