@@ -1,10 +1,15 @@
-"""Fused kernels write their outputs into the planned arena.
+"""Fused kernels and ATen library calls write their outputs into the planned arena.
 
 The memory plan gave every intermediate an offset in one arena (``ctx.state["memory_plan"]``),
 sharing bytes only between buffers whose lifetimes the stream/event order separates.
 Generated kernels take ``out=``, so for every fused-kernel node whose outputs are all planned
 intermediates, the runtime calls the kernel with views of one arena tensor at those offsets.
-ATen ops have no general ``out=`` and keep allocating through PyTorch's caching allocator.
+ATen nodes with a direct out= overload (matmuls, cat, some reductions: see
+:mod:`kitsune_backend.runtime.aten_out`) are called through it with arena views; the others
+keep allocating through PyTorch's caching allocator, each with a reason.
+
+The node's target is replaced in place, so the uncaptured schedule, the multi-stream code
+(:mod:`~kitsune_backend.runtime.schedule_code`) and CUDA graph capture all run the same calls.
 
 The arena is allocated at the first call (compiles can run under a fake-tensor mode), once
 per compiled graph, and lives as long as the graph: replays of captured CUDA graphs, which
@@ -20,6 +25,10 @@ import torch
 import torch.fx as fx
 
 from ..codegen.kernel import FusedKernel
+from ..graph_utils import is_mutating, launches_kernel
+from ..passes.base import Decline
+from .arena import Buffer
+from .aten_out import AtenInArena, direct_out, meta_mismatch, op_name
 
 
 class Arena:
@@ -77,24 +86,111 @@ def _output_names(node: fx.Node, count: int) -> Optional[list[str]]:
     return [names[i] for i in range(count)]
 
 
-def bind_arena(gm: fx.GraphModule, offsets: dict[str, int], arena_bytes: int,
-               device: torch.device) -> dict[str, int]:
-    """Point every fused-kernel node whose outputs are all planned at the arena, in place.
+def _reads(buffers: Sequence[Buffer]) -> dict[str, list[Buffer]]:
+    """For every node name, the planned buffers it reads (through any alias)."""
+    found: dict[str, list[Buffer]] = {}
+    for b in buffers:
+        for user in b.users:
+            found.setdefault(getattr(user, "name", str(user)), []).append(b)
+    return found
 
-    Returns what it did, for ``record.runtime_info``: kernels placed, the arena's size.
+
+def _overlaps(ranges: Sequence[tuple[int, int]]) -> bool:
+    ordered = sorted(ranges)
+    return any(b[0] < a[1] for a, b in zip(ordered, ordered[1:]))
+
+
+def _place_aten(
+    node: fx.Node,
+    arena: Arena,
+    offsets: dict[str, int],
+    sizes: dict[str, int],
+    reads: dict[str, list[Buffer]],
+) -> tuple[Optional[AtenInArena], str]:
+    """An :class:`~kitsune_backend.runtime.aten_out.AtenInArena` for an ATen node whose
+    outputs are all planned, or ``(None, why not)``."""
+    op = node.target
+    value = node.meta.get("val")
+    specs = [value] if isinstance(value, torch.Tensor) else list(value)
+    if not all(isinstance(s, torch.Tensor) and s.layout == torch.strided for s in specs):
+        return None, "an output is not a strided tensor"
+    if any(s.device.type != arena.device.type for s in specs):
+        return None, "an output is on another device than the arena"
+    out_op, out_names, reason = direct_out(op, arena.device)
+    if out_op is None:
+        return None, reason
+    names = _output_names(node, len(specs))
+    for name, spec in zip(names, specs):
+        span = 1 + sum((n - 1) * st for n, st in zip(spec.shape, spec.stride()))
+        if spec.storage_offset() != 0 or span * spec.dtype.itemsize > sizes[name]:
+            return None, "an output's layout is larger than its planned buffer"
+    written = [(offsets[name], offsets[name] + sizes[name]) for name in names]
+    read = [(offsets[b.name], offsets[b.name] + b.size) for b in reads.get(node.name, [])]
+    if any(_overlaps([w, r]) for w in written for r in read) or _overlaps(written):
+        return None, "its arena view would overlap a buffer it reads (bad memory plan)"
+    reason = meta_mismatch(node, out_op, out_names, specs)
+    if reason:
+        return None, reason
+    return AtenInArena(node.name, out_op, out_names, arena, [offsets[n] for n in names], specs), ""
+
+
+def bind_arena(
+    gm: fx.GraphModule,
+    offsets: dict[str, int],
+    arena_bytes: int,
+    device: torch.device,
+    buffers: Sequence[Buffer],
+) -> tuple[dict[str, Any], list[Decline]]:
+    """Point every node whose outputs are all planned at the arena, in place: fused kernels
+    (:class:`InArena`) and ATen ops with a direct out= overload (:class:`AtenInArena`).
+
+    Returns what it did, for ``record.runtime_info`` (fused kernels and ATen nodes placed,
+    ATen nodes left on the allocator counted by op and reason, the arena's size), and one
+    decline per ATen node left on the allocator.
     """
     arena = Arena(arena_bytes, device)
-    placed = 0
+    sizes = {b.name: b.size for b in buffers}
+    reads = _reads(buffers)
+    kernels = aten = 0
+    left: dict[str, int] = {}
+    declines = []
     for node in gm.graph.nodes:
-        kernel = node.target
-        if node.op != "call_function" or not isinstance(kernel, FusedKernel):
+        target = node.target
+        if node.op != "call_function":
             continue
-        names = _output_names(node, len(kernel.generated.outputs))
-        if names is None or any(name not in offsets for name in names):
+        if isinstance(target, FusedKernel):
+            names = _output_names(node, len(target.generated.outputs))
+            if names is None or any(name not in offsets for name in names):
+                continue
+            node.target = InArena(target, arena, [offsets[name] for name in names])
+            kernels += 1
             continue
-        node.target = InArena(kernel, arena, [offsets[name] for name in names])
-        placed += 1
-    if placed:
+        if not isinstance(target, torch._ops.OpOverload) or not launches_kernel(node):
+            continue
+        if is_mutating(node) or not _planned(node, offsets, sizes):
+            continue
+        wrapper, reason = _place_aten(node, arena, offsets, sizes, reads)
+        if wrapper is not None:
+            node.target = wrapper
+            aten += 1
+            continue
+        reason = f"{op_name(target)}: {reason}"
+        left[reason] = left.get(reason, 0) + 1
+        declines.append(Decline("arena", "left on the allocator: " + reason, node.name))
+    if kernels or aten:
         gm.recompile()
-    return {"arena_kernels": placed, "arena_bytes": arena_bytes if placed else 0}
+    info = {
+        "arena_kernels": kernels,
+        "arena_aten_nodes": aten,
+        "arena_aten_left": left,
+        "arena_bytes": arena_bytes if kernels or aten else 0,
+    }
+    return info, declines
 
+
+def _planned(node: fx.Node, offsets: dict[str, int], sizes: dict[str, int]) -> bool:
+    """True when every output of ``node`` is a planned intermediate."""
+    value = node.meta.get("val")
+    count = 1 if isinstance(value, torch.Tensor) else len(value)
+    names = _output_names(node, count)
+    return names is not None and all(n in offsets and n in sizes for n in names)
