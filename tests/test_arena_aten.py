@@ -11,6 +11,7 @@ import kitsune_backend
 from kitsune_backend.runtime import arena as arena_algo
 from kitsune_backend.runtime import arena_binding
 from kitsune_backend.runtime.aten_out import (
+    WRITTEN_INTO,
     AtenInArena,
     direct_out,
     has_device_kernel,
@@ -148,7 +149,9 @@ def test_generated_out_overloads_are_not_direct():
     assert not has_device_kernel(aten.convolution.out, CPU)  # functional op + copy
     assert direct_out(aten.mm.default, CPU) == (aten.mm.out, ("out",), "")
     assert direct_out(aten.convolution.default, CPU)[2].startswith("no direct out= variant")
-    assert direct_out(aten.embedding.default, CPU)[2].startswith("no direct out= variant")
+    assert not has_device_kernel(aten.embedding.out, CPU)  # hence the stand-in
+    assert direct_out(aten.embedding.default, CPU)[0] is WRITTEN_INTO[aten.embedding.default]
+    assert direct_out(aten.convolution_backward.default, CPU)[2].startswith("no direct out=")
     assert direct_out(aten.tanh.default, CPU)[0] is aten.tanh.out  # pointwise
     assert "not pointwise" in direct_out(aten.max_pool2d_with_indices.default, CPU)[2]
 
@@ -185,3 +188,24 @@ def test_wrapper_calls_the_out_overload_with_views_made_once():
     assert second.data_ptr() == first.data_ptr() and second.stride() == (4, 1)
     assert_close(second, c @ b)
     assert wrapped.__name__ == "mm_out_in_arena"
+
+
+def lookup_and_transpose(idx, table, w):
+    """embedding and clone (``.contiguous()`` of a transpose), each feeding a matmul."""
+    e = torch.nn.functional.embedding(idx, table)  # (4, 6, 16)
+    t = (e.view(24, 16) @ w).t().contiguous()  # clone of a transposed view
+    return torch.tanh(t @ t.t() / 64).sum(0)
+
+
+def test_embedding_and_clone_are_written_into_the_arena():
+    compiled = torch.compile(lookup_and_transpose, backend="kitsune", options={"strict": True})
+    for _ in range(3):
+        idx = torch.randint(0, 10, (4, 6))
+        table, w = torch.randn(10, 16), torch.randn(16, 16)
+        assert_close(compiled(idx, table, w), lookup_and_transpose(idx, table, w))
+    record = kitsune_backend.last_compile().records[0]
+    code = record.graph_after("memory_plan")
+    assert "aten.embedding.default" in code and "aten.clone.default" in code
+    info = record.runtime_info
+    assert info["arena_aten_nodes"] >= 4, info  # embedding, mm, clone, mm
+    assert info["arena_aten_left"] == {}, info

@@ -100,26 +100,41 @@ def _overlaps(ranges: Sequence[tuple[int, int]]) -> bool:
     return any(b[0] < a[1] for a, b in zip(ordered, ordered[1:]))
 
 
+def _aten_outputs(node: fx.Node, offsets: dict[str, int]) -> tuple[Optional[list[str]], bool]:
+    """The buffer names of an ATen node's outputs when all are planned (else ``None``),
+    and whether any of them is."""
+    value = node.meta.get("val")
+    count = 1 if isinstance(value, torch.Tensor) else len(value)
+    names = _output_names(node, count)
+    if names is not None and all(name in offsets for name in names):
+        return names, True
+    return None, any(
+        u.name in offsets for u in node.users if u.target is operator.getitem
+    )
+
+
 def _place_aten(
     node: fx.Node,
+    names: Optional[list[str]],
     arena: Arena,
     offsets: dict[str, int],
     sizes: dict[str, int],
     reads: dict[str, list[Buffer]],
 ) -> tuple[Optional[AtenInArena], str]:
-    """An :class:`~kitsune_backend.runtime.aten_out.AtenInArena` for an ATen node whose
-    outputs are all planned, or ``(None, why not)``."""
-    op = node.target
+    """An :class:`~kitsune_backend.runtime.aten_out.AtenInArena` for an ATen node with a
+    planned output, or ``(None, why not)``. ``names``: its outputs' buffers, when all are
+    planned."""
     value = node.meta.get("val")
     specs = [value] if isinstance(value, torch.Tensor) else list(value)
     if not all(isinstance(s, torch.Tensor) and s.layout == torch.strided for s in specs):
         return None, "an output is not a strided tensor"
     if any(s.device.type != arena.device.type for s in specs):
         return None, "an output is on another device than the arena"
-    out_op, out_names, reason = direct_out(op, arena.device)
+    out_op, out_names, reason = direct_out(node.target, arena.device)
     if out_op is None:
         return None, reason
-    names = _output_names(node, len(specs))
+    if names is None:
+        return None, "not every output is a planned intermediate"
     for name, spec in zip(names, specs):
         span = 1 + sum((n - 1) * st for n, st in zip(spec.shape, spec.stride()))
         if spec.storage_offset() != 0 or span * spec.dtype.itemsize > sizes[name]:
@@ -167,9 +182,10 @@ def bind_arena(
             continue
         if not isinstance(target, torch._ops.OpOverload) or not launches_kernel(node):
             continue
-        if is_mutating(node) or not _planned(node, offsets, sizes):
+        names, any_planned = _aten_outputs(node, offsets)
+        if is_mutating(node) or not any_planned:
             continue
-        wrapper, reason = _place_aten(node, arena, offsets, sizes, reads)
+        wrapper, reason = _place_aten(node, names, arena, offsets, sizes, reads)
         if wrapper is not None:
             node.target = wrapper
             aten += 1
@@ -186,11 +202,3 @@ def bind_arena(
         "arena_bytes": arena_bytes if kernels or aten else 0,
     }
     return info, declines
-
-
-def _planned(node: fx.Node, offsets: dict[str, int], sizes: dict[str, int]) -> bool:
-    """True when every output of ``node`` is a planned intermediate."""
-    value = node.meta.get("val")
-    count = 1 if isinstance(value, torch.Tensor) else len(value)
-    names = _output_names(node, count)
-    return names is not None and all(n in offsets and n in sizes for n in names)

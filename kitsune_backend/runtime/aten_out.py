@@ -24,6 +24,10 @@ than the allocation it saves; so an op is placed only when all of these hold:
 4. no output's bytes overlap a buffer the node reads (a valid plan never does that; a bad
    one would give wrong results, so it is checked).
 
+Two ops whose out= overload is generated but which are one direct write anyway are run
+through stand-ins (:data:`WRITTEN_INTO`): ``clone`` as ``copy_`` into the view, ``embedding``
+as ``index_select.out`` into a 2-D view of it (what ATen's embedding itself runs).
+
 On CUDA, arena offsets are multiples of 256 bytes (:data:`kitsune_backend.runtime.arena.ALIGNMENT`)
 and the arena comes from the caching allocator, so every view is aligned the way cuBLAS
 wants; GEMM outputs are contiguous, the layout cuBLAS writes in place.
@@ -32,10 +36,12 @@ wants; GEMM outputs are contiguous, the layout cuBLAS writes in place.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
+
+aten = torch.ops.aten
 
 # Ops whose out= kernel writes into ``out`` when ``out`` has the functional op's layout:
 DIRECT_OUT = frozenset(
@@ -51,6 +57,36 @@ DIRECT_OUT = frozenset(
         "index_select",
     }
 )
+
+
+def _clone_into(self: torch.Tensor, *, memory_format: Any = None, out: torch.Tensor) -> torch.Tensor:
+    """``clone`` written into ``out``: one copy kernel, as the functional op runs (the
+    layout ``memory_format`` picks is the recorded value's, which ``out`` has)."""
+    return out.copy_(self)
+
+
+def _embedding_into(
+    weight: torch.Tensor,
+    indices: torch.Tensor,
+    padding_idx: int = -1,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    *,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``embedding`` written into ``out``: ATen's embedding is ``index_select`` of the
+    flattened indices, viewed to shape, so its out= is ``index_select.out`` (padding_idx and
+    the other flags only matter for the backward)."""
+    aten.index_select.out(weight, 0, indices.reshape(-1), out=out.view(-1, weight.shape[-1]))
+    return out
+
+
+# Ops whose out= overload is functional-plus-copy but which are one direct write into a
+# view of the right layout: the callable to run instead, taking the op's arguments and ``out``.
+WRITTEN_INTO = {
+    aten.clone.default: _clone_into,
+    aten.embedding.default: _embedding_into,
+}
 
 
 def op_name(op: torch._ops.OpOverload) -> str:
@@ -100,7 +136,7 @@ def _layout(t: torch.Tensor) -> tuple:
 
 def meta_mismatch(
     node: fx.Node,
-    out_op: torch._ops.OpOverload,
+    out_op: Callable,
     out_names: Sequence[str],
     specs: Sequence[torch.Tensor],
 ) -> str:
@@ -128,12 +164,13 @@ def meta_mismatch(
 
 
 class AtenInArena:
-    """An ATen op called through its out= overload with arena views (made once, reused)."""
+    """An ATen op called through its out= overload (or :data:`WRITTEN_INTO` stand-in) with
+    arena views (made once, reused)."""
 
     def __init__(
         self,
         node_name: str,
-        out_op: torch._ops.OpOverload,
+        out_op: Callable,
         out_names: Sequence[str],
         arena: Any,
         offsets: Sequence[int],
@@ -161,9 +198,12 @@ class AtenInArena:
 
 def direct_out(
     op: torch._ops.OpOverload, device: torch.device
-) -> tuple[Optional[torch._ops.OpOverload], tuple[str, ...], str]:
+) -> tuple[Optional[Callable], tuple[str, ...], str]:
     """The out= overload to place ``op``'s outputs with and its out argument names, or
-    ``(None, (), reason)`` (rules 1 and 2 of the module docstring)."""
+    ``(None, (), reason)`` (rules 1 and 2 of the module docstring; or the
+    :data:`WRITTEN_INTO` stand-in)."""
+    if op in WRITTEN_INTO:
+        return WRITTEN_INTO[op], ("out",), ""
     out_op, names = out_variant(op)
     if out_op is None:
         return None, (), "no out= overload"
