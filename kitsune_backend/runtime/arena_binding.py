@@ -41,15 +41,20 @@ class Arena:
 
     def view(self, offset: int, shape: Sequence[int], stride: Sequence[int],
              dtype: torch.dtype) -> torch.Tensor:
-        """A tensor of ``shape``/``stride``/``dtype`` starting ``offset`` bytes in."""
-        if self.tensor is None:
-            self.tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
+        """A tensor of ``shape``/``stride``/``dtype`` starting ``offset`` bytes in.
+
+        Made outside inference mode even when the first call runs in it: ATen's out=
+        overloads refuse to write an inference tensor outside inference mode, and later
+        calls may run there."""
         span = 1 + sum((s - 1) * st for s, st in zip(shape, stride)) if all(shape) else 0
         nbytes = span * dtype.itemsize
         if offset + nbytes > self.nbytes:
             raise ValueError(f"arena placement [{offset}, {offset + nbytes}) past its end")
-        raw = self.tensor[offset:offset + max(nbytes, dtype.itemsize)]
-        return raw.view(dtype).as_strided(tuple(shape), tuple(stride))
+        with torch.inference_mode(False):
+            if self.tensor is None:
+                self.tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
+            raw = self.tensor[offset:offset + max(nbytes, dtype.itemsize)]
+            return raw.view(dtype).as_strided(tuple(shape), tuple(stride))
 
 
 class InArena:
@@ -124,17 +129,17 @@ def _place_aten(
     """An :class:`~kitsune_backend.runtime.aten_out.AtenInArena` for an ATen node with a
     planned output, or ``(None, why not)``. ``names``: its outputs' buffers, when all are
     planned."""
+    out_op, out_names, reason = direct_out(node.target, arena.device)
+    if out_op is None:
+        return None, reason
+    if names is None:
+        return None, "not every output is a planned intermediate"
     value = node.meta.get("val")
     specs = [value] if isinstance(value, torch.Tensor) else list(value)
     if not all(isinstance(s, torch.Tensor) and s.layout == torch.strided for s in specs):
         return None, "an output is not a strided tensor"
     if any(s.device.type != arena.device.type for s in specs):
         return None, "an output is on another device than the arena"
-    out_op, out_names, reason = direct_out(node.target, arena.device)
-    if out_op is None:
-        return None, reason
-    if names is None:
-        return None, "not every output is a planned intermediate"
     for name, spec in zip(names, specs):
         span = 1 + sum((n - 1) * st for n, st in zip(spec.shape, spec.stride()))
         if spec.storage_offset() != 0 or span * spec.dtype.itemsize > sizes[name]:

@@ -55,6 +55,9 @@ DIRECT_OUT = frozenset(
         "sum", "mean", "amax", "amin", "_softmax", "_log_softmax",
         # index_select_out_cuda / _cpu gather rows straight into ``out``.
         "index_select",
+        # The pooling kernels write output/indices/gradInput through their data pointers
+        # in the input's suggested memory format, the layout the meta function gives.
+        "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
     }
 )
 
