@@ -53,7 +53,8 @@ def test_matmuls_and_cat_write_into_the_arena_and_match_eager():
     assert info["arena_aten_nodes"] >= 5, info
     assert info["arena_kernels"] >= 2, info
     assert 0 < info["arena_bytes"] <= record.stats["bytes_intermediates"]
-    assert not any("aten.mm" in reason or "aten.bmm" in reason for reason in info["arena_aten_left"])
+    left = info["arena_aten_left"]
+    assert not any(reason.startswith(("aten.mm", "aten.bmm", "aten.cat")) for reason in left)
 
 
 class BmmMlp(nn.Module):
@@ -153,7 +154,7 @@ def test_generated_out_overloads_are_not_direct():
     assert direct_out(aten.embedding.default, CPU)[0] is WRITTEN_INTO[aten.embedding.default]
     assert direct_out(aten.convolution_backward.default, CPU)[2].startswith("no direct out=")
     assert direct_out(aten.tanh.default, CPU)[0] is aten.tanh.out  # pointwise
-    assert "not pointwise" in direct_out(aten.avg_pool2d.default, CPU)[2]
+    assert "not pointwise" in direct_out(aten.max_pool2d_with_indices.default, CPU)[2]
 
 
 def mm_node(out_stride):
@@ -167,7 +168,8 @@ def mm_node(out_stride):
 
 
 def test_meta_check_refuses_a_layout_the_op_would_not_produce():
-    assert meta_mismatch(mm_node((4, 1)), aten.mm.out, ("out",), [mm_node((4, 1)).meta["val"]]) == ""
+    good = mm_node((4, 1))
+    assert meta_mismatch(good, aten.mm.out, ("out",), [good.meta["val"]]) == ""
     odd = mm_node((1, 3))
     reason = meta_mismatch(odd, aten.mm.out, ("out",), [odd.meta["val"]])
     assert reason == "the op's layout differs from the recorded value"
@@ -231,7 +233,7 @@ def test_compiled_graph_called_in_and_out_of_inference_mode():
             assert_close(compiled(x, w), three_matmuls(x, w))
 
 
-def test_cnn_training_places_pooling_backward_and_matches_eager():
+def test_cnn_training_matches_eager_with_library_calls_left_on_the_allocator():
     from kitsune_backend.models import LeNet5
 
     torch.manual_seed(0)
@@ -247,6 +249,7 @@ def test_cnn_training_places_pooling_backward_and_matches_eager():
     for p, q in zip(model.parameters(), twin.parameters()):
         assert_close(q.grad, p.grad)
     backward = kitsune_backend.last_compile().backward.runtime_info
-    assert backward["arena_aten_nodes"] >= 4, backward  # both pooling backwards, mms
-    assert not any("max_pool" in reason for reason in backward["arena_aten_left"]), backward
-    assert any("aten.convolution_backward" in r for r in backward["arena_aten_left"]), backward
+    assert backward["arena_aten_nodes"] >= 2, backward  # the matmuls of the fc layers
+    left = backward["arena_aten_left"]
+    assert any(r.startswith("aten.convolution_backward: no direct out=") for r in left), left
+    assert any(r.startswith("aten.max_pool2d_with_indices_backward: out= not known") for r in left)

@@ -43,7 +43,10 @@ import torch.fx as fx
 
 aten = torch.ops.aten
 
-# Ops whose out= kernel writes into ``out`` when ``out`` has the functional op's layout:
+# Ops whose out= kernel writes into ``out`` when ``out`` has the functional op's layout.
+# Not here: kernels that write through raw pointers in a layout chosen from the run-time
+# input (max_pool2d_with_indices(_backward) use the input's suggested memory format): an out=
+# laid out from the compile-time value would be written wrongly if the two ever differed.
 DIRECT_OUT = frozenset(
     {
         # cuBLAS writes C in place when it is contiguous or transposed-contiguous
@@ -55,14 +58,13 @@ DIRECT_OUT = frozenset(
         "sum", "mean", "amax", "amin", "_softmax", "_log_softmax",
         # index_select_out_cuda / _cpu gather rows straight into ``out``.
         "index_select",
-        # The pooling kernels write output/indices/gradInput through their data pointers
-        # in the input's suggested memory format, the layout the meta function gives.
-        "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
     }
 )
 
 
-def _clone_into(self: torch.Tensor, *, memory_format: Any = None, out: torch.Tensor) -> torch.Tensor:
+def _clone_into(
+    self: torch.Tensor, *, memory_format: Any = None, out: torch.Tensor
+) -> torch.Tensor:
     """``clone`` written into ``out``: one copy kernel, as the functional op runs (the
     layout ``memory_format`` picks is the recorded value's, which ``out`` has)."""
     return out.copy_(self)
@@ -97,7 +99,9 @@ def op_name(op: torch._ops.OpOverload) -> str:
     return f"{op.namespace}.{op.overloadpacket.__name__}"
 
 
-def out_variant(op: torch._ops.OpOverload) -> tuple[Optional[torch._ops.OpOverload], tuple[str, ...]]:
+def out_variant(
+    op: torch._ops.OpOverload,
+) -> tuple[Optional[torch._ops.OpOverload], tuple[str, ...]]:
     """The out= overload of ``op`` (its arguments, then keyword-only written tensors, one
     per return) and the names of those out arguments; ``(None, ())`` when there is none."""
     schema = op._schema
@@ -207,6 +211,8 @@ def direct_out(
     :data:`WRITTEN_INTO` stand-in)."""
     if op in WRITTEN_INTO:
         return WRITTEN_INTO[op], ("out",), ""
+    if op.namespace != "aten":
+        return None, (), "not an ATen op"
     out_op, names = out_variant(op)
     if out_op is None:
         return None, (), "no out= overload"
