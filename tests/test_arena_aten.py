@@ -248,8 +248,36 @@ def test_cnn_training_matches_eager_with_library_calls_left_on_the_allocator():
     actual.backward(grad)
     for p, q in zip(model.parameters(), twin.parameters()):
         assert_close(q.grad, p.grad)
-    backward = kitsune_backend.last_compile().backward.runtime_info
+    session = kitsune_backend.last_compile()
+    backward = session.backward.runtime_info
     assert backward["arena_aten_nodes"] >= 2, backward  # the matmuls of the fc layers
+    # fused kernels with a gradient (graph output) and an intermediate among their outputs
+    assert backward["arena_kernels"] >= 1, backward
     left = backward["arena_aten_left"]
     assert any(r.startswith("aten.convolution_backward: no direct out=") for r in left), left
     assert any(r.startswith("aten.max_pool2d_with_indices_backward: out= not known") for r in left)
+
+
+def test_fused_kernel_with_an_unplanned_output_gets_a_fresh_tensor_for_it():
+    from kitsune_backend.codegen.kernel import FusedKernel
+
+    class Spec:
+        shape, stride, dtype = (2, 3), (3, 1), torch.float32
+
+    class TwoOutputs(FusedKernel):
+        def __init__(self):  # no generated source needed for this check
+            self.__name__ = "k"
+            self.generated = type("G", (), {"outputs": [Spec, Spec]})()
+
+        def __call__(self, *args, out=None):
+            out[0].fill_(1.0)
+            out[1].fill_(2.0)
+            return tuple(out)
+
+    arena = arena_binding.Arena(1024, CPU)
+    wrapped = arena_binding.InArena(TwoOutputs(), arena, [None, 256])
+    (a0, a1), (b0, b1) = wrapped(), wrapped()
+    assert a1.data_ptr() == b1.data_ptr() == arena.tensor.data_ptr() + 256
+    assert a0.data_ptr() != b0.data_ptr()  # a graph output: never shared between calls
+    assert not (arena.tensor.data_ptr() <= a0.data_ptr() < arena.tensor.data_ptr() + 1024)
+    assert torch.equal(a0, torch.ones(2, 3)) and torch.equal(b1, torch.full((2, 3), 2.0))

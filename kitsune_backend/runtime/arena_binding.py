@@ -2,8 +2,9 @@
 
 The memory plan gave every intermediate an offset in one arena (``ctx.state["memory_plan"]``),
 sharing bytes only between buffers whose lifetimes the stream/event order separates.
-Generated kernels take ``out=``, so for every fused-kernel node whose outputs are all planned
-intermediates, the runtime calls the kernel with views of one arena tensor at those offsets.
+Generated kernels take ``out=``, so for every fused-kernel node with planned intermediates
+among its outputs, the runtime calls the kernel with views of one arena tensor at those
+offsets (and fresh tensors for its other outputs: graph outputs, or ones nothing reads).
 ATen nodes with a direct out= overload (matmuls, cat, some reductions: see
 :mod:`kitsune_backend.runtime.aten_out`) are called through it with arena views; the others
 keep allocating through PyTorch's caching allocator, each with a reason.
@@ -58,37 +59,47 @@ class Arena:
 
 
 class InArena:
-    """A fused kernel called with ``out=`` views of the arena (made once, reused)."""
+    """A fused kernel called with ``out=`` views of the arena (made once, reused). An output
+    without an offset (``None``: a graph output, or one nothing reads) gets a fresh tensor
+    each call, as the kernel would allocate it itself."""
 
-    def __init__(self, kernel: FusedKernel, arena: Arena, offsets: list[int]) -> None:
+    def __init__(self, kernel: FusedKernel, arena: Arena, offsets: list[Optional[int]]) -> None:
         self.kernel = kernel
         self.arena = arena
         self.offsets = offsets
         self.__name__ = self.__qualname__ = kernel.__name__ + "_in_arena"
         self.__module__ = "kitsune_backend.kernels"
-        self._views: Optional[tuple[torch.Tensor, ...]] = None
+        self._views: Optional[tuple[Optional[torch.Tensor], ...]] = None
+        self._fresh = [i for i, offset in enumerate(offsets) if offset is None]
 
     def __call__(self, *args: Any) -> Any:
-        """Run the kernel into its arena views."""
+        """Run the kernel into its arena views (and fresh tensors for unplaced outputs)."""
         if self._views is None:
             self._views = tuple(
-                self.arena.view(offset, spec.shape, spec.stride, spec.dtype)
+                None if offset is None
+                else self.arena.view(offset, spec.shape, spec.stride, spec.dtype)
                 for offset, spec in zip(self.offsets, self.kernel.generated.outputs)
             )
-        return self.kernel(*args, out=self._views)
+        if not self._fresh:
+            return self.kernel(*args, out=self._views)
+        out = list(self._views)
+        specs = self.kernel.generated.outputs
+        for i in self._fresh:
+            s = specs[i]
+            out[i] = torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=self.arena.device)
+        return self.kernel(*args, out=out)
 
 
-def _output_names(node: fx.Node, count: int) -> Optional[list[str]]:
-    """The buffer name of each output of ``node`` (its own name, or its getitems')."""
+def _output_names(node: fx.Node, count: int) -> list[Optional[str]]:
+    """The buffer name of each output of ``node`` (its own name, or its getitems'; ``None``
+    for an output nothing reads)."""
     if count == 1 and isinstance(node.meta.get("val"), torch.Tensor):
         return [node.name]
     names: dict[int, str] = {}
     for user in node.users:
         if user.target is operator.getitem and isinstance(user.args[1], int):
             names.setdefault(user.args[1], user.name)
-    if sorted(names) != list(range(count)):
-        return None  # an unused output has no planned buffer
-    return [names[i] for i in range(count)]
+    return [names.get(i) for i in range(count)]
 
 
 def _reads(buffers: Sequence[Buffer]) -> dict[str, list[Buffer]]:
@@ -105,17 +116,9 @@ def _overlaps(ranges: Sequence[tuple[int, int]]) -> bool:
     return any(b[0] < a[1] for a, b in zip(ordered, ordered[1:]))
 
 
-def _aten_outputs(node: fx.Node, offsets: dict[str, int]) -> tuple[Optional[list[str]], bool]:
-    """The buffer names of an ATen node's outputs when all are planned (else ``None``),
-    and whether any of them is."""
-    value = node.meta.get("val")
-    count = 1 if isinstance(value, torch.Tensor) else len(value)
-    names = _output_names(node, count)
-    if names is not None and all(name in offsets for name in names):
-        return names, True
-    return None, any(
-        u.name in offsets for u in node.users if u.target is operator.getitem
-    )
+def _planned_names(node: fx.Node, count: int, offsets: dict[str, int]) -> list[Optional[str]]:
+    """The buffer name of each output of ``node`` that has an offset (else ``None``)."""
+    return [n if n in offsets else None for n in _output_names(node, count)]
 
 
 def _place_aten(
@@ -161,8 +164,9 @@ def bind_arena(
     device: torch.device,
     buffers: Sequence[Buffer],
 ) -> tuple[dict[str, Any], list[Decline]]:
-    """Point every node whose outputs are all planned at the arena, in place: fused kernels
-    (:class:`InArena`) and ATen ops with a direct out= overload (:class:`AtenInArena`).
+    """Point every node with planned outputs at the arena, in place: fused kernels
+    (:class:`InArena`, their unplanned outputs allocated per call) and ATen ops with a
+    direct out= overload whose outputs are all planned (:class:`AtenInArena`).
 
     Returns what it did, for ``record.runtime_info`` (fused kernels and ATen nodes placed,
     ATen nodes left on the allocator counted by op and reason, the arena's size), and one
@@ -179,18 +183,19 @@ def bind_arena(
         if node.op != "call_function":
             continue
         if isinstance(target, FusedKernel):
-            names = _output_names(node, len(target.generated.outputs))
-            if names is None or any(name not in offsets for name in names):
-                continue
-            node.target = InArena(target, arena, [offsets[name] for name in names])
-            kernels += 1
+            names = _planned_names(node, len(target.generated.outputs), offsets)
+            if any(names):
+                node.target = InArena(target, arena, [offsets.get(n) for n in names])
+                kernels += 1
             continue
         if not isinstance(target, torch._ops.OpOverload) or not launches_kernel(node):
             continue
-        names, any_planned = _aten_outputs(node, offsets)
-        if is_mutating(node) or not any_planned:
+        value = node.meta.get("val")
+        names = _planned_names(node, 1 if isinstance(value, torch.Tensor) else len(value), offsets)
+        if is_mutating(node) or not any(names):
             continue
-        wrapper, reason = _place_aten(node, names, arena, offsets, sizes, reads)
+        all_planned = names if all(names) else None
+        wrapper, reason = _place_aten(node, all_planned, arena, offsets, sizes, reads)
         if wrapper is not None:
             node.target = wrapper
             aten += 1
