@@ -107,7 +107,7 @@ def _reads(buffers: Sequence[Buffer]) -> dict[str, list[Buffer]]:
     found: dict[str, list[Buffer]] = {}
     for b in buffers:
         for user in b.users:
-            found.setdefault(getattr(user, "name", str(user)), []).append(b)
+            found.setdefault(user.name, []).append(b)
     return found
 
 

@@ -4,7 +4,7 @@ under CUDA graph capture and in training; peak memory is printed (a benchmark nu
 Run on the GPU machine with
 ``KITSUNE_TEST_GPU=1 python -m pytest -m gpu -s tests/gpu/test_arena_aten_gpu.py``.
 Bitwise comparisons between stream counts need deterministic cuBLAS: the workspace config
-is set here before CUDA starts and TF32 is off.
+is set here before CUDA starts, cuDNN is deterministic and TF32 is off.
 """
 
 import copy
@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import kitsune_backend  # noqa: E402
 from kitsune_backend.backend import kitsune  # noqa: E402
-from kitsune_backend.models import MLP, BranchyHeads  # noqa: E402
+from kitsune_backend.models import MLP, BranchyHeads, SmallCNN  # noqa: E402
 from kitsune_backend.runtime import arena_binding  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
 from tests.test_arena_aten import BmmMlp, matmuls_between_regions  # noqa: E402
@@ -29,7 +29,9 @@ DEV = "cuda"
 
 
 @pytest.fixture(autouse=True)
-def no_tf32():
+def deterministic():
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     yield
@@ -82,26 +84,33 @@ def test_branchy_on_streams_equals_one_stream_and_eager(captured):
         assert info["cuda_graph_instances"] >= 1, record.declines
 
 
-@pytest.mark.parametrize("make", [MLP, BmmMlp], ids=["mlp", "bmm_mlp"])
-def test_training_with_aten_in_arena_matches_eager(make):
+TRAINED = {
+    "mlp": (MLP, (16, 784)),
+    "bmm_mlp": (BmmMlp, (16, 16)),
+    "smallcnn": (SmallCNN, (8, 3, 16, 16)),  # fused kernels with a gradient among outputs
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED))
+def test_training_with_aten_in_arena_matches_eager(name):
+    make, shape = TRAINED[name]
     torch.manual_seed(0)
     model = make().to(DEV)
     twin = copy.deepcopy(model)
     compiled = compile_with(twin)
-    width = 784 if make is MLP else 16
     for step in range(6):  # forward and backward: warm-up, capture, replays
-        x = torch.randn(16, width, device=DEV)
+        x = torch.randn(shape, device=DEV)
         expected, actual = model(x), compiled(x)
         assert_close(actual, expected)
         grad = torch.randn_like(expected)
         expected.backward(grad)
         actual.backward(grad)
         for p, q in zip(model.parameters(), twin.parameters()):
-            assert_close(q.grad, p.grad)
+            assert_close(q.grad, p.grad, f"{name} step {step}")
             p.grad = q.grad = None
     session = last_session()
     for record in session.records:
-        print(make.__name__, record.name, record.runtime_info)
+        print(name, record.name, record.runtime_info)
     assert session.forward.runtime_info["arena_aten_nodes"] >= 1
     assert session.backward.runtime_info["arena_aten_nodes"] >= 1
     assert session.backward.runtime_info.get("cuda_graph_instances", 0) >= 1
