@@ -6,6 +6,8 @@ What it builds, and what the record says about it (``record.runtime_info``)::
                "streams": generated straight-line code over several CUDA streams
     capture    "replay per input-shape signature after 1 warm-up call", or "declined: why"
     arena_kernels / arena_bytes: fused kernels writing into the planned arena, its size
+    arena_aten_nodes / arena_aten_left: ATen nodes writing there through out=; the others,
+               counted by "op: reason" (each also a decline of stage "arena")
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ def _plan_over(gm: fx.GraphModule, ctx: PassContext) -> Any:
 
 
 def _place_in_arena(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -> None:
-    """Fused kernels write into the planned arena (the memory plan pass leaves no plan when
-    ``memory_pool`` is off; fusion leaves no kernels where they cannot launch)."""
+    """Fused kernels and ATen ops with a direct out= write into the planned arena (the
+    memory plan pass leaves no plan when ``memory_pool`` is off)."""
     memory = ctx.state.get("memory_plan")
     if memory is None or not memory.arena_bytes:
         return
-    record.runtime_info.update(
-        bind_arena(gm, memory.offsets, memory.arena_bytes, torch.device(ctx.device))
+    info, declines = bind_arena(
+        gm, memory.offsets, memory.arena_bytes, torch.device(ctx.device), memory.buffers
     )
+    record.runtime_info.update(info)
+    record.other_declines.extend(declines)
 
 
 def build_runtime(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -> Callable:
