@@ -52,8 +52,8 @@ class Config:
     kernel_cache_dir: str = ""
     """Where compiled kernels are cached on disk; empty means ``~/.cache/kitsune_backend``."""
     compile_workers: int = dataclasses.field(
-        default=min(8, max(0, (os.cpu_count() or 1) - 1)),
-        metadata={"default_doc": "min(8, CPU cores - 1)"},
+        default=min(16, max(0, (os.cpu_count() or 1) - 1)),
+        metadata={"default_doc": "min(16, CPU cores - 1)"},
     )
     """Processes that compile a graph's generated kernels in parallel, at compile time
     (0: each kernel compiles in the calling process at its first launch)."""

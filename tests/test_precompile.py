@@ -190,7 +190,7 @@ def test_fusion_pass_reports_precompile_under_the_interpreter(tmp_path):
 
 
 def test_compile_workers_option(monkeypatch):
-    assert Config().compile_workers == min(8, max(0, (os.cpu_count() or 1) - 1))
+    assert Config().compile_workers == min(16, max(0, (os.cpu_count() or 1) - 1))
     monkeypatch.setenv("KITSUNE_COMPILE_WORKERS", "3")
     assert resolve().compile_workers == 3
     assert resolve(options={"compile_workers": 0}).compile_workers == 0
