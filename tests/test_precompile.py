@@ -43,7 +43,11 @@ def _child(what: str, tmp_path) -> dict:
 def test_worker_fills_the_cache_the_first_launch_reads(tmp_path):
     facts = _child("worker", tmp_path)
     assert facts["kernels"] == 3 and facts["captured"]
-    assert facts["reply"] == {"ok": True, "cache_hit": False}
+    reply = facts["reply"]
+    assert reply["ok"] and not reply["cache_hit"]
+    # The C launcher needs libcuda's folder, which a machine without a GPU driver lacks:
+    # then the parent's first launch builds it, and the reply says why it was not built.
+    assert reply["launcher"] == "" or reply["launcher"].startswith("not built: ")
     assert facts["entries_after_worker"] == 1
     assert not facts["request_after_worker"]  # found in the disk cache: nothing to send
     assert facts["hits"] == [True]  # the parent's compile loads the worker's binary

@@ -24,7 +24,8 @@ A request holds only plain data, captured in the parent from Triton's own compil
 
 :func:`compile_request` runs what ``JITFunction._do_compile`` runs (``triton.compile(
 ASTSource(fn, signature, constants, attrs), target=target, options=options)``), which
-stores the binary in Triton's disk cache under the key the parent's first launch looks up.
+stores the binary in Triton's disk cache under the key the parent's first launch looks up,
+then builds the kernel's C launcher into the same cache (:func:`build_launcher`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def compile_request(request: dict) -> dict:
         hits: list[bool] = []
         knobs.compilation.listener = lambda **kw: hits.append(kw.get("cache_hit", False))
         try:
-            triton.compile(
+            kernel = triton.compile(
                 ASTSource(fn, request["signature"], request["constants"], request["attrs"]),
                 target=request["target"],
                 options=request["options"],
@@ -92,10 +93,28 @@ def compile_request(request: dict) -> dict:
         finally:
             knobs.compilation.listener = None
         return {"ok": True, "seconds": time.perf_counter() - start,
-                "cache_hit": bool(hits and hits[0])}
+                "cache_hit": bool(hits and hits[0]), "launcher": build_launcher(kernel)}
     except BaseException as exc:  # noqa: BLE001 - the reply carries any failure back
         text = str(exc).strip().splitlines()
         return {"ok": False, "error": f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]}
+
+
+def build_launcher(kernel: Any) -> str:
+    """Build the compiled kernel's C launcher into Triton's cache as well; '' when built,
+    else why not (never raises: the parent's first launch then builds it).
+
+    Triton launches a kernel through a small C extension made for its argument signature,
+    compiled with the C compiler (about half a second) at the first launch of each new
+    signature and cached on disk by its source; building it here takes that off the first
+    call too. It needs the C compiler and the CUDA headers Triton ships, not a GPU."""
+    try:
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        CudaLauncher(kernel.src, kernel.metadata)
+        return ""
+    except Exception as exc:  # noqa: BLE001 - optional: the first launch builds it
+        text = str(exc).strip().splitlines()
+        return f"not built: {type(exc).__name__}: {text[-1] if text else ''}"[:300]
 
 
 def main() -> None:

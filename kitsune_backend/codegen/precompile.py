@@ -52,6 +52,10 @@ class PrecompileReport:
     """Kernels a worker compiled into Triton's disk cache."""
     cached: int = 0
     """Kernels already compiled, in this process or in Triton's disk cache."""
+    launchers: int = 0
+    """Of the precompiled kernels, those whose C launcher a worker built too."""
+    launcher_note: str = ""
+    """Why a worker could not build a launcher (the first launch builds it then)."""
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """(kernel, reason) for each kernel left to compile at its first launch by a failure."""
     skipped: str = ""
@@ -63,6 +67,7 @@ class PrecompileReport:
         return {"precompile_seconds": round(self.seconds, 4),
                 "kernels_precompiled": self.precompiled,
                 "kernels_already_compiled": self.cached,
+                "launchers_prebuilt": self.launchers,
                 "precompile_workers": self.workers,
                 "precompile_failures": len(self.failures)}
 
@@ -70,8 +75,11 @@ class PrecompileReport:
         """One line for the pass's notes."""
         if self.skipped:
             return [f"kernels not precompiled: {self.skipped}"]
-        return [f"{self.precompiled} kernel(s) precompiled on {self.workers} worker(s) in "
-                f"{self.seconds:.2f} s, {self.cached} already compiled"]
+        notes = [f"{self.precompiled} kernel(s) precompiled on {self.workers} worker(s) in "
+                 f"{self.seconds:.2f} s, {self.cached} already compiled"]
+        if self.launcher_note:
+            notes.append(f"C launchers left to the first launch: {self.launcher_note}")
+        return notes
 
     def declines(self) -> list[Decline]:
         """A decline per kernel a failure left to compile at its first launch."""
@@ -147,6 +155,10 @@ def precompile(kernels: Sequence[Any], config: Config,
     for name, reply in zip(names, replies):
         if reply.get("ok"):
             report.precompiled += 1
+            if reply.get("launcher") == "":
+                report.launchers += 1
+            else:
+                report.launcher_note = str(reply.get("launcher", "the worker did not say"))
         else:
             report.failures.append((name, str(reply.get("error", "no reason given"))))
     report.seconds = time.perf_counter() - start

@@ -62,6 +62,8 @@ def test_training_step_kernels_are_compiled_by_the_workers(fresh_caches, launch_
         assert stats["precompile_failures"] == 0, [str(d) for d in record.declines]
         assert stats["kernels_already_compiled"] == 0, record.name
         assert stats["kernels_precompiled"] == stats["fused_regions"] >= 2, (record.name, stats)
+        fusion_notes = [p.notes for p in record.passes if p.name == "fusion"]
+        assert stats["launchers_prebuilt"] == stats["kernels_precompiled"], fusion_notes
         assert stats["precompile_workers"] == 4
         precompiled += stats["kernels_precompiled"]
     ours = [(name, hit) for name, hit in launch_compiles if name.startswith("kitsune_fused")]
