@@ -106,7 +106,8 @@ def why_not_precompile(config: Config, device: Optional[torch.device]) -> str:
 
 def warm_pool(config: Config) -> None:
     """Start the worker processes in a daemon thread, so that their start-up (importing
-    Triton) overlaps Dynamo's and AOTAutograd's tracing. Call only for CUDA graphs."""
+    Triton) overlaps Dynamo's and AOTAutograd's tracing, and warm Triton up in this process
+    there too (:func:`_warm_up_triton`). Call only for CUDA graphs."""
     if not config.fusion or why_not_precompile(config, torch.device("cuda")):
         return
 
@@ -115,8 +116,23 @@ def warm_pool(config: Config) -> None:
             pool().resize(config.compile_workers)
         except Exception:  # precompile() tries again and reports the reason
             pass
+        try:
+            _warm_up_triton()
+        except Exception:  # the first capture pays these costs instead
+            pass
 
     threading.Thread(target=start, name="kitsune-warm-compile-pool", daemon=True).start()
+
+
+def _warm_up_triton() -> None:
+    """Triton's first-use costs in this process, paid while Dynamo traces: its CUDA driver
+    utilities and the compiler backend's hash (it asks ptxas for its version), which every
+    compile request and every first launch needs. About 0.4 s measured on CPU with a fake
+    driver, more when the driver utilities are built for the first time."""
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.driver import driver
+
+    make_backend(driver.active.get_current_target()).hash()
 
 
 def precompile(kernels: Sequence[Any], config: Config,
