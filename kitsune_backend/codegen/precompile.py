@@ -113,15 +113,18 @@ def warm_pool(config: Config) -> None:
 
     def start() -> None:
         try:
-            pool().resize(config.compile_workers)
+            pool().resize(config.compile_workers)  # waits until the workers are ready
         except Exception:  # precompile() tries again and reports the reason
             pass
+
+    def warm_up() -> None:
         try:
             _warm_up_triton()
         except Exception:  # the first capture pays these costs instead
             pass
 
     threading.Thread(target=start, name="kitsune-warm-compile-pool", daemon=True).start()
+    threading.Thread(target=warm_up, name="kitsune-warm-up-triton", daemon=True).start()
 
 
 def _warm_up_triton() -> None:
