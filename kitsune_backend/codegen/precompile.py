@@ -128,13 +128,16 @@ def warm_pool(config: Config) -> None:
 
 
 def _warm_up_triton() -> None:
-    """Triton's first-use costs in this process, paid while Dynamo traces: its CUDA driver
-    utilities and the compiler backend's hash (it asks ptxas for its version), which every
-    compile request and every first launch needs. About 0.4 s measured on CPU with a fake
-    driver, more when the driver utilities are built for the first time."""
+    """Triton's first-use costs in this process, paid while AOTAutograd traces: the hash of
+    Triton's own files (``triton_key``: it reads all of ``libtriton``, 0.56 s on the CPU
+    here; hashlib lets other threads run meanwhile), its CUDA driver utilities and the
+    compiler backend's hash (it asks ptxas for its version). Every compile request and every
+    first launch needs them."""
     from triton.compiler.compiler import make_backend
+    from triton.runtime.cache import triton_key
     from triton.runtime.driver import driver
 
+    triton_key()
     make_backend(driver.active.get_current_target()).hash()
 
 
