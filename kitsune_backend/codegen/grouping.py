@@ -1,7 +1,8 @@
 """Region formation: which FX nodes go into which fusion region.
 
-One walk over the graph in order. A fusable node (pointwise, reduction, identity view)
-joins the region of one of its inputs (reduction regions first, then the newest) when the
+One walk over the graph in order. Constant and index sources join no region: every region
+that reads one computes it (:mod:`kitsune_backend.codegen.constants`). A fusable node
+(pointwise, cat, reduction, identity view) joins the region of one of its inputs (reduction regions first, then the newest) when the
 region's shape rule allows it (:meth:`Region.why_not`), no in-place or random op lies
 between them, and the join makes no cycle between regions; otherwise a pointwise or
 reduction node starts a new region. Other regions feeding the joined node are then merged
@@ -24,7 +25,7 @@ import torch.fx as fx
 
 from ..graph_utils import is_mutating
 from ..passes.base import Decline
-from . import ops
+from . import constants, ops
 from .region import Region, new_region, supported_tensor
 
 STAGE = "fusion"
@@ -73,6 +74,8 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
             segment += 1
         grouping.segment[node] = segment
         kind, why = ops.classify(node)
+        if kind == "source":  # computed inside each region that reads it
+            continue
         if kind is None:
             if node.op == "call_function" and node.target is not operator.getitem:
                 apart.append((node, why))
@@ -136,12 +139,12 @@ def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
     trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
-        reason, context = trial.why_not(member, kind)
+        reason, context = trial.why_not(member, kind, merging=True)
         if reason is not None or kind == "reduction":
             return False
         trial.add(member, context)
     trial.nodes.sort(key=grouping.index.__getitem__)
-    if _reaches(grouping, {region, other}, trial.external, trial.nodes[0]):
+    if trial.orphans() or _reaches(grouping, {region, other}, trial.external, trial.nodes[0]):
         return False
     region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
     for member in other.nodes:
@@ -162,7 +165,8 @@ def _merge_siblings(grouping: Grouping) -> None:
     readers: dict[fx.Node, list[Region]] = {}
     for region in grouping.regions:
         for node in sorted(region.external, key=grouping.index.__getitem__):
-            readers.setdefault(node, []).append(region)
+            if not constants.inlinable(node):  # a shared constant saves no read
+                readers.setdefault(node, []).append(region)
     merged: set[int] = set()
     for group in readers.values():
         for i, first in enumerate(group):
@@ -195,10 +199,12 @@ def _fold(grouping: Grouping, region: Region, other: Region) -> bool:
     trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
-        reason, context = trial.why_not(member, kind)
+        reason, context = trial.why_not(member, kind, merging=True)
         if reason is not None:
             return False
         trial.add(member, context)
+    if trial.orphans():
+        return False
     trial.nodes.sort(key=grouping.index.__getitem__)
     region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
     for member in other.nodes:

@@ -1,6 +1,9 @@
 """Which ATen ops kitsune fuses, and the Triton expression each one lowers to.
 
-Three families: pointwise ops (one output element from the same element of each input),
+Five families: pointwise ops (one output element from the same element of each input),
+``cat`` (each output element from one element of one input; see
+:mod:`kitsune_backend.codegen.spaces`), constant and index sources computed in place
+(:mod:`kitsune_backend.codegen.constants`),
 reductions (``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the
 fusion pass already decomposed into these, see :mod:`kitsune_backend.decompositions`) and
 identity views (reshapes that keep the logical element order, folded into index math).
@@ -20,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import is_view
+from . import constants
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -138,6 +142,11 @@ def _alpha(node: fx.Node) -> str:
     return "" if alpha == 1 else f"{literal(alpha)} * "
 
 
+def _bitwise(expr: str, node: fx.Node) -> str:
+    """A bitwise result in the node's own dtype (a Python-int operand may widen it)."""
+    return f"{expr}.to({compute_dtype(node.meta['val'].dtype)})"
+
+
 def _binary(symbol: str) -> Callable[[list[str], fx.Node], str]:
     return lambda a, n: f"({a[0]} {symbol} {a[1]})"
 
@@ -190,6 +199,12 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
     aten.logical_not: (lambda a, n: f"({a[0]} == 0)", "none"),
     aten.logical_and: (lambda a, n: f"(({a[0]} != 0) & ({a[1]} != 0))", "none"),
     aten.logical_or: (lambda a, n: f"(({a[0]} != 0) | ({a[1]} != 0))", "none"),
+    aten.logical_xor: (lambda a, n: f"(({a[0]} != 0) ^ ({a[1]} != 0))", "none"),
+    aten.bitwise_and: (lambda a, n: _bitwise(f"({a[0]} & {a[1]})", n), "result"),
+    aten.bitwise_or: (lambda a, n: _bitwise(f"({a[0]} | {a[1]})", n), "result"),
+    aten.bitwise_xor: (lambda a, n: _bitwise(f"({a[0]} ^ {a[1]})", n), "result"),
+    aten.bitwise_not: (lambda a, n: f"({a[0]} == 0)" if n.meta["val"].dtype == torch.bool
+                       else f"(~{a[0]})", "result"),
     aten.where: (lambda a, n: f"tl.where({a[0]}, {a[1]}, {a[2]})", "result"),
     aten.masked_fill: (lambda a, n: f"tl.where({a[1]}, {a[2]}, {a[0]})", "result"),
     aten.clone: (lambda a, n: a[0], "result"),
@@ -216,6 +231,20 @@ IDENTITY_VIEWS = {
 """Views that keep the logical (row-major) element order: inside a region they cost nothing."""
 
 
+def is_identity_view(node: fx.Node) -> bool:
+    """A view that keeps every element where it is: the :data:`IDENTITY_VIEWS`, and an
+    ``expand`` to the shape its input already has."""
+    op = packet(node)
+    if op in IDENTITY_VIEWS:
+        return True
+    if op is aten.expand and isinstance(node.args[0], fx.Node):
+        source = node.args[0].meta.get("val")
+        value = node.meta.get("val")
+        return (isinstance(source, torch.Tensor) and isinstance(value, torch.Tensor)
+                and tuple(source.shape) == tuple(value.shape))
+    return False
+
+
 def packet(node: fx.Node) -> Optional[Any]:
     """The overload packet (``aten.add``) of an ATen/prims call, or ``None``."""
     target = node.target
@@ -232,7 +261,7 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
     name = getattr(node.target, "__name__", str(node.target))
     if op is None:
         return None, f"{name} is not an ATen op"
-    if op in IDENTITY_VIEWS:
+    if is_identity_view(node):
         return "view", ""
     if is_view(node):
         return None, (f"{name} reorders or broadcasts elements: it stays an ATen view and "
@@ -241,6 +270,11 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return _check_pointwise(node, op)
     if op in REDUCTIONS:
         return _check_reduction(node)
+    if op is aten.cat:
+        return _check_cat(node)
+    if op in constants.SOURCES:
+        why = constants.problem(node)
+        return (None, f"{name}: {why}") if why else ("source", "")
     if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
         return None, f"{name} is a random op"
     return None, f"{name} is a library call or an op without a Triton lowering"
@@ -262,6 +296,26 @@ def _check_pointwise(node: fx.Node, op: Any) -> tuple[Optional[str], str]:
                                                                      torch.contiguous_format):
         return None, "clone to a memory format is a layout change"
     return "pointwise", ""
+
+
+def _check_cat(node: fx.Node) -> tuple[Optional[str], str]:
+    value = node.meta.get("val")
+    parts = node.args[0] if node.args else ()
+    if not isinstance(value, torch.Tensor) or not all(isinstance(p, fx.Node) for p in parts):
+        return None, "cat of something other than tensors"
+    for part in parts:
+        part_value = part.meta.get("val")
+        if not isinstance(part_value, torch.Tensor) or part_value.dim() != value.dim():
+            return None, f"cat input {part.name} has another rank (a legacy empty tensor)"
+        if part_value.numel() == 0:
+            return None, f"cat input {part.name} is empty"
+    return "pointwise", ""
+
+
+def cat_dim(node: fx.Node) -> int:
+    """The non-negative dim an ``aten.cat`` node concatenates along."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim % node.meta["val"].dim()
 
 
 def _check_reduction(node: fx.Node) -> tuple[Optional[str], str]:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Callable
 
 import torch
 import torch.fx as fx
 
-from . import ops
+from . import constants, ops
 from .heuristics import LaunchConfig
 from .indexing import broadcast_strides, collapse, max_offset, offset_expr, split_dims
 from .region import Region, shape_of, strip_leading_ones
+from .spaces import Space, Spaces, contiguous_strides, plan
 
 INT32_LIMIT = 2**31 - 1
 
@@ -117,6 +119,7 @@ class _Writer:
         self.lines: list[str] = []
         self.depth = 1
         self.top: dict[object, str] = {}
+        self.values: dict[tuple, str] = {}  # pointwise: (node, space key) -> variable
         self.count = 0
         self.looped = region.kind == "reduction" and config.rblock < region.columns
         specs = [TensorSpec.of(n) for n in (*inputs, *outputs)]
@@ -148,10 +151,13 @@ class _Writer:
             self.line(f"xindex = {pid} * {self.config.xblock} + tl.arange(0, {self.config.xblock})")
             if self.xmask:
                 self.line(f"xmask = xindex < {self.region.numel}")
+            self.spaces = Spaces(self.line, self.fresh, "xmask" if self.xmask else "")
+            where = plan(self.region.nodes, self.region.context, self.region.numel, self.spaces)
             for node in self.region.nodes:
-                self.emit(node, self.top)
+                for space in where[node]:
+                    self.emit_at(node, space)
             for i, node in enumerate(self.outputs):
-                self.store(i, node, self.top)
+                self.store_at(i, node, where[node][0])
             return self.lines
         self.line(f"rows = {pid} * {self.config.xblock} + tl.arange(0, {self.config.xblock})[:, None]")
         if self.xmask:
@@ -192,10 +198,17 @@ class _Writer:
         """Define ``node``'s value in ``scope`` (its in-region inputs are defined already)."""
         if node in scope or node in self.top:
             return
-        op = ops.packet(node)
-        if op in ops.IDENTITY_VIEWS:
+        if ops.is_identity_view(node):
             scope[node] = self.lookup(node.args[0], scope)
             return
+        var = self.fresh("v")
+        self.line(f"{var} = {self.lower(node, lambda a: self.operand(a, node, scope))}  # {node.name}")
+        scope[node] = var
+
+    def lower(self, node: fx.Node, value: Callable[[fx.Node], str]) -> str:
+        """The expression of pointwise ``node`` given ``value(arg)`` for its tensor operands,
+        each cast to the dtype the op computes in."""
+        op = ops.packet(node)
         result = node.meta["val"].dtype
         mode = ops.cast_mode(node)
         tensors = [a for a in node.args if isinstance(a, fx.Node)]
@@ -213,7 +226,7 @@ class _Writer:
         args = []
         for position, arg in enumerate(node.args):
             if isinstance(arg, fx.Node):
-                expr = self.operand(arg, node, scope)
+                expr = value(arg)
                 have = ops.compute_dtype(arg.meta["val"].dtype)
                 if mode != "none" and have != want and position != keep_bool:
                     expr = f"{expr}.to({want})"
@@ -222,9 +235,84 @@ class _Writer:
                 args.append(ops.literal(arg))
             else:
                 args.append("None")
+        return ops.lower_pointwise(node, args)
+
+    # -- pointwise kernels: values per index space (see spaces.py) --------------------------
+    def emit_at(self, node: fx.Node, space: Space) -> None:
+        """Define ``node``'s value in ``space`` (its operands' values are defined already)."""
+        if ops.is_identity_view(node):
+            self.values[(node, space.key)] = self.value_at(node.args[0], node, space)
+            return
+        if ops.packet(node) is ops.aten.cat:
+            expr = self.cat_expr(node, space)
+        else:
+            expr = self.lower(node, lambda a: self.value_at(a, node, space))
         var = self.fresh("v")
-        self.line(f"{var} = {ops.lower_pointwise(node, args)}  # {node.name}")
-        scope[node] = var
+        self.line(f"{var} = {expr}  # {node.name}")
+        self.values[(node, space.key)] = var
+
+    def value_at(self, arg: fx.Node, consumer: fx.Node, space: Space) -> str:
+        """Operand ``arg`` of ``consumer`` (computed in ``space``): a value or a load."""
+        if arg in self.region.context:
+            (inner,) = self.spaces.operand(space, consumer, arg)
+            return self.values[(arg, inner.key)]
+        return self.load_at(arg, space, shape_of(consumer))
+
+    def cat_expr(self, node: fx.Node, space: Space) -> str:
+        """A ``tl.where`` chain picking, per lane, the cat part its position falls in."""
+        want = ops.compute_dtype(node.meta["val"].dtype)
+        dim = ops.cat_dim(node)
+        position = self.spaces.position(space, node, dim)
+        parts, ends, end = [], [], 0
+        for k, part in enumerate(node.args[0]):
+            inner = self.spaces.cat_part(space, node, k)
+            if part in self.region.context:
+                value = self.values[(part, inner.key)]
+            else:
+                value = self.load_at(part, inner, shape_of(part))
+            if ops.compute_dtype(part.meta["val"].dtype) != want:
+                value = f"{value}.to({want})"
+            end += shape_of(part)[dim]
+            parts.append(value)
+            ends.append(end)
+        expr = parts[-1]
+        for value, end in zip(reversed(parts[:-1]), reversed(ends[:-1])):
+            expr = f"tl.where({position} < {end}, {value}, {expr})"
+        return expr
+
+    def load_at(self, arg: fx.Node, space: Space, target: tuple[int, ...]) -> str:
+        """Kernel input (or inlined source) ``arg`` broadcast to ``target``, in ``space``."""
+        key = ("load", arg, space.key, target)
+        if key in self.values:
+            return self.values[key]
+        if arg not in self.inputs:
+            strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
+            offset = offset_expr(space.index, collapse(target, strides))
+            value = constants.expression(arg, offset, ops.compute_dtype(arg.meta["val"].dtype))
+        else:
+            spec = TensorSpec.of(arg)
+            strides = broadcast_strides(*_strip(spec.shape, spec.stride), target)
+            offset = offset_expr(space.index, collapse(target, strides))
+            mask = f", mask={space.mask}" if space.mask and _uses(offset, space.index) else ""
+            value = f"tl.load(in{self.inputs[arg]} + ({offset}){mask})"
+            if ops.TL_DTYPES[spec.dtype] != ops.compute_dtype(spec.dtype):
+                value += f".to({ops.compute_dtype(spec.dtype)})"
+        var = self.fresh("x")
+        self.line(f"{var} = {value}  # {arg.name}")
+        self.values[key] = var
+        return var
+
+    def store_at(self, index: int, node: fx.Node, space: Space) -> None:
+        """Write output ``index`` (``node``'s value in ``space``) from the lanes owning it."""
+        spec = TensorSpec.of(node)
+        strides = broadcast_strides(*_strip(spec.shape, spec.stride), spec.shape)
+        offset = offset_expr(space.index, collapse(spec.shape, strides))
+        if not _uses(offset, space.index):
+            offset = f"{offset} + {space.index} * 0"
+        mask = f", mask={space.unique}" if space.unique else ""
+        value = self.values[(node, space.key)]
+        dtype = ops.TL_DTYPES[spec.dtype]
+        self.line(f"tl.store(out{index} + ({offset}), {value}.to({dtype}){mask})  # {node.name}")
 
     def operand(self, arg: fx.Node, consumer: fx.Node, scope: dict) -> str:
         """An operand of ``consumer``: an in-region value or a load of a kernel input."""
@@ -241,10 +329,19 @@ class _Writer:
         key = ("load", arg, context, target if context != "full" else ())
         if key in scope:
             return scope[key]
-        spec = TensorSpec.of(arg)
-        sizes, strides = _strip(spec.shape, spec.stride)
         if context == "full":
             target = self.region.shape
+        if arg not in self.inputs:  # an inlined constant or index source
+            strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
+            offset = self.offset(context, target, strides)
+            offset = "0" if offset in ("(0)", "0") else offset
+            var = self.fresh("x")
+            dtype = ops.compute_dtype(arg.meta["val"].dtype)
+            self.line(f"{var} = {constants.expression(arg, offset, dtype)}  # {arg.name}")
+            scope[key] = var
+            return var
+        spec = TensorSpec.of(arg)
+        sizes, strides = _strip(spec.shape, spec.stride)
         strides = broadcast_strides(sizes, strides, target)
         offset = self.offset(context, target, strides)
         mask = self.mask_for(offset)

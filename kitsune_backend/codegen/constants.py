@@ -1,0 +1,121 @@
+"""Constant and index sources: ops whose values need no memory read.
+
+``scalar_tensor``, ``full``, ``full_like``, ``new_ones``/``new_zeros``/``new_full``,
+``ones``/``zeros`` (and ``*_like``) fill a tensor with one value; ``arange`` is its own
+index. Inside a region they are never loaded: a kernel computes them where they are used
+(a literal of the right dtype, or ``start + step * index``), so they launch nothing.
+They belong to no region; every region that reads one inlines it
+(see :func:`kitsune_backend.codegen.grouping.find_regions`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+aten = torch.ops.aten
+
+_FILL = {
+    aten.scalar_tensor: lambda n: n.args[0],
+    aten.full: lambda n: n.args[1],
+    aten.full_like: lambda n: n.args[1],
+    aten.new_full: lambda n: n.args[2],
+    aten.new_ones: lambda n: 1,
+    aten.ones: lambda n: 1,
+    aten.ones_like: lambda n: 1,
+    aten.new_zeros: lambda n: 0,
+    aten.zeros: lambda n: 0,
+    aten.zeros_like: lambda n: 0,
+}
+"""Fill ops: overload packet -> the fill value of a node."""
+
+SOURCES = {*_FILL, aten.arange}
+"""Ops a kernel computes in place of a load."""
+
+_EXACT_FLOAT_ARANGE = {torch.float32: 2**24, torch.float64: 2**53}
+"""Largest |value| a float ``arange`` may reach and still be exact in that dtype."""
+
+
+def is_source(node: fx.Node) -> bool:
+    """True for a call of a constant or index source op (whether or not it can be inlined)."""
+    target = node.target
+    return (node.op == "call_function" and isinstance(target, torch._ops.OpOverload)
+            and target.overloadpacket in SOURCES)
+
+
+def inlinable(node: fx.Node) -> bool:
+    """True for a source op a kernel can compute in place of reading it."""
+    return is_source(node) and problem(node) is None
+
+
+def problem(node: fx.Node) -> Optional[str]:
+    """Why source ``node`` cannot be computed inside a kernel, or ``None`` when it can."""
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return "result is not a single tensor"
+    if node.kwargs.get("device") not in (None, value.device):
+        return "made on another device"
+    if node.target.overloadpacket is aten.arange:
+        start, step = _arange_args(node)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):
+            return "arange with non-integer start or step (its float rounding is eager's)"
+        if value.dtype.is_floating_point:
+            limit = _EXACT_FLOAT_ARANGE.get(value.dtype)
+            last = start + step * max(value.numel() - 1, 0)
+            if limit is None or max(abs(start), abs(last)) >= limit:
+                return f"arange of {value.dtype} past the exactly representable integers"
+        return None
+    fill = _FILL[node.target.overloadpacket](node)
+    if not isinstance(fill, (bool, int, float)):
+        return "fill value is not a Python number"
+    return None
+
+
+def fill_value(node: fx.Node) -> Any:
+    """The fill value of a fill op, converted to its dtype as eager converts it."""
+    dtype = node.meta["val"].dtype
+    return torch.full((), _FILL[node.target.overloadpacket](node), dtype=dtype).item()
+
+
+def _arange_args(node: fx.Node) -> tuple[Any, Any]:
+    """(start, step) of an ``arange`` call in any of its overloads."""
+    args = list(node.args)
+    if len(args) == 1:
+        return node.kwargs.get("start", 0), node.kwargs.get("step", 1)
+    start = args[0]
+    step = args[2] if len(args) > 2 else node.kwargs.get("step", 1)
+    return start, step
+
+
+def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
+    """Triton source for source ``node``'s value at element ``offset`` (an index
+    expression over the node's own contiguous layout), as ``tl_dtype``."""
+    if node.target.overloadpacket is aten.arange:
+        start, step = _arange_args(node)
+        if offset == "0":
+            return f"tl.full([1], {start}, {tl_dtype})"
+        value = f"({offset}).to(tl.int64)"
+        value = value if step == 1 else f"{value} * {step}"
+        value = value if start == 0 else f"({value} + {start})"
+        return f"{value}.to({tl_dtype})"
+    from .ops import literal
+
+    return f"tl.full([1], {literal(fill_value(node))}, {tl_dtype})"
+
+
+def aten_equivalent(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """A node of ``graph`` computing ``node``'s value without tensor arguments (for the
+    ATen fallback of a kernel that inlined ``node``)."""
+    value = node.meta["val"]
+    options = {"dtype": value.dtype, "device": value.device}
+    if node.target.overloadpacket is aten.arange:
+        start, step = _arange_args(node)
+        end = start + step * value.numel()
+        made = graph.call_function(aten.arange.start_step, (start, end, step), options)
+    else:
+        made = graph.call_function(aten.full.default, (list(value.shape), fill_value(node)),
+                                   options)
+    made.meta = dict(node.meta)
+    return made
