@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 aten = torch.ops.aten
 
@@ -76,7 +77,8 @@ def problem(node: fx.Node) -> Optional[str]:
 def fill_value(node: fx.Node) -> Any:
     """The fill value of a fill op, converted to its dtype as eager converts it."""
     dtype = node.meta["val"].dtype
-    return torch.full((), _FILL[node.target.overloadpacket](node), dtype=dtype).item()
+    with unset_fake_temporarily():  # the compiler may run under a fake-tensor mode
+        return torch.full((), _FILL[node.target.overloadpacket](node), dtype=dtype).item()
 
 
 def _arange_args(node: fx.Node) -> tuple[Any, Any]:

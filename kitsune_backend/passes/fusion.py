@@ -153,6 +153,7 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
             ctx.config.cache_dir,
             autotune=ctx.config.autotune,
             variant=lambda config, r=unit, i=inputs, o=outputs, n=name: generate(r, n, i, o, config),
+            device=outputs[0].meta["val"].device,
         )
         call = graph.create_node("call_function", kernel, tuple(env[a] for a in inputs), name=name)
         call.meta["kitsune_region"] = name
