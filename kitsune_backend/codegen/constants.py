@@ -47,8 +47,21 @@ def is_source(node: fx.Node) -> bool:
 
 
 def inlinable(node: fx.Node) -> bool:
-    """True for a source op a kernel can compute in place of reading it."""
-    return is_source(node) and problem(node) is None
+    """True for a source op a kernel can compute in place of reading it, or an identity
+    view (a reshape) of one."""
+    root = _root(node)
+    return root is not None and is_source(root) and problem(root) is None
+
+
+def _root(node: fx.Node) -> Optional[fx.Node]:
+    """The node an identity-view chain starting at ``node`` views."""
+    from .ops import is_identity_view  # ops imports this module
+
+    while node.op == "call_function" and is_identity_view(node):
+        if not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+    return node
 
 
 def problem(node: fx.Node) -> Optional[str]:
@@ -94,6 +107,7 @@ def _arange_args(node: fx.Node) -> tuple[Any, Any]:
 def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
     """Triton source for source ``node``'s value at element ``offset`` (an index
     expression over the node's own contiguous layout), as ``tl_dtype``."""
+    node = _root(node)  # a reshape keeps every element's flat position
     if node.target.overloadpacket is aten.arange:
         start, step = _arange_args(node)
         if offset == "0":
@@ -101,7 +115,7 @@ def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
         value = f"({offset}).to(tl.int64)"
         value = value if step == 1 else f"{value} * {step}"
         value = value if start == 0 else f"({value} + {start})"
-        return f"{value}.to({tl_dtype})"
+        return value if tl_dtype == "tl.int64" else f"{value}.to({tl_dtype})"
     from .ops import literal
 
     return f"tl.full([1], {literal(fill_value(node))}, {tl_dtype})"
@@ -112,12 +126,14 @@ def aten_equivalent(graph: fx.Graph, node: fx.Node) -> fx.Node:
     ATen fallback of a kernel that inlined ``node``)."""
     value = node.meta["val"]
     options = {"dtype": value.dtype, "device": value.device}
-    if node.target.overloadpacket is aten.arange:
-        start, step = _arange_args(node)
+    root = _root(node)
+    if root.target.overloadpacket is aten.arange:
+        start, step = _arange_args(root)
         end = start + step * value.numel()
         made = graph.call_function(aten.arange.start_step, (start, end, step), options)
+        made = graph.call_function(aten.view.default, (made, list(value.shape)))
     else:
-        made = graph.call_function(aten.full.default, (list(value.shape), fill_value(node)),
+        made = graph.call_function(aten.full.default, (list(value.shape), fill_value(root)),
                                    options)
     made.meta = dict(node.meta)
     return made

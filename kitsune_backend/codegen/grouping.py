@@ -74,8 +74,8 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
             segment += 1
         grouping.segment[node] = segment
         kind, why = ops.classify(node)
-        if kind == "source":  # computed inside each region that reads it
-            continue
+        if kind == "source" or (kind == "view" and constants.inlinable(node)):
+            continue  # computed inside each region that reads it
         if kind is None:
             if node.op == "call_function" and node.target is not operator.getitem:
                 apart.append((node, why))
@@ -236,8 +236,8 @@ def _reaches(grouping: Grouping, targets: set, starts, first_node: fx.Node) -> b
             seen.add(other.id)
             stack.extend(other.external)
         else:
-            if item in seen or index[item] < first:
-                continue
+            if item in seen or index[item] < first or constants.inlinable(item):
+                continue  # a kernel computes a source: its template is no input
             seen.add(item)
             stack.extend(item.all_input_nodes)
     return False
@@ -259,7 +259,9 @@ def schedule(grouping: Grouping, kept: list[Region], nodes: list[fx.Node]) -> li
             units.append(unit)
 
     def inputs(unit: object) -> set[fx.Node]:
-        return unit.external if isinstance(unit, Region) else set(unit.all_input_nodes)
+        if isinstance(unit, Region):
+            return {a for a in unit.external if not constants.inlinable(a)}
+        return set(unit.all_input_nodes)
 
     def first(unit: object) -> fx.Node:
         return unit.nodes[0] if isinstance(unit, Region) else unit

@@ -147,6 +147,14 @@ def _bitwise(expr: str, node: fx.Node) -> str:
     return f"{expr}.to({compute_dtype(node.meta['val'].dtype)})"
 
 
+def _bitwise_not(a: str, node: fx.Node) -> str:
+    dtype = node.meta["val"].dtype
+    if dtype == torch.bool:
+        return f"({a} == 0)"
+    ones = (1 << (8 * dtype.itemsize)) - 1 if dtype == torch.uint8 else -1  # all bits set
+    return _bitwise(f"({a} ^ {ones})", node)
+
+
 def _binary(symbol: str) -> Callable[[list[str], fx.Node], str]:
     return lambda a, n: f"({a[0]} {symbol} {a[1]})"
 
@@ -203,8 +211,7 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
     aten.bitwise_and: (lambda a, n: _bitwise(f"({a[0]} & {a[1]})", n), "result"),
     aten.bitwise_or: (lambda a, n: _bitwise(f"({a[0]} | {a[1]})", n), "result"),
     aten.bitwise_xor: (lambda a, n: _bitwise(f"({a[0]} ^ {a[1]})", n), "result"),
-    aten.bitwise_not: (lambda a, n: f"({a[0]} == 0)" if n.meta["val"].dtype == torch.bool
-                       else f"(~{a[0]})", "result"),
+    aten.bitwise_not: (lambda a, n: _bitwise_not(a[0], n), "result"),
     aten.where: (lambda a, n: f"tl.where({a[0]}, {a[1]}, {a[2]})", "result"),
     aten.masked_fill: (lambda a, n: f"tl.where({a[1]}, {a[2]}, {a[0]})", "result"),
     aten.clone: (lambda a, n: a[0], "result"),
@@ -233,11 +240,11 @@ IDENTITY_VIEWS = {
 
 def is_identity_view(node: fx.Node) -> bool:
     """A view that keeps every element where it is: the :data:`IDENTITY_VIEWS`, and an
-    ``expand`` to the shape its input already has."""
+    ``expand`` or ``slice`` that leaves its input's shape as it is."""
     op = packet(node)
     if op in IDENTITY_VIEWS:
         return True
-    if op is aten.expand and isinstance(node.args[0], fx.Node):
+    if op in (aten.expand, aten.slice) and isinstance(node.args[0], fx.Node):
         source = node.args[0].meta.get("val")
         value = node.meta.get("val")
         return (isinstance(source, torch.Tensor) and isinstance(value, torch.Tensor)

@@ -115,6 +115,17 @@ def _inlined(region: Region) -> list[fx.Node]:
     return [n for n in region.external if constants.inlinable(n)]
 
 
+def _computed_in_kernels(nodes: list[fx.Node], fused: set[fx.Node]) -> set[fx.Node]:
+    """Sources (and reshapes of them) read only by fused kernels, which compute them."""
+    dropped: set[fx.Node] = set()
+    for node in reversed(nodes):
+        if constants.inlinable(node) and node.users and all(
+            u in fused or u in dropped for u in node.users
+        ):
+            dropped.add(node)
+    return dropped
+
+
 def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.Graph:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -137,10 +148,10 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
     env: dict[fx.Node, fx.Node] = {}
     regions_state: dict[str, list[str]] = {}
     numbers = {id(u): i for i, u in enumerate(u for u in order if isinstance(u, Region))}
-    fused = {n for region in kept for n in region.nodes}
+    dropped = _computed_in_kernels(nodes, {n for region in kept for n in region.nodes})
     for unit in order:
         if not isinstance(unit, Region):
-            if not (constants.inlinable(unit) and unit.users and set(unit.users) <= fused):
+            if unit not in dropped:
                 env[unit] = graph.node_copy(unit, lambda a: env[a])
             continue
         inlined = _inlined(unit)
