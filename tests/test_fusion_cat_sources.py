@@ -1,6 +1,6 @@
 """Fewer kernels: ``cat`` inside regions, constants and ``arange`` computed in kernels,
 bitwise ops, regions that grow by broadcasting. Structure (how many kernels) and values
-against eager. The ``cuda`` parameters run the same checks on a GPU (``-m gpu``)."""
+against eager. ``tests/gpu/test_fusion2_gpu.py`` runs the ``device`` tests on CUDA."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 import kitsune_backend
 from kitsune_backend import models
-from tests.conftest import DEVICES
 from tests.helpers import assert_close
 from tests.test_fusion_ops import HALF_TYPES, check, rand
 
@@ -32,8 +31,7 @@ def branchy_inputs(device):
     return model, torch.randn(8, 64, device=device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_branchy_bias_adds_and_cat_are_one_kernel(device):
+def test_branchy_bias_adds_and_cat_are_one_kernel(device="cpu"):
     model, x = branchy_inputs(device)
     with torch.no_grad():
         compiled = torch.compile(model, backend="kitsune", options={"strict": True})
@@ -54,9 +52,8 @@ def test_branchy_trains_through_the_cat_kernel():
     assert any(k.name.startswith("kitsune_fused_add_cat") for k in session.forward.kernels)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dim", [0, 1, -1])
-def test_cat_of_pointwise_results_is_one_kernel(dim, device):
+def test_cat_of_pointwise_results_is_one_kernel(dim, device="cpu"):
     sizes = {0: ((3, 5, 7), (2, 5, 7)), 1: ((3, 5, 7), (3, 4, 7)), -1: ((3, 5, 7), (3, 5, 3))}
     a, b = (rand(*s, device=device) for s in sizes[dim])
     record = check(lambda x, y: torch.cat([x.exp() + 1, torch.relu(y) * 2], dim), a, b).forward
@@ -64,9 +61,8 @@ def test_cat_of_pointwise_results_is_one_kernel(dim, device):
     assert record.kernels[0].nodes[-1].startswith("cat")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_cat_mixed_with_loads_and_consumers(dtype, device):
+def test_cat_mixed_with_loads_and_consumers(dtype, device="cpu"):
     def fn(x, y, z):  # a cat of a computed value, a plain input and a nested cat, used twice
         c = torch.cat([torch.sigmoid(x), y, torch.cat([z, z * 3], 0)], 1)
         return torch.tanh(c) * 2, c + 1
@@ -77,27 +73,26 @@ def test_cat_mixed_with_loads_and_consumers(dtype, device):
     assert len(fused_calls(record)) == 1, fused_calls(record)
 
 
-def test_cat_value_also_stored_by_its_own_kernel():
+def test_cat_value_also_stored_by_its_own_kernel(device="cpu"):
     def fn(x, y):  # the parts are outputs too: each element is written once
         a, b = x * 2, y + 1
         return torch.cat([a, b], 0).exp(), a, b
 
-    record = check(fn, rand(3, 4), rand(5, 4)).forward
+    record = check(fn, rand(3, 4, device=device), rand(5, 4, device=device)).forward
     assert len(fused_calls(record)) == 1
 
 
-def test_cat_of_int_and_bool_values():
+def test_cat_of_int_and_bool_values(device="cpu"):
     def fn(i, j, m):
         return torch.cat([i * 2, j + 1], -1), torch.cat([m, i > 0], 0)
 
     i = torch.randint(-5, 5, (3, 4))
     j = torch.randint(-5, 5, (3, 2))
     m = torch.randn(2, 4) > 0
-    check(fn, i, j, m)
+    check(fn, i.to(device), j.to(device), m.to(device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_where_of_two_scalar_tensors_is_one_kernel(device):
+def test_where_of_two_scalar_tensors_is_one_kernel(device="cpu"):
     m = torch.randn(4, 5, device=device) > 0
     fn = lambda m: torch.where(m, torch.scalar_tensor(0.0, device=m.device),  # noqa: E731
                                torch.scalar_tensor(float("-inf"), device=m.device))
@@ -113,16 +108,14 @@ def causal_mask(x):
     return x.masked_fill(~mask, float("-inf"))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_causal_mask_into_masked_fill_is_one_kernel(dtype, device):
+def test_causal_mask_into_masked_fill_is_one_kernel(dtype, device="cpu"):
     record = check(causal_mask, rand(2, 7, 7, device=device, dtype=dtype)).forward
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_fill_ops_fold_into_consumers(dtype, device):
+def test_fill_ops_fold_into_consumers(dtype, device="cpu"):
     def fn(x):
         ones = torch.ones(x.shape, dtype=x.dtype, device=x.device)
         full = torch.full((x.shape[-1],), 0.3, dtype=x.dtype, device=x.device)
@@ -133,9 +126,8 @@ def test_fill_ops_fold_into_consumers(dtype, device):
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32])
-def test_arange_values(dtype, device):
+def test_arange_values(dtype, device="cpu"):
     def fn(x):
         a = torch.arange(3, 3 + 2 * x.shape[-1], 2, dtype=dtype, device=x.device)
         b = torch.arange(x.shape[0], dtype=dtype, device=x.device)
@@ -145,9 +137,8 @@ def test_arange_values(dtype, device):
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.int32, torch.uint8])
-def test_bitwise_and_logical_ops(dtype, device):
+def test_bitwise_and_logical_ops(dtype, device="cpu"):
     def fn(a, b):
         if dtype == torch.bool:
             bits = (a & b) | (~a ^ b)
@@ -163,12 +154,12 @@ def test_bitwise_and_logical_ops(dtype, device):
     check(fn, a.to(device), b.to(device))
 
 
-def test_region_grows_to_a_broadcast_shape():
+def test_region_grows_to_a_broadcast_shape(device="cpu"):
     def fn(x, y):  # a (3,5) and a (4,) region meet in a (3,4,5) product; a is also returned
         a = x.exp() + 1
         return a[:, None, :] * (y * 2)[None, :, None] + 1, a
 
-    record = check(fn, rand(3, 5), rand(4)).forward
+    record = check(fn, rand(3, 5, device=device), rand(4, device=device)).forward
     assert len(fused_calls(record)) == 1, record.declines
 
 
@@ -183,7 +174,7 @@ def test_growth_declined_when_a_region_value_does_not_feed_it():
     assert any("does not feed it" in r for r in reasons), reasons
 
 
-def test_gpt2_style_mask_kernels():
+def test_gpt2_style_mask_kernels(device="cpu"):
     """GPT-2's mask: arange + 0, unsqueezes, le, new_ones & le, where of two scalar
     tensors: one kernel for the mask (the arange, new_ones and scalar tensors launch nothing)."""
     def fn(x):
@@ -195,6 +186,6 @@ def test_gpt2_style_mask_kernels():
                            torch.scalar_tensor(float("-inf"), device=x.device))
         return x + bias
 
-    record = check(fn, rand(1, 2, 6, 6)).forward
+    record = check(fn, rand(1, 2, 6, 6, device=device)).forward
     assert aten_calls(record) == [], aten_calls(record)
     assert len(fused_calls(record)) == 1, [k.nodes for k in record.kernels]
