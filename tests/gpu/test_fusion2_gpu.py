@@ -80,12 +80,7 @@ def test_default_branchy_launches_one_kernel_per_head_and_one_for_the_cat():
         compiled = torch.compile(model, backend="kitsune", options={"strict": True})
         for _ in range(3):  # warm-up and capture
             compiled(x)
-        saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:  # full fp32 matmuls on both sides: they differ only by fusion
-            assert_close(compiled(x), model(x))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
+        assert_close(compiled(x), model(x))
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             compiled(x)
