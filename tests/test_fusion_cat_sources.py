@@ -189,3 +189,35 @@ def test_gpt2_style_mask_kernels(device="cpu"):
     record = check(fn, rand(1, 2, 6, 6, device=device)).forward
     assert aten_calls(record) == [], aten_calls(record)
     assert len(fused_calls(record)) == 1, [k.nodes for k in record.kernels]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64])
+def test_gather_by_broadcast_index_tensors(dtype, device="cpu"):
+    def fn(x, i, j):  # i: (5, 1), j: (1, 4) -> a (5, 4) gather, negative indices included
+        return x[i + 0, j * 1] * 2, x[i, -1 - j] + x[j, i]
+
+    x = (rand(6, 7, device=device) * 10).to(dtype)
+    i = torch.randint(-6, 6, (5, 1), device=device)
+    j = torch.randint(0, 6, (1, 4), device=device)
+    record = check(fn, x, i, j).forward
+    assert aten_calls(record) == [], aten_calls(record)
+
+
+def test_gpt2_mask_with_positions_is_one_kernel(device="cpu"):
+    """GPT-2's mask also compares positions gathered from a cumsum: with the gathers
+    inside the region, the mask is one kernel besides the cumsum."""
+    def fn(x, ids):
+        n = x.shape[-1]
+        pos = (ids != 0).cumsum(-1)
+        b = torch.arange(1, device=x.device)[:, None, None, None]
+        i = (torch.arange(n, device=x.device) + 0)[None, None, :, None]
+        j = (torch.arange(n, device=x.device) + 0)[None, None, None, :]
+        mask = (j <= i) & (pos[b, i] == pos[b, j])
+        bias = torch.where(mask, torch.scalar_tensor(0.0, device=x.device),
+                           torch.scalar_tensor(float("-inf"), device=x.device))
+        return x + bias
+
+    ids = torch.randint(0, 3, (1, 8), device=device)
+    record = check(fn, rand(1, 2, 8, 8, device=device), ids).forward
+    assert len(fused_calls(record)) <= 2, [k.nodes for k in record.kernels]
+    assert [str(t) for t in aten_calls(record) if "index" in str(t)] == []

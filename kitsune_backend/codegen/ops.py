@@ -1,8 +1,9 @@
 """Which ATen ops kitsune fuses, and the Triton expression each one lowers to.
 
 Five families: pointwise ops (one output element from the same element of each input),
-``cat`` (each output element from one element of one input; see
-:mod:`kitsune_backend.codegen.spaces`), constant and index sources computed in place
+``cat`` and gathers (``index`` by integer tensors; each output element from one element
+of one input, see :mod:`kitsune_backend.codegen.spaces`), constant and index sources
+computed in place
 (:mod:`kitsune_backend.codegen.constants`),
 reductions (``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the
 fusion pass already decomposed into these, see :mod:`kitsune_backend.decompositions`) and
@@ -279,6 +280,8 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return _check_reduction(node)
     if op is aten.cat:
         return _check_cat(node)
+    if op is aten.index:
+        return _check_gather(node)
     if op in constants.SOURCES:
         why = constants.problem(node)
         return (None, f"{name}: {why}") if why else ("source", "")
@@ -316,6 +319,19 @@ def _check_cat(node: fx.Node) -> tuple[Optional[str], str]:
             return None, f"cat input {part.name} has another rank (a legacy empty tensor)"
         if part_value.numel() == 0:
             return None, f"cat input {part.name} is empty"
+    return "pointwise", ""
+
+
+def _check_gather(node: fx.Node) -> tuple[Optional[str], str]:
+    base, indices = node.args[0], node.args[1]
+    value = base.meta.get("val") if isinstance(base, fx.Node) else None
+    if not isinstance(value, torch.Tensor) or not isinstance(node.meta.get("val"), torch.Tensor):
+        return None, "index of something other than a tensor"
+    if len(indices) != value.dim() or not all(isinstance(i, fx.Node) for i in indices):
+        return None, "index that leaves dims unindexed (only full gathers are fused)"
+    for index in indices:
+        if index.meta["val"].dtype not in (torch.int64, torch.int32):
+            return None, f"index by a {index.meta['val'].dtype} tensor (a mask: data-dependent shape)"
     return "pointwise", ""
 
 

@@ -99,8 +99,8 @@ class Region:
             if kind == "reduction":
                 return self._why_not_first_reduction(node)
             return self._why_not_pointwise(node, merging)
-        if ops.packet(node) is ops.aten.cat:
-            return "cat inside a reduction kernel", ""
+        if ops.packet(node) in (ops.aten.cat, ops.aten.index):
+            return f"{ops.packet(node).__name__} inside a reduction kernel", ""
         if kind == "reduction":
             source = node.args[0]
             if self.context.get(source, "full") != "full":
@@ -123,6 +123,8 @@ class Region:
         return f"shape {list(shape)} fits neither the region's rows nor its full shape", ""
 
     def _why_not_pointwise(self, node: fx.Node, merging: bool) -> tuple[Optional[str], str]:
+        if ops.packet(node) is ops.aten.index and node.args[0] in self.context:
+            return "gathers from a value of the region (a kernel gathers from its inputs)", ""
         numel = node.meta["val"].numel()
         if numel == self.numel:
             return None, "full"
@@ -144,15 +146,19 @@ class Region:
         return [n for n in self.nodes if not any(u in self.context for u in n.users)]
 
     def orphans(self) -> list[fx.Node]:
-        """``sub`` nodes no node of the region reads: nothing says where to compute them."""
-        return [n for n in self.sinks() if self.context[n] == "sub"]
+        """``sub`` nodes no node of the region reads: nothing says where to compute them;
+        and gathers whose source a merge brought into the region."""
+        return [n for n in self.sinks() if self.context[n] == "sub"] + [
+            n for n in self.nodes if ops.packet(n) is ops.aten.index and n.args[0] in self.context
+        ]
 
     def _why_not_first_reduction(self, node: fx.Node) -> tuple[Optional[str], str]:
         source = node.args[0]
         if source not in self.context:
             return "reduces a value from outside the region", ""
-        if any(self.context[n] == "sub" or ops.packet(n) is ops.aten.cat for n in self.nodes):
-            return "the region holds a cat or values of other sizes", ""
+        if any(self.context[n] == "sub" or ops.packet(n) in (ops.aten.cat, ops.aten.index)
+               for n in self.nodes):
+            return "the region holds a cat, a gather or values of other sizes", ""
         shape = shape_of(source)
         if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
             return "reduces only size-1 dims (a copy)", ""

@@ -14,7 +14,6 @@ checks the tensors it receives against them.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable
 
 import torch
@@ -22,9 +21,11 @@ import torch.fx as fx
 
 from . import constants, ops
 from .heuristics import LaunchConfig
-from .indexing import broadcast_strides, collapse, max_offset, offset_expr, split_dims
+from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, split_dims,
+                       strip_leading, uses)
+from .pointwise import PointwiseBody
 from .region import Region, shape_of, strip_leading_ones
-from .spaces import Space, Spaces, contiguous_strides, plan
+from .spaces import Spaces, contiguous_strides, plan
 
 INT32_LIMIT = 2**31 - 1
 
@@ -103,11 +104,7 @@ def generate(
                         tuple(n.name for n in region.nodes), columns)
 
 
-def _uses(expr: str, var: str) -> bool:
-    return re.search(rf"\b{var}\b", expr) is not None
-
-
-class _Writer:
+class _Writer(PointwiseBody):
     """Writes the kernel body line by line; one instance per kernel."""
 
     def __init__(self, region: Region, inputs: list[fx.Node], outputs: list[fx.Node],
@@ -237,83 +234,6 @@ class _Writer:
                 args.append("None")
         return ops.lower_pointwise(node, args)
 
-    # -- pointwise kernels: values per index space (see spaces.py) --------------------------
-    def emit_at(self, node: fx.Node, space: Space) -> None:
-        """Define ``node``'s value in ``space`` (its operands' values are defined already)."""
-        if ops.is_identity_view(node):
-            self.values[(node, space.key)] = self.value_at(node.args[0], node, space)
-            return
-        if ops.packet(node) is ops.aten.cat:
-            expr = self.cat_expr(node, space)
-        else:
-            expr = self.lower(node, lambda a: self.value_at(a, node, space))
-        var = self.fresh("v")
-        self.line(f"{var} = {expr}  # {node.name}")
-        self.values[(node, space.key)] = var
-
-    def value_at(self, arg: fx.Node, consumer: fx.Node, space: Space) -> str:
-        """Operand ``arg`` of ``consumer`` (computed in ``space``): a value or a load."""
-        if arg in self.region.context:
-            (inner,) = self.spaces.operand(space, consumer, arg)
-            return self.values[(arg, inner.key)]
-        return self.load_at(arg, space, shape_of(consumer))
-
-    def cat_expr(self, node: fx.Node, space: Space) -> str:
-        """A ``tl.where`` chain picking, per lane, the cat part its position falls in."""
-        want = ops.compute_dtype(node.meta["val"].dtype)
-        dim = ops.cat_dim(node)
-        position = self.spaces.position(space, node, dim)
-        parts, ends, end = [], [], 0
-        for k, part in enumerate(node.args[0]):
-            inner = self.spaces.cat_part(space, node, k)
-            if part in self.region.context:
-                value = self.values[(part, inner.key)]
-            else:
-                value = self.load_at(part, inner, shape_of(part))
-            if ops.compute_dtype(part.meta["val"].dtype) != want:
-                value = f"{value}.to({want})"
-            end += shape_of(part)[dim]
-            parts.append(value)
-            ends.append(end)
-        expr = parts[-1]
-        for value, end in zip(reversed(parts[:-1]), reversed(ends[:-1])):
-            expr = f"tl.where({position} < {end}, {value}, {expr})"
-        return expr
-
-    def load_at(self, arg: fx.Node, space: Space, target: tuple[int, ...]) -> str:
-        """Kernel input (or inlined source) ``arg`` broadcast to ``target``, in ``space``."""
-        key = ("load", arg, space.key, target)
-        if key in self.values:
-            return self.values[key]
-        if arg not in self.inputs:
-            strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
-            offset = offset_expr(space.index, collapse(target, strides))
-            value = constants.expression(arg, offset, ops.compute_dtype(arg.meta["val"].dtype))
-        else:
-            spec = TensorSpec.of(arg)
-            strides = broadcast_strides(*_strip(spec.shape, spec.stride), target)
-            offset = offset_expr(space.index, collapse(target, strides))
-            mask = f", mask={space.mask}" if space.mask and _uses(offset, space.index) else ""
-            value = f"tl.load(in{self.inputs[arg]} + ({offset}){mask})"
-            if ops.TL_DTYPES[spec.dtype] != ops.compute_dtype(spec.dtype):
-                value += f".to({ops.compute_dtype(spec.dtype)})"
-        var = self.fresh("x")
-        self.line(f"{var} = {value}  # {arg.name}")
-        self.values[key] = var
-        return var
-
-    def store_at(self, index: int, node: fx.Node, space: Space) -> None:
-        """Write output ``index`` (``node``'s value in ``space``) from the lanes owning it."""
-        spec = TensorSpec.of(node)
-        strides = broadcast_strides(*_strip(spec.shape, spec.stride), spec.shape)
-        offset = offset_expr(space.index, collapse(spec.shape, strides))
-        if not _uses(offset, space.index):
-            offset = f"{offset} + {space.index} * 0"
-        mask = f", mask={space.unique}" if space.unique else ""
-        value = self.values[(node, space.key)]
-        dtype = ops.TL_DTYPES[spec.dtype]
-        self.line(f"tl.store(out{index} + ({offset}), {value}.to({dtype}){mask})  # {node.name}")
-
     def operand(self, arg: fx.Node, consumer: fx.Node, scope: dict) -> str:
         """An operand of ``consumer``: an in-region value or a load of a kernel input."""
         if arg in self.region.context:
@@ -341,7 +261,7 @@ class _Writer:
             scope[key] = var
             return var
         spec = TensorSpec.of(arg)
-        sizes, strides = _strip(spec.shape, spec.stride)
+        sizes, strides = strip_leading(spec.shape, spec.stride)
         strides = broadcast_strides(sizes, strides, target)
         offset = self.offset(context, target, strides)
         mask = self.mask_for(offset)
@@ -369,10 +289,10 @@ class _Writer:
 
     def mask_for(self, offset: str) -> str:
         """The mask matching the index variables an offset uses ('' when none is needed)."""
-        if _uses(offset, "xindex"):
+        if uses(offset, "xindex"):
             return "xmask" if self.xmask else ""
-        rows = _uses(offset, "rows") and self.xmask
-        cols = _uses(offset, "k") and self.rmask
+        rows = uses(offset, "rows") and self.xmask
+        cols = uses(offset, "k") and self.rmask
         if rows and cols:
             return "fmask"
         return "xmask" if rows else ("rmask" if cols else "")
@@ -457,28 +377,21 @@ class _Writer:
         spec = TensorSpec.of(node)
         value = self.lookup(node, scope)
         if self.region.kind == "pointwise":
-            strides = broadcast_strides(*_strip(spec.shape, spec.stride), spec.shape)
+            strides = broadcast_strides(*strip_leading(spec.shape, spec.stride), spec.shape)
             offset = self.offset("flat", spec.shape, strides)
             needed = ["xindex"]
         elif self.region.context[node] == "row":
             offset = self.offset("row", spec.shape, list(spec.stride))
             needed = ["rows"]
         else:
-            sizes, strides = _strip(spec.shape, spec.stride)
+            sizes, strides = strip_leading(spec.shape, spec.stride)
             offset = self.offset("full", self.region.shape,
                                  broadcast_strides(sizes, strides, self.region.shape))
             needed = ["rows", "k"]
         for var in needed:
-            if not _uses(offset, var):
+            if not uses(offset, var):
                 offset = f"({offset} + {var} * 0)"
         mask = self.mask_for(offset)
         mask_arg = f", mask={mask}" if mask else ""
         dtype = ops.TL_DTYPES[spec.dtype]
         self.line(f"tl.store(out{index} + {offset}, {value}.to({dtype}){mask_arg})  # {node.name}")
-
-
-def _strip(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shape and strides without leading size-1 dims (they do not move any element)."""
-    kept = strip_leading_ones(tuple(shape))
-    drop = len(shape) - len(kept)
-    return kept, tuple(stride[drop:])
