@@ -91,3 +91,12 @@ def test_default_branchy_launches_one_kernel_per_head_and_one_for_the_cat():
     assert not any("CatArrayBatchedCopy" in n or "CUDAFunctor_add" in n for n in names), names
     record = kitsune_backend.last_compile().forward
     assert sum(k.name.startswith("kitsune_fused_add_cat") for k in record.kernels) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64])
+def test_gather_cuda(dtype):
+    cases.test_gather_by_broadcast_index_tensors(dtype, "cuda")
+
+
+def test_gpt2_mask_with_positions_cuda():
+    cases.test_gpt2_mask_with_positions_is_one_kernel("cuda")
