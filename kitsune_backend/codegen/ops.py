@@ -1,12 +1,11 @@
 """Which ATen ops kitsune fuses, and the Triton expression each one lowers to.
 
-Five families: pointwise ops (one output element from the same element of each input),
-``cat`` and gathers (``index`` by integer tensors; each output element from one element
-of one input, see :mod:`kitsune_backend.codegen.spaces`), constant and index sources
-computed in place
-(:mod:`kitsune_backend.codegen.constants`),
-reductions (``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the
-fusion pass already decomposed into these, see :mod:`kitsune_backend.decompositions`) and
+Five families: pointwise ops (one output element from the same element of each input);
+``cat`` and gathers (``index`` by integer tensors: each output element from one element
+of one input, see :mod:`kitsune_backend.codegen.spaces`); constant and index sources,
+computed in place (:mod:`kitsune_backend.codegen.constants`); reductions
+(``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the fusion
+pass already decomposed into these, see :mod:`kitsune_backend.decompositions`); and
 identity views (reshapes that keep the logical element order, folded into index math).
 
 Every value inside a kernel lives in a *compute dtype*: float16/bfloat16/float32 compute in
@@ -262,7 +261,8 @@ def packet(node: fx.Node) -> Optional[Any]:
 
 
 def classify(node: fx.Node) -> tuple[Optional[str], str]:
-    """``("pointwise"|"reduction"|"view", "")`` for a fusable node, else ``(None, why not)``."""
+    """``("pointwise"|"reduction"|"view"|"source", "")`` for a fusable node (cats and
+    gathers count as pointwise), else ``(None, why not)``."""
     if node.op != "call_function":
         return None, f"{node.op} node"
     op = packet(node)
