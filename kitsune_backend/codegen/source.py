@@ -1,6 +1,7 @@
 """Triton source for one fusion region: the kernel text and what its launch needs.
 
-A pointwise kernel walks one flat index ``xindex``; a reduction kernel walks ``rows`` (one
+A pointwise kernel walks one flat index ``xindex`` and computes each value in its index
+spaces (:mod:`kitsune_backend.codegen.pointwise`); a reduction kernel walks ``rows`` (one
 per kept position, ``XBLOCK`` rows per program) and columns ``k`` (``RBLOCK`` at a time).
 When a whole row fits in one block, every value is computed once and kept in registers
 (one pass over the input); otherwise each reduction gets its own loop over the row and a
@@ -24,7 +25,7 @@ from .heuristics import LaunchConfig
 from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, split_dims,
                        strip_leading, uses)
 from .pointwise import PointwiseBody
-from .region import Region, shape_of, strip_leading_ones
+from .region import Region, shape_of
 from .spaces import Spaces, contiguous_strides, plan
 
 INT32_LIMIT = 2**31 - 1
@@ -192,7 +193,8 @@ class _Writer(PointwiseBody):
         return scope[node] if node in scope else self.top[node]
 
     def emit(self, node: fx.Node, scope: dict) -> None:
-        """Define ``node``'s value in ``scope`` (its in-region inputs are defined already)."""
+        """Define ``node``'s value in ``scope`` of a reduction kernel (its in-region inputs
+        are defined already; pointwise kernels: :meth:`PointwiseBody.emit_at`)."""
         if node in scope or node in self.top:
             return
         if ops.is_identity_view(node):
@@ -238,10 +240,7 @@ class _Writer(PointwiseBody):
         """An operand of ``consumer``: an in-region value or a load of a kernel input."""
         if arg in self.region.context:
             return self.lookup(arg, scope)
-        if self.region.kind == "pointwise":
-            context = "flat"
-        else:
-            context = self.region.context[consumer]
+        context = self.region.context[consumer]
         return self.load(arg, context, shape_of(consumer), scope if context == "full" else self.top)
 
     def load(self, arg: fx.Node, context: str, target: tuple[int, ...], scope: dict) -> str:
@@ -278,8 +277,6 @@ class _Writer(PointwiseBody):
 
     def offset(self, context: str, shape: tuple[int, ...], strides: list[int]) -> str:
         """The offset expression of an element in ``context`` for a tensor of ``strides``."""
-        if context == "flat":
-            return f"({offset_expr('xindex', collapse(shape, strides))})"
         if context == "row":
             return f"({offset_expr('rows', collapse(shape, strides))})"
         kept, red = split_dims(self.region.shape, strides, self.region.reduced)
@@ -289,8 +286,6 @@ class _Writer(PointwiseBody):
 
     def mask_for(self, offset: str) -> str:
         """The mask matching the index variables an offset uses ('' when none is needed)."""
-        if uses(offset, "xindex"):
-            return "xmask" if self.xmask else ""
         rows = uses(offset, "rows") and self.xmask
         cols = uses(offset, "k") and self.rmask
         if rows and cols:
@@ -373,14 +368,11 @@ class _Writer(PointwiseBody):
         self.top[node] = var
 
     def store(self, index: int, node: fx.Node, scope: dict) -> None:
-        """Write output ``index`` (``node``'s value) with its metadata strides."""
+        """Write output ``index`` (``node``'s value) of a reduction kernel with its
+        metadata strides (pointwise kernels: :meth:`PointwiseBody.store_at`)."""
         spec = TensorSpec.of(node)
         value = self.lookup(node, scope)
-        if self.region.kind == "pointwise":
-            strides = broadcast_strides(*strip_leading(spec.shape, spec.stride), spec.shape)
-            offset = self.offset("flat", spec.shape, strides)
-            needed = ["xindex"]
-        elif self.region.context[node] == "row":
+        if self.region.context[node] == "row":
             offset = self.offset("row", spec.shape, list(spec.stride))
             needed = ["rows"]
         else:
