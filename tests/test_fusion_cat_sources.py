@@ -221,3 +221,10 @@ def test_gpt2_mask_with_positions_is_one_kernel(device="cpu"):
     record = check(fn, rand(1, 2, 8, 8, device=device), ids).forward
     assert len(fused_calls(record)) <= 2, [k.nodes for k in record.kernels]
     assert [str(t) for t in aten_calls(record) if "index" in str(t)] == []
+
+
+def test_gather_from_a_single_element(device="cpu"):
+    def fn(x, i):
+        return x[i, i * 0] + 1  # x is (1, 1): every lane reads element 0
+
+    check(fn, rand(1, 1, device=device), torch.zeros(5, 3, dtype=torch.int64, device=device))

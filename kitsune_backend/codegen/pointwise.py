@@ -123,7 +123,7 @@ class PointwiseBody:
             bounds.append(f"({wrapped} >= 0) & ({wrapped} < {size})")
             if spec.stride[dim] != 0 and size != 1:
                 terms.append(f"{wrapped} * {spec.stride[dim]}")
-        offset = " + ".join(terms) or "0"
+        offset = " + ".join(terms) or f"{space.index} * 0"  # a block, like the mask
         mask = " & ".join(bounds)
         value = f"tl.load(in{self.inputs[base]} + ({offset}), mask={mask})"
         if ops.TL_DTYPES[spec.dtype] != ops.compute_dtype(spec.dtype):

@@ -100,3 +100,7 @@ def test_gather_cuda(dtype):
 
 def test_gpt2_mask_with_positions_cuda():
     cases.test_gpt2_mask_with_positions_is_one_kernel("cuda")
+
+
+def test_gather_from_a_single_element_cuda():
+    cases.test_gather_from_a_single_element("cuda")
