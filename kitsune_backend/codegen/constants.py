@@ -77,8 +77,10 @@ def problem(node: fx.Node) -> Optional[str]:
             return "arange with non-integer start or step (its float rounding is eager's)"
         if value.dtype.is_floating_point:
             limit = _EXACT_FLOAT_ARANGE.get(value.dtype)
+            if limit is None:
+                return f"arange of {value.dtype} (kernels compute integer, fp32 and fp64 ones)"
             last = start + step * max(value.numel() - 1, 0)
-            if limit is None or max(abs(start), abs(last)) >= limit:
+            if max(abs(start), abs(last)) >= limit:
                 return f"arange of {value.dtype} past the exactly representable integers"
         return None
     fill = _FILL[node.target.overloadpacket](node)
