@@ -228,3 +228,11 @@ def test_gather_from_a_single_element(device="cpu"):
         return x[i, i * 0] + 1  # x is (1, 1): every lane reads element 0
 
     check(fn, rand(1, 1, device=device), torch.zeros(5, 3, dtype=torch.int64, device=device))
+
+
+def test_half_arange_is_declined_with_a_reason():
+    def fn(x):
+        return (x + torch.arange(x.shape[-1], dtype=torch.float16)) * 2
+
+    record = check(fn, rand(3, 5, dtype=torch.float16)).forward
+    assert any("kernels compute integer" in d.reason for d in record.declines), record.declines
