@@ -3,10 +3,12 @@
 One walk over the graph in order. Constant and index sources join no region: every region
 that reads one computes it (:mod:`kitsune_backend.codegen.constants`). A fusable node
 (pointwise, cat, gather, reduction, identity view) joins the region of one of its inputs
-(reduction regions first, then the newest) when the region's shape rule allows it (:meth:`Region.why_not`), no in-place or random op lies
-between them, and the join makes no cycle between regions; otherwise a pointwise or
-reduction node starts a new region. Other regions feeding the joined node are then merged
-in when all their nodes fit (:func:`_absorb`). Every refusal is kept as a reason. The walk is deterministic (graph order only).
+(reduction regions first, then the newest) when the region's shape rule allows it
+(:meth:`Region.why_not`), no in-place or random op lies between them, and the join makes
+no cycle between regions; otherwise a pointwise or reduction node starts a new region.
+Other regions feeding the joined node are then merged in when all their nodes fit
+(:func:`_absorb`; a pointwise region's smaller values then feed a cat or a broadcasting op
+of it). Every refusal is kept as a reason. The walk is deterministic (graph order only).
 
 Cycle check: joining node ``n`` to region ``G`` adds edges from ``n``'s outside inputs into
 ``G``; that closes a cycle exactly when one of those inputs depends on ``G``, looking
