@@ -236,3 +236,13 @@ def test_half_arange_is_declined_with_a_reason():
 
     record = check(fn, rand(3, 5, dtype=torch.float16)).forward
     assert any("kernels compute integer" in d.reason for d in record.declines), record.declines
+
+
+def test_views_of_fills_are_computed_in_place(device="cpu"):
+    def fn(x):
+        full = torch.full((5, 1), 2.0, device=x.device).expand(5, 4).t()  # any view of a fill
+        steps = torch.arange(20, device=x.device).view(4, 5)  # a reshape of an arange
+        return x * full + steps
+
+    record = check(fn, rand(4, 5, device=device)).forward
+    assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)

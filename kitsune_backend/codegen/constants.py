@@ -47,21 +47,27 @@ def is_source(node: fx.Node) -> bool:
 
 
 def inlinable(node: fx.Node) -> bool:
-    """True for a source op a kernel can compute in place of reading it, or an identity
-    view (a reshape) of one."""
-    root = _root(node)
-    return root is not None and is_source(root) and problem(root) is None
+    """True for a source op a kernel can compute in place of reading it, a reshape of one,
+    or any view of a fill (every element of it holds the same value)."""
+    root, reordered = _root(node)
+    if root is None or not is_source(root) or problem(root) is not None:
+        return False
+    return not reordered or root.target.overloadpacket is not aten.arange
 
 
-def _root(node: fx.Node) -> Optional[fx.Node]:
-    """The node an identity-view chain starting at ``node`` views."""
+def _root(node: fx.Node) -> tuple[Optional[fx.Node], bool]:
+    """The node a view chain starting at ``node`` views, and whether a view that moves
+    elements (not a reshape) lies on the way."""
+    from ..graph_utils import is_view
     from .ops import is_identity_view  # ops imports this module
 
-    while node.op == "call_function" and is_identity_view(node):
-        if not isinstance(node.args[0], fx.Node):
-            return None
+    reordered = False
+    while node.op == "call_function" and (is_identity_view(node) or is_view(node)):
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None, reordered
+        reordered = reordered or not is_identity_view(node)
         node = node.args[0]
-    return node
+    return node, reordered
 
 
 def problem(node: fx.Node) -> Optional[str]:
@@ -109,7 +115,7 @@ def _arange_args(node: fx.Node) -> tuple[Any, Any]:
 def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
     """Triton source for source ``node``'s value at element ``offset`` (an index
     expression over the node's own contiguous layout), as ``tl_dtype``."""
-    node = _root(node)  # a reshape keeps every element's flat position
+    node, _ = _root(node)  # a reshape keeps every element's flat position; a fill is one value
     if node.target.overloadpacket is aten.arange:
         start, step = _arange_args(node)
         if offset == "0":
@@ -128,7 +134,7 @@ def aten_equivalent(graph: fx.Graph, node: fx.Node) -> fx.Node:
     ATen fallback of a kernel that inlined ``node``)."""
     value = node.meta["val"]
     options = {"dtype": value.dtype, "device": value.device}
-    root = _root(node)
+    root, _ = _root(node)
     if root.target.overloadpacket is aten.arange:
         start, step = _arange_args(root)
         end = start + step * value.numel()

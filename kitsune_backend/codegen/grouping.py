@@ -75,9 +75,9 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
         if is_barrier(node):
             segment += 1
         grouping.segment[node] = segment
+        if constants.inlinable(node):
+            continue  # a source (or a view of one): computed inside each region reading it
         kind, why = ops.classify(node)
-        if kind == "source" or (kind == "view" and constants.inlinable(node)):
-            continue  # computed inside each region that reads it
         if kind is None:
             if node.op == "call_function" and node.target is not operator.getitem:
                 apart.append((node, why))

@@ -104,3 +104,7 @@ def test_gpt2_mask_with_positions_cuda():
 
 def test_gather_from_a_single_element_cuda():
     cases.test_gather_from_a_single_element("cuda")
+
+
+def test_views_of_fills_cuda():
+    cases.test_views_of_fills_are_computed_in_place("cuda")
