@@ -246,3 +246,12 @@ def test_views_of_fills_are_computed_in_place(device="cpu"):
 
     record = check(fn, rand(4, 5, device=device)).forward
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
+
+
+def test_gather_from_a_computed_source(device="cpu"):
+    def fn(x, i):
+        steps = torch.arange(3, 3 + 2 * 12, 2, device=x.device).view(3, 4)
+        return x + steps[i, -1 - i], torch.ones(3, 4, device=x.device)[i, i] * x
+
+    record = check(fn, rand(5, device=device), torch.randint(0, 3, (5,), device=device)).forward
+    assert aten_calls(record) == [], aten_calls(record)

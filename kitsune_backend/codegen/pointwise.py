@@ -113,6 +113,9 @@ class PointwiseBody:
         Out-of-range indices (an error in eager) read nothing: those lanes are masked."""
         base = node.args[0]
         spec = _spec(base)
+        computed = base not in self.inputs  # an inlined source: its own contiguous layout
+        if computed:
+            spec.stride = tuple(contiguous_strides(spec.shape))
         terms, bounds = [], [space.mask] if space.mask else []
         for dim, index in enumerate(node.args[1]):
             value = self.value_at(index, node, space)
@@ -124,6 +127,8 @@ class PointwiseBody:
             if spec.stride[dim] != 0 and size != 1:
                 terms.append(f"{wrapped} * {spec.stride[dim]}")
         offset = " + ".join(terms) or f"{space.index} * 0"  # a block, like the mask
+        if computed:
+            return constants.expression(base, offset, ops.compute_dtype(spec.dtype))
         mask = " & ".join(bounds)
         value = f"tl.load(in{self.inputs[base]} + ({offset}), mask={mask})"
         if ops.TL_DTYPES[spec.dtype] != ops.compute_dtype(spec.dtype):

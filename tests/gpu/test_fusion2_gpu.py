@@ -108,3 +108,7 @@ def test_gather_from_a_single_element_cuda():
 
 def test_views_of_fills_cuda():
     cases.test_views_of_fills_are_computed_in_place("cuda")
+
+
+def test_gather_from_a_computed_source_cuda():
+    cases.test_gather_from_a_computed_source("cuda")
