@@ -1,4 +1,5 @@
-"""Hypothesis-generated pointwise/reduction graphs, compiled with kitsune, against eager."""
+"""Hypothesis-generated pointwise/reduction graphs (with cats, constants and aranges),
+compiled with kitsune, against eager."""
 
 from __future__ import annotations
 
@@ -9,10 +10,22 @@ from hypothesis import given, settings
 from tests.helpers import assert_close
 import kitsune_backend
 
+def cat_mix(a, b, dim):
+    """Concatenate two values along ``dim`` and combine the halves again (same shape out)."""
+    a, b = torch.broadcast_tensors(a, b)
+    dim = dim % a.dim()
+    c = torch.cat([a * 1.5, b], dim)
+    n = a.shape[dim]
+    return c.narrow(dim, 0, n) - c.narrow(dim, n, n)
+
+
 UNARY = [torch.exp, torch.sigmoid, torch.tanh, torch.relu, torch.neg, torch.abs,
-         lambda t: t * 0.5 + 1, lambda t: torch.nn.functional.gelu(t), torch.erf]
+         lambda t: t * 0.5 + 1, lambda t: torch.nn.functional.gelu(t), torch.erf,
+         lambda t: torch.where(t > 0, torch.scalar_tensor(0.5), torch.full_like(t, -1.0)),
+         lambda t: t + torch.arange(t.shape[-1], dtype=torch.float32) * 0.25]
 BINARY = [torch.add, torch.sub, torch.mul, torch.maximum, torch.minimum,
-          lambda a, b: torch.where(a > b, a, b * 2)]
+          lambda a, b: torch.where(a > b, a, b * 2),
+          lambda a, b: cat_mix(a, b, -1), lambda a, b: cat_mix(a, b, 0)]
 REDUCE = [lambda t: t.sum(-1, keepdim=True), lambda t: t.amax(-1, keepdim=True),
           lambda t: t.mean(0, keepdim=True), lambda t: t.amin(-1, keepdim=True),
           lambda t: torch.softmax(t, -1)]

@@ -39,7 +39,7 @@ def tune(kernel: Any, args: Sequence[torch.Tensor], out: Sequence[torch.Tensor])
     from triton.testing import do_bench
 
     base: KernelSource = kernel.generated
-    key = f"{cache.source_hash(base.source)}:{torch.cuda.get_device_name(args[0].device)}"
+    key = f"{cache.source_hash(base.source)}:{torch.cuda.get_device_name((*args, *out)[0].device)}"
     remembered = _read(kernel.cache_dir).get(key)
     if kernel.variant is None:
         return base, kernel._launch_fn

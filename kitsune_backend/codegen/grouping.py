@@ -1,11 +1,14 @@
 """Region formation: which FX nodes go into which fusion region.
 
-One walk over the graph in order. A fusable node (pointwise, reduction, identity view)
-joins the region of one of its inputs (reduction regions first, then the newest) when the
-region's shape rule allows it (:meth:`Region.why_not`), no in-place or random op lies
-between them, and the join makes no cycle between regions; otherwise a pointwise or
-reduction node starts a new region. Other regions feeding the joined node are then merged
-in when all their nodes fit (:func:`_absorb`). Every refusal is kept as a reason. The walk is deterministic (graph order only).
+One walk over the graph in order. Constant and index sources join no region: every region
+that reads one computes it (:mod:`kitsune_backend.codegen.constants`). A fusable node
+(pointwise, cat, gather, reduction, identity view) joins the region of one of its inputs
+(reduction regions first, then the newest) when the region's shape rule allows it
+(:meth:`Region.why_not`), no in-place or random op lies between them, and the join makes
+no cycle between regions; otherwise a pointwise or reduction node starts a new region.
+Other regions feeding the joined node are then merged in when all their nodes fit
+(:func:`_absorb`; a pointwise region's smaller values then feed a cat or a broadcasting op
+of it). Every refusal is kept as a reason. The walk is deterministic (graph order only).
 
 Cycle check: joining node ``n`` to region ``G`` adds edges from ``n``'s outside inputs into
 ``G``; that closes a cycle exactly when one of those inputs depends on ``G``, looking
@@ -24,7 +27,7 @@ import torch.fx as fx
 
 from ..graph_utils import is_mutating
 from ..passes.base import Decline
-from . import ops
+from . import constants, ops
 from .region import Region, new_region, supported_tensor
 
 STAGE = "fusion"
@@ -72,6 +75,8 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
         if is_barrier(node):
             segment += 1
         grouping.segment[node] = segment
+        if constants.inlinable(node):
+            continue  # a source (or a view of one): computed inside each region reading it
         kind, why = ops.classify(node)
         if kind is None:
             if node.op == "call_function" and node.target is not operator.getitem:
@@ -136,12 +141,12 @@ def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
     trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
-        reason, context = trial.why_not(member, kind)
+        reason, context = trial.why_not(member, kind, merging=True)
         if reason is not None or kind == "reduction":
             return False
         trial.add(member, context)
     trial.nodes.sort(key=grouping.index.__getitem__)
-    if _reaches(grouping, {region, other}, trial.external, trial.nodes[0]):
+    if trial.orphans() or _reaches(grouping, {region, other}, trial.external, trial.nodes[0]):
         return False
     region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
     for member in other.nodes:
@@ -162,7 +167,8 @@ def _merge_siblings(grouping: Grouping) -> None:
     readers: dict[fx.Node, list[Region]] = {}
     for region in grouping.regions:
         for node in sorted(region.external, key=grouping.index.__getitem__):
-            readers.setdefault(node, []).append(region)
+            if not constants.inlinable(node):  # a shared constant saves no read
+                readers.setdefault(node, []).append(region)
     merged: set[int] = set()
     for group in readers.values():
         for i, first in enumerate(group):
@@ -195,10 +201,12 @@ def _fold(grouping: Grouping, region: Region, other: Region) -> bool:
     trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
-        reason, context = trial.why_not(member, kind)
+        reason, context = trial.why_not(member, kind, merging=True)
         if reason is not None:
             return False
         trial.add(member, context)
+    if trial.orphans():
+        return False
     trial.nodes.sort(key=grouping.index.__getitem__)
     region.nodes, region.context, region.external = trial.nodes, trial.context, trial.external
     for member in other.nodes:
@@ -230,8 +238,8 @@ def _reaches(grouping: Grouping, targets: set, starts, first_node: fx.Node) -> b
             seen.add(other.id)
             stack.extend(other.external)
         else:
-            if item in seen or index[item] < first:
-                continue
+            if item in seen or index[item] < first or constants.inlinable(item):
+                continue  # a kernel computes a source: its template is no input
             seen.add(item)
             stack.extend(item.all_input_nodes)
     return False
@@ -253,7 +261,9 @@ def schedule(grouping: Grouping, kept: list[Region], nodes: list[fx.Node]) -> li
             units.append(unit)
 
     def inputs(unit: object) -> set[fx.Node]:
-        return unit.external if isinstance(unit, Region) else set(unit.all_input_nodes)
+        if isinstance(unit, Region):
+            return {a for a in unit.external if not constants.inlinable(a)}
+        return set(unit.all_input_nodes)
 
     def first(unit: object) -> fx.Node:
         return unit.nodes[0] if isinstance(unit, Region) else unit

@@ -8,6 +8,7 @@ into one, so a contiguous tensor is read at ``i`` itself.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 
@@ -81,3 +82,16 @@ def max_offset(sizes: Sequence[int], strides: Sequence[int]) -> int:
     if any(s == 0 for s in sizes):
         return 0
     return sum((size - 1) * abs(stride) for size, stride in zip(sizes, strides))
+
+
+def uses(expr: str, var: str) -> bool:
+    """True when source ``expr`` mentions variable ``var``."""
+    return re.search(rf"\b{var}\b", expr) is not None
+
+
+def strip_leading(shape: Sequence[int], stride: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and strides without leading size-1 dims (they do not move any element)."""
+    drop = 0
+    while drop < len(shape) and shape[drop] == 1:
+        drop += 1
+    return tuple(shape[drop:]), tuple(stride[drop:])

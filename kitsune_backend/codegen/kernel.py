@@ -53,6 +53,7 @@ class FusedKernel:
         cache_dir: str,
         autotune: bool = False,
         variant: Optional[Callable[[LaunchConfig], KernelSource]] = None,
+        device: Optional[torch.device] = None,
     ) -> None:
         self.__name__ = generated.name
         self.__qualname__ = generated.name
@@ -63,6 +64,7 @@ class FusedKernel:
         self.cache_dir = cache_dir
         self.autotune = autotune
         self.variant = variant
+        self.device = device  # where a kernel without tensor inputs writes its outputs
         self.fallback_calls = 0
         self.last_fallback_reason = ""
         self._tuned = not autotune
@@ -96,7 +98,7 @@ class FusedKernel:
                     tensor, torch.Tensor) else type(tensor).__name__
                 return f"input {spec.name} is {got}, the kernel was generated for " \
                        f"{(spec.shape, spec.stride, spec.dtype)}"
-        device = args[0].device if args else torch.device("cpu")
+        device = args[0].device if args else (self.device or torch.device("cpu"))
         reason = why_not_on(device)
         return f"{reason}: the region runs as its ATen ops" if reason else ""
 
@@ -112,7 +114,7 @@ class FusedKernel:
                     target.copy_(value)
                 results = tuple(out)
             return results[0] if len(results) == 1 else tuple(results)
-        device = args[0].device
+        device = args[0].device if args else self.device
         if out is None:
             out = tuple(
                 torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=device)

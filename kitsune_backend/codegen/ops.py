@@ -1,8 +1,11 @@
 """Which ATen ops kitsune fuses, and the Triton expression each one lowers to.
 
-Three families: pointwise ops (one output element from the same element of each input),
-reductions (``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the
-fusion pass already decomposed into these, see :mod:`kitsune_backend.decompositions`) and
+Five families: pointwise ops (one output element from the same element of each input);
+``cat`` and gathers (``index`` by integer tensors: each output element from one element
+of one input, see :mod:`kitsune_backend.codegen.spaces`); constant and index sources,
+computed in place (:mod:`kitsune_backend.codegen.constants`); reductions
+(``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the fusion
+pass already decomposed into these, see :mod:`kitsune_backend.decompositions`); and
 identity views (reshapes that keep the logical element order, folded into index math).
 
 Every value inside a kernel lives in a *compute dtype*: float16/bfloat16/float32 compute in
@@ -20,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import is_view
+from . import constants
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -138,6 +142,19 @@ def _alpha(node: fx.Node) -> str:
     return "" if alpha == 1 else f"{literal(alpha)} * "
 
 
+def _bitwise(expr: str, node: fx.Node) -> str:
+    """A bitwise result in the node's own dtype (a Python-int operand may widen it)."""
+    return f"{expr}.to({compute_dtype(node.meta['val'].dtype)})"
+
+
+def _bitwise_not(a: str, node: fx.Node) -> str:
+    dtype = node.meta["val"].dtype
+    if dtype == torch.bool:
+        return f"({a} == 0)"
+    ones = (1 << (8 * dtype.itemsize)) - 1 if dtype == torch.uint8 else -1  # all bits set
+    return _bitwise(f"({a} ^ {ones})", node)
+
+
 def _binary(symbol: str) -> Callable[[list[str], fx.Node], str]:
     return lambda a, n: f"({a[0]} {symbol} {a[1]})"
 
@@ -190,6 +207,11 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
     aten.logical_not: (lambda a, n: f"({a[0]} == 0)", "none"),
     aten.logical_and: (lambda a, n: f"(({a[0]} != 0) & ({a[1]} != 0))", "none"),
     aten.logical_or: (lambda a, n: f"(({a[0]} != 0) | ({a[1]} != 0))", "none"),
+    aten.logical_xor: (lambda a, n: f"(({a[0]} != 0) ^ ({a[1]} != 0))", "none"),
+    aten.bitwise_and: (lambda a, n: _bitwise(f"({a[0]} & {a[1]})", n), "result"),
+    aten.bitwise_or: (lambda a, n: _bitwise(f"({a[0]} | {a[1]})", n), "result"),
+    aten.bitwise_xor: (lambda a, n: _bitwise(f"({a[0]} ^ {a[1]})", n), "result"),
+    aten.bitwise_not: (lambda a, n: _bitwise_not(a[0], n), "result"),
     aten.where: (lambda a, n: f"tl.where({a[0]}, {a[1]}, {a[2]})", "result"),
     aten.masked_fill: (lambda a, n: f"tl.where({a[1]}, {a[2]}, {a[0]})", "result"),
     aten.clone: (lambda a, n: a[0], "result"),
@@ -216,6 +238,20 @@ IDENTITY_VIEWS = {
 """Views that keep the logical (row-major) element order: inside a region they cost nothing."""
 
 
+def is_identity_view(node: fx.Node) -> bool:
+    """A view that keeps every element where it is: the :data:`IDENTITY_VIEWS`, and an
+    ``expand`` or ``slice`` that leaves its input's shape as it is."""
+    op = packet(node)
+    if op in IDENTITY_VIEWS:
+        return True
+    if op in (aten.expand, aten.slice) and isinstance(node.args[0], fx.Node):
+        source = node.args[0].meta.get("val")
+        value = node.meta.get("val")
+        return (isinstance(source, torch.Tensor) and isinstance(value, torch.Tensor)
+                and tuple(source.shape) == tuple(value.shape))
+    return False
+
+
 def packet(node: fx.Node) -> Optional[Any]:
     """The overload packet (``aten.add``) of an ATen/prims call, or ``None``."""
     target = node.target
@@ -225,14 +261,15 @@ def packet(node: fx.Node) -> Optional[Any]:
 
 
 def classify(node: fx.Node) -> tuple[Optional[str], str]:
-    """``("pointwise"|"reduction"|"view", "")`` for a fusable node, else ``(None, why not)``."""
+    """``("pointwise"|"reduction"|"view"|"source", "")`` for a fusable node (cats and
+    gathers count as pointwise), else ``(None, why not)``."""
     if node.op != "call_function":
         return None, f"{node.op} node"
     op = packet(node)
     name = getattr(node.target, "__name__", str(node.target))
     if op is None:
         return None, f"{name} is not an ATen op"
-    if op in IDENTITY_VIEWS:
+    if is_identity_view(node):
         return "view", ""
     if is_view(node):
         return None, (f"{name} reorders or broadcasts elements: it stays an ATen view and "
@@ -241,6 +278,13 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return _check_pointwise(node, op)
     if op in REDUCTIONS:
         return _check_reduction(node)
+    if op is aten.cat:
+        return _check_cat(node)
+    if op is aten.index:
+        return _check_gather(node)
+    if op in constants.SOURCES:
+        why = constants.problem(node)
+        return (None, f"{name}: {why}") if why else ("source", "")
     if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
         return None, f"{name} is a random op"
     return None, f"{name} is a library call or an op without a Triton lowering"
@@ -262,6 +306,39 @@ def _check_pointwise(node: fx.Node, op: Any) -> tuple[Optional[str], str]:
                                                                      torch.contiguous_format):
         return None, "clone to a memory format is a layout change"
     return "pointwise", ""
+
+
+def _check_cat(node: fx.Node) -> tuple[Optional[str], str]:
+    value = node.meta.get("val")
+    parts = node.args[0] if node.args else ()
+    if not isinstance(value, torch.Tensor) or not all(isinstance(p, fx.Node) for p in parts):
+        return None, "cat of something other than tensors"
+    for part in parts:
+        part_value = part.meta.get("val")
+        if not isinstance(part_value, torch.Tensor) or part_value.dim() != value.dim():
+            return None, f"cat input {part.name} has another rank (a legacy empty tensor)"
+        if part_value.numel() == 0:
+            return None, f"cat input {part.name} is empty"
+    return "pointwise", ""
+
+
+def _check_gather(node: fx.Node) -> tuple[Optional[str], str]:
+    base, indices = node.args[0], node.args[1]
+    value = base.meta.get("val") if isinstance(base, fx.Node) else None
+    if not isinstance(value, torch.Tensor) or not isinstance(node.meta.get("val"), torch.Tensor):
+        return None, "index of something other than a tensor"
+    if len(indices) != value.dim() or not all(isinstance(i, fx.Node) for i in indices):
+        return None, "index that leaves dims unindexed (only full gathers are fused)"
+    for index in indices:
+        if index.meta["val"].dtype not in (torch.int64, torch.int32):
+            return None, f"index by a {index.meta['val'].dtype} tensor (a mask: data-dependent shape)"
+    return "pointwise", ""
+
+
+def cat_dim(node: fx.Node) -> int:
+    """The non-negative dim an ``aten.cat`` node concatenates along."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim % node.meta["val"].dim()
 
 
 def _check_reduction(node: fx.Node) -> tuple[Optional[str], str]:

@@ -2,8 +2,11 @@
 
 A region has one of two geometries:
 
-* ``pointwise``: every node has the same number of elements ``numel``; the kernel walks one
-  flat (row-major) index, and each node's value at that index is one element.
+* ``pointwise``: the kernel walks one flat (row-major) index over ``numel`` elements. A
+  ``full`` node has ``numel`` elements, its value at that index is one element. A ``sub``
+  node has fewer: it feeds a ``cat`` or a broadcasting op of the region, and is computed
+  at the index that consumer reads (:mod:`kitsune_backend.codegen.spaces`). A pointwise
+  region grows to a larger node when every node without a reader in the region feeds it.
 * ``reduction``: a reduced shape ``shape`` and reduced dims ``reduced``. The kernel walks
   rows (positions over the kept dims) and, within a row, columns (positions over the
   reduced dims). Each node is either ``full`` (one value per row and column, the shape of
@@ -50,7 +53,7 @@ class Region:
     kind: str  # "pointwise" or "reduction"
     numel: int
     nodes: list[fx.Node] = dataclasses.field(default_factory=list)
-    context: dict[fx.Node, str] = dataclasses.field(default_factory=dict)  # "full" / "row"
+    context: dict[fx.Node, str] = dataclasses.field(default_factory=dict)  # full/sub/row
     shape: tuple[int, ...] = ()
     reduced: tuple[int, ...] = ()
     external: set[fx.Node] = dataclasses.field(default_factory=set)
@@ -71,7 +74,14 @@ class Region:
         return math.prod(self.shape[d] for d in self.reduced)
 
     def add(self, node: fx.Node, context: str) -> None:
-        """Put ``node`` in the region (the caller has checked :meth:`why_not`)."""
+        """Put ``node`` in the region (the caller has checked :meth:`why_not`).
+
+        A pointwise region grows to a larger node's element count: what it held before
+        becomes ``sub`` (computed where the larger node needs it)."""
+        numel = node.meta["val"].numel()
+        if self.kind == "pointwise" and numel > self.numel:
+            self.numel = numel
+            self.context = {n: "sub" for n in self.context}
         self.nodes.append(node)
         self.context[node] = context
         self.external.discard(node)
@@ -79,15 +89,18 @@ class Region:
             if arg not in self.context:
                 self.external.add(arg)
 
-    def why_not(self, node: fx.Node, kind: str) -> tuple[Optional[str], str]:
-        """``(None, context)`` when ``node`` (a ``kind`` node) may join, else ``(reason, "")``."""
+    def why_not(self, node: fx.Node, kind: str, merging: bool = False) -> tuple[Optional[str], str]:
+        """``(None, context)`` when ``node`` (a ``kind`` node) may join, else ``(reason, "")``.
+
+        ``merging``: ``node`` comes with a whole region being merged in, so a smaller node
+        may join as ``sub`` (the caller then checks :meth:`orphans`)."""
         inside = [a for a in node.all_input_nodes if a in self.context]
         if self.kind == "pointwise":
             if kind == "reduction":
                 return self._why_not_first_reduction(node)
-            if node.meta["val"].numel() != self.numel:
-                return (f"has {node.meta['val'].numel()} elements, the region's ops {self.numel}", "")
-            return None, "full"
+            return self._why_not_pointwise(node, merging)
+        if ops.packet(node) in (ops.aten.cat, ops.aten.index):
+            return f"{ops.packet(node).__name__} inside a reduction kernel", ""
         if kind == "reduction":
             source = node.args[0]
             if self.context.get(source, "full") != "full":
@@ -109,10 +122,43 @@ class Region:
             return None, "row"
         return f"shape {list(shape)} fits neither the region's rows nor its full shape", ""
 
+    def _why_not_pointwise(self, node: fx.Node, merging: bool) -> tuple[Optional[str], str]:
+        if ops.packet(node) is ops.aten.index and node.args[0] in self.context:
+            return "gathers from a value of the region (a kernel gathers from its inputs)", ""
+        numel = node.meta["val"].numel()
+        if numel == self.numel:
+            return None, "full"
+        if numel < self.numel:
+            if merging:
+                return None, "sub"
+            return f"has {numel} elements, the region's ops {self.numel}", ""
+        if merging:
+            return f"has {numel} elements, more than the region's {self.numel}", ""
+        operands = set(node.all_input_nodes)
+        for sink in self.sinks():
+            if sink not in operands:
+                return (f"has {numel} elements, the region's ops {self.numel}, and the "
+                        f"region's {sink.name} does not feed it"), ""
+        return None, "full"
+
+    def sinks(self) -> list[fx.Node]:
+        """The region's nodes that no node of the region reads."""
+        return [n for n in self.nodes if not any(u in self.context for u in n.users)]
+
+    def orphans(self) -> list[fx.Node]:
+        """``sub`` nodes no node of the region reads: nothing says where to compute them;
+        and gathers whose source a merge brought into the region."""
+        return [n for n in self.sinks() if self.context[n] == "sub"] + [
+            n for n in self.nodes if ops.packet(n) is ops.aten.index and n.args[0] in self.context
+        ]
+
     def _why_not_first_reduction(self, node: fx.Node) -> tuple[Optional[str], str]:
         source = node.args[0]
         if source not in self.context:
             return "reduces a value from outside the region", ""
+        if any(self.context[n] == "sub" or ops.packet(n) in (ops.aten.cat, ops.aten.index)
+               for n in self.nodes):
+            return "the region holds a cat, a gather or values of other sizes", ""
         shape = shape_of(source)
         if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
             return "reduces only size-1 dims (a copy)", ""

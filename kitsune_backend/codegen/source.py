@@ -1,6 +1,7 @@
 """Triton source for one fusion region: the kernel text and what its launch needs.
 
-A pointwise kernel walks one flat index ``xindex``; a reduction kernel walks ``rows`` (one
+A pointwise kernel walks one flat index ``xindex`` and computes each value in its index
+spaces (:mod:`kitsune_backend.codegen.pointwise`); a reduction kernel walks ``rows`` (one
 per kept position, ``XBLOCK`` rows per program) and columns ``k`` (``RBLOCK`` at a time).
 When a whole row fits in one block, every value is computed once and kept in registers
 (one pass over the input); otherwise each reduction gets its own loop over the row and a
@@ -14,15 +15,18 @@ checks the tensors it receives against them.
 from __future__ import annotations
 
 import dataclasses
-import re
+from typing import Callable
 
 import torch
 import torch.fx as fx
 
-from . import ops
+from . import constants, ops
 from .heuristics import LaunchConfig
-from .indexing import broadcast_strides, collapse, max_offset, offset_expr, split_dims
-from .region import Region, shape_of, strip_leading_ones
+from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, split_dims,
+                       strip_leading, uses)
+from .pointwise import PointwiseBody
+from .region import Region, shape_of
+from .spaces import Spaces, contiguous_strides, plan
 
 INT32_LIMIT = 2**31 - 1
 
@@ -101,11 +105,7 @@ def generate(
                         tuple(n.name for n in region.nodes), columns)
 
 
-def _uses(expr: str, var: str) -> bool:
-    return re.search(rf"\b{var}\b", expr) is not None
-
-
-class _Writer:
+class _Writer(PointwiseBody):
     """Writes the kernel body line by line; one instance per kernel."""
 
     def __init__(self, region: Region, inputs: list[fx.Node], outputs: list[fx.Node],
@@ -117,6 +117,7 @@ class _Writer:
         self.lines: list[str] = []
         self.depth = 1
         self.top: dict[object, str] = {}
+        self.values: dict[tuple, str] = {}  # pointwise: (node, space key) -> variable
         self.count = 0
         self.looped = region.kind == "reduction" and config.rblock < region.columns
         specs = [TensorSpec.of(n) for n in (*inputs, *outputs)]
@@ -148,10 +149,13 @@ class _Writer:
             self.line(f"xindex = {pid} * {self.config.xblock} + tl.arange(0, {self.config.xblock})")
             if self.xmask:
                 self.line(f"xmask = xindex < {self.region.numel}")
+            self.spaces = Spaces(self.line, self.fresh, "xmask" if self.xmask else "")
+            where = plan(self.region.nodes, self.region.context, self.region.numel, self.spaces)
             for node in self.region.nodes:
-                self.emit(node, self.top)
+                for space in where[node]:
+                    self.emit_at(node, space)
             for i, node in enumerate(self.outputs):
-                self.store(i, node, self.top)
+                self.store_at(i, node, where[node][0])
             return self.lines
         self.line(f"rows = {pid} * {self.config.xblock} + tl.arange(0, {self.config.xblock})[:, None]")
         if self.xmask:
@@ -189,13 +193,21 @@ class _Writer:
         return scope[node] if node in scope else self.top[node]
 
     def emit(self, node: fx.Node, scope: dict) -> None:
-        """Define ``node``'s value in ``scope`` (its in-region inputs are defined already)."""
+        """Define ``node``'s value in ``scope`` of a reduction kernel (its in-region inputs
+        are defined already; pointwise kernels: :meth:`PointwiseBody.emit_at`)."""
         if node in scope or node in self.top:
             return
-        op = ops.packet(node)
-        if op in ops.IDENTITY_VIEWS:
+        if ops.is_identity_view(node):
             scope[node] = self.lookup(node.args[0], scope)
             return
+        var = self.fresh("v")
+        self.line(f"{var} = {self.lower(node, lambda a: self.operand(a, node, scope))}  # {node.name}")
+        scope[node] = var
+
+    def lower(self, node: fx.Node, value: Callable[[fx.Node], str]) -> str:
+        """The expression of pointwise ``node`` given ``value(arg)`` for its tensor operands,
+        each cast to the dtype the op computes in."""
+        op = ops.packet(node)
         result = node.meta["val"].dtype
         mode = ops.cast_mode(node)
         tensors = [a for a in node.args if isinstance(a, fx.Node)]
@@ -213,7 +225,7 @@ class _Writer:
         args = []
         for position, arg in enumerate(node.args):
             if isinstance(arg, fx.Node):
-                expr = self.operand(arg, node, scope)
+                expr = value(arg)
                 have = ops.compute_dtype(arg.meta["val"].dtype)
                 if mode != "none" and have != want and position != keep_bool:
                     expr = f"{expr}.to({want})"
@@ -222,18 +234,13 @@ class _Writer:
                 args.append(ops.literal(arg))
             else:
                 args.append("None")
-        var = self.fresh("v")
-        self.line(f"{var} = {ops.lower_pointwise(node, args)}  # {node.name}")
-        scope[node] = var
+        return ops.lower_pointwise(node, args)
 
     def operand(self, arg: fx.Node, consumer: fx.Node, scope: dict) -> str:
         """An operand of ``consumer``: an in-region value or a load of a kernel input."""
         if arg in self.region.context:
             return self.lookup(arg, scope)
-        if self.region.kind == "pointwise":
-            context = "flat"
-        else:
-            context = self.region.context[consumer]
+        context = self.region.context[consumer]
         return self.load(arg, context, shape_of(consumer), scope if context == "full" else self.top)
 
     def load(self, arg: fx.Node, context: str, target: tuple[int, ...], scope: dict) -> str:
@@ -241,10 +248,19 @@ class _Writer:
         key = ("load", arg, context, target if context != "full" else ())
         if key in scope:
             return scope[key]
-        spec = TensorSpec.of(arg)
-        sizes, strides = _strip(spec.shape, spec.stride)
         if context == "full":
             target = self.region.shape
+        if arg not in self.inputs:  # an inlined constant or index source
+            strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
+            offset = self.offset(context, target, strides)
+            offset = "0" if offset in ("(0)", "0") else offset
+            var = self.fresh("x")
+            dtype = ops.compute_dtype(arg.meta["val"].dtype)
+            self.line(f"{var} = {constants.expression(arg, offset, dtype)}  # {arg.name}")
+            scope[key] = var
+            return var
+        spec = TensorSpec.of(arg)
+        sizes, strides = strip_leading(spec.shape, spec.stride)
         strides = broadcast_strides(sizes, strides, target)
         offset = self.offset(context, target, strides)
         mask = self.mask_for(offset)
@@ -261,8 +277,6 @@ class _Writer:
 
     def offset(self, context: str, shape: tuple[int, ...], strides: list[int]) -> str:
         """The offset expression of an element in ``context`` for a tensor of ``strides``."""
-        if context == "flat":
-            return f"({offset_expr('xindex', collapse(shape, strides))})"
         if context == "row":
             return f"({offset_expr('rows', collapse(shape, strides))})"
         kept, red = split_dims(self.region.shape, strides, self.region.reduced)
@@ -272,10 +286,8 @@ class _Writer:
 
     def mask_for(self, offset: str) -> str:
         """The mask matching the index variables an offset uses ('' when none is needed)."""
-        if _uses(offset, "xindex"):
-            return "xmask" if self.xmask else ""
-        rows = _uses(offset, "rows") and self.xmask
-        cols = _uses(offset, "k") and self.rmask
+        rows = uses(offset, "rows") and self.xmask
+        cols = uses(offset, "k") and self.rmask
         if rows and cols:
             return "fmask"
         return "xmask" if rows else ("rmask" if cols else "")
@@ -356,32 +368,22 @@ class _Writer:
         self.top[node] = var
 
     def store(self, index: int, node: fx.Node, scope: dict) -> None:
-        """Write output ``index`` (``node``'s value) with its metadata strides."""
+        """Write output ``index`` (``node``'s value) of a reduction kernel with its
+        metadata strides (pointwise kernels: :meth:`PointwiseBody.store_at`)."""
         spec = TensorSpec.of(node)
         value = self.lookup(node, scope)
-        if self.region.kind == "pointwise":
-            strides = broadcast_strides(*_strip(spec.shape, spec.stride), spec.shape)
-            offset = self.offset("flat", spec.shape, strides)
-            needed = ["xindex"]
-        elif self.region.context[node] == "row":
+        if self.region.context[node] == "row":
             offset = self.offset("row", spec.shape, list(spec.stride))
             needed = ["rows"]
         else:
-            sizes, strides = _strip(spec.shape, spec.stride)
+            sizes, strides = strip_leading(spec.shape, spec.stride)
             offset = self.offset("full", self.region.shape,
                                  broadcast_strides(sizes, strides, self.region.shape))
             needed = ["rows", "k"]
         for var in needed:
-            if not _uses(offset, var):
+            if not uses(offset, var):
                 offset = f"({offset} + {var} * 0)"
         mask = self.mask_for(offset)
         mask_arg = f", mask={mask}" if mask else ""
         dtype = ops.TL_DTYPES[spec.dtype]
         self.line(f"tl.store(out{index} + {offset}, {value}.to({dtype}){mask_arg})  # {node.name}")
-
-
-def _strip(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shape and strides without leading size-1 dims (they do not move any element)."""
-    kept = strip_leading_ones(tuple(shape))
-    drop = len(shape) - len(kept)
-    return kept, tuple(stride[drop:])

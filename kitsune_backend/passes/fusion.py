@@ -16,7 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..codegen import ops
+from ..codegen import constants, ops
 from ..codegen.grouping import find_regions, schedule
 from ..codegen.heuristics import LaunchConfig, pointwise_config, reduction_config
 from ..codegen.kernel import FusedKernel, why_not_on
@@ -52,8 +52,8 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     result = PassResult(declines=list(grouping.declines))
     kept = []
     for region in grouping.regions:
-        compute = [n for n in region.nodes if ops.packet(n) not in ops.IDENTITY_VIEWS]
-        if len(compute) >= 2:
+        compute = [n for n in region.nodes if not ops.is_identity_view(n)]
+        if len(compute) + len(_inlined(region)) >= 2:
             kept.append(region)
         else:
             result.declines.append(Decline(
@@ -109,10 +109,9 @@ def kernel_name(region: Region, number: int) -> str:
     """``kitsune_fused_<first ops>_<number>``: what the kernel computes, readable in traces."""
     parts: list[str] = []
     for node in region.nodes:
-        op = ops.packet(node)
-        if op in ops.IDENTITY_VIEWS:
+        if ops.is_identity_view(node):
             continue
-        name = op.__name__.split(".")[-1]
+        name = ops.packet(node).__name__.split(".")[-1]
         name = _SHORT.get(name, name.strip("_"))
         if name not in parts:
             parts.append(name)
@@ -125,12 +124,30 @@ def _config(region: Region) -> LaunchConfig:
     return reduction_config(region.rows, region.columns)
 
 
+def _inlined(region: Region) -> list[fx.Node]:
+    """The constant and index sources ``region`` computes instead of reading."""
+    return [n for n in region.external if constants.inlinable(n)]
+
+
+def _computed_in_kernels(nodes: list[fx.Node], fused: set[fx.Node]) -> set[fx.Node]:
+    """Sources (and reshapes of them) read only by fused kernels, which compute them."""
+    dropped: set[fx.Node] = set()
+    for node in reversed(nodes):
+        if constants.inlinable(node) and node.users and all(
+            u in fused or u in dropped for u in node.users
+        ):
+            dropped.add(node)
+    return dropped
+
+
 def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) -> fx.Graph:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in inputs:
         env[node] = graph.placeholder(node.name)
         env[node].meta = dict(node.meta)
+    for node in _inlined(region):
+        env[node] = constants.aten_equivalent(graph, node)
     for node in region.nodes:
         env[node] = graph.node_copy(node, lambda a: env[a])
     graph.output(tuple(env[n] for n in outputs))
@@ -145,11 +162,14 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
     env: dict[fx.Node, fx.Node] = {}
     regions_state: dict[str, list[str]] = {}
     numbers = {id(u): i for i, u in enumerate(u for u in order if isinstance(u, Region))}
+    dropped = _computed_in_kernels(nodes, {n for region in kept for n in region.nodes})
     for unit in order:
         if not isinstance(unit, Region):
-            env[unit] = graph.node_copy(unit, lambda a: env[a])
+            if unit not in dropped:
+                env[unit] = graph.node_copy(unit, lambda a: env[a])
             continue
-        inputs = sorted(unit.external, key=grouping.index.__getitem__)
+        inlined = _inlined(unit)
+        inputs = sorted(unit.external - set(inlined), key=grouping.index.__getitem__)
         outputs = [n for n in unit.nodes if any(u not in unit.context for u in n.users)]
         name = kernel_name(unit, numbers[id(unit)])
         kernel = FusedKernel(
@@ -158,6 +178,7 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
             ctx.config.cache_dir,
             autotune=ctx.config.autotune,
             variant=lambda config, r=unit, i=inputs, o=outputs, n=name: generate(r, n, i, o, config),
+            device=outputs[0].meta["val"].device,
         )
         call = graph.create_node("call_function", kernel, tuple(env[a] for a in inputs), name=name)
         call.meta["kitsune_region"] = name
@@ -170,7 +191,8 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
                 item = graph.create_node("call_function", operator.getitem, (call, i), name=out.name)
                 item.meta["val"] = out.meta["val"]
                 env[out] = item
-        ctx.kernels.append(KernelRecord(name, [n.name for n in unit.nodes], kernel.source))
-        regions_state[name] = [n.name for n in unit.nodes]
+        names = [n.name for n in sorted([*inlined, *unit.nodes], key=grouping.index.__getitem__)]
+        ctx.kernels.append(KernelRecord(name, names, kernel.source))
+        regions_state[name] = names
     gm.graph = graph
     ctx.state["fusion"] = {"regions": regions_state}

@@ -1,0 +1,147 @@
+"""Constant and index sources: ops whose values need no memory read.
+
+``scalar_tensor``, ``full``, ``full_like``, ``new_ones``/``new_zeros``/``new_full``,
+``ones``/``zeros`` (and ``*_like``) fill a tensor with one value; ``arange`` is its own
+index. Inside a region they are never loaded: a kernel computes them where they are used
+(a literal of the right dtype, or ``start + step * index``), so they launch nothing.
+They belong to no region; every region that reads one inlines it
+(see :func:`kitsune_backend.codegen.grouping.find_regions`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+aten = torch.ops.aten
+
+_FILL = {
+    aten.scalar_tensor: lambda n: n.args[0],
+    aten.full: lambda n: n.args[1],
+    aten.full_like: lambda n: n.args[1],
+    aten.new_full: lambda n: n.args[2],
+    aten.new_ones: lambda n: 1,
+    aten.ones: lambda n: 1,
+    aten.ones_like: lambda n: 1,
+    aten.new_zeros: lambda n: 0,
+    aten.zeros: lambda n: 0,
+    aten.zeros_like: lambda n: 0,
+}
+"""Fill ops: overload packet -> the fill value of a node."""
+
+SOURCES = {*_FILL, aten.arange}
+"""Ops a kernel computes in place of a load."""
+
+_EXACT_FLOAT_ARANGE = {torch.float32: 2**24, torch.float64: 2**53}
+"""Largest |value| a float ``arange`` may reach and still be exact in that dtype."""
+
+
+def is_source(node: fx.Node) -> bool:
+    """True for a call of a constant or index source op (whether or not it can be inlined)."""
+    target = node.target
+    return (node.op == "call_function" and isinstance(target, torch._ops.OpOverload)
+            and target.overloadpacket in SOURCES)
+
+
+def inlinable(node: fx.Node) -> bool:
+    """True for a source op a kernel can compute in place of reading it, a reshape of one,
+    or any view of a fill (every element of it holds the same value)."""
+    root, reordered = _root(node)
+    if root is None or not is_source(root) or problem(root) is not None:
+        return False
+    return not reordered or root.target.overloadpacket is not aten.arange
+
+
+def _root(node: fx.Node) -> tuple[Optional[fx.Node], bool]:
+    """The node a view chain starting at ``node`` views, and whether a view that moves
+    elements (not a reshape) lies on the way."""
+    from ..graph_utils import is_view
+    from .ops import is_identity_view  # ops imports this module
+
+    reordered = False
+    while node.op == "call_function" and (is_identity_view(node) or is_view(node)):
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None, reordered
+        reordered = reordered or not is_identity_view(node)
+        node = node.args[0]
+    return node, reordered
+
+
+def problem(node: fx.Node) -> Optional[str]:
+    """Why source ``node`` cannot be computed inside a kernel, or ``None`` when it can."""
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return "result is not a single tensor"
+    if node.kwargs.get("device") not in (None, value.device):
+        return "made on another device"
+    if node.target.overloadpacket is aten.arange:
+        start, step = _arange_args(node)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):
+            return "arange with non-integer start or step (its float rounding is eager's)"
+        if value.dtype.is_floating_point:
+            limit = _EXACT_FLOAT_ARANGE.get(value.dtype)
+            if limit is None:
+                return f"arange of {value.dtype} (kernels compute integer, fp32 and fp64 ones)"
+            last = start + step * max(value.numel() - 1, 0)
+            if max(abs(start), abs(last)) >= limit:
+                return f"arange of {value.dtype} past the exactly representable integers"
+        return None
+    fill = _FILL[node.target.overloadpacket](node)
+    if not isinstance(fill, (bool, int, float)):
+        return "fill value is not a Python number"
+    return None
+
+
+def fill_value(node: fx.Node) -> Any:
+    """The fill value of a fill op, converted to its dtype as eager converts it."""
+    dtype = node.meta["val"].dtype
+    with unset_fake_temporarily():  # the compiler may run under a fake-tensor mode
+        return torch.full((), _FILL[node.target.overloadpacket](node), dtype=dtype).item()
+
+
+def _arange_args(node: fx.Node) -> tuple[Any, Any]:
+    """(start, step) of an ``arange`` call in any of its overloads."""
+    args = list(node.args)
+    if len(args) == 1:
+        return node.kwargs.get("start", 0), node.kwargs.get("step", 1)
+    start = args[0]
+    step = args[2] if len(args) > 2 else node.kwargs.get("step", 1)
+    return start, step
+
+
+def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
+    """Triton source for source ``node``'s value at element ``offset`` (an index
+    expression over the node's own contiguous layout), as ``tl_dtype``."""
+    node, _ = _root(node)  # a reshape keeps every element's flat position; a fill is one value
+    if node.target.overloadpacket is aten.arange:
+        start, step = _arange_args(node)
+        if offset == "0":
+            return f"tl.full([1], {start}, {tl_dtype})"
+        value = f"({offset}).to(tl.int64)"
+        value = value if step == 1 else f"{value} * {step}"
+        value = value if start == 0 else f"({value} + {start})"
+        return value if tl_dtype == "tl.int64" else f"{value}.to({tl_dtype})"
+    from .ops import literal
+
+    return f"tl.full([1], {literal(fill_value(node))}, {tl_dtype})"
+
+
+def aten_equivalent(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """A node of ``graph`` computing ``node``'s value without tensor arguments (for the
+    ATen fallback of a kernel that inlined ``node``)."""
+    value = node.meta["val"]
+    options = {"dtype": value.dtype, "device": value.device}
+    root, _ = _root(node)
+    if root.target.overloadpacket is aten.arange:
+        start, step = _arange_args(root)
+        end = start + step * value.numel()
+        made = graph.call_function(aten.arange.start_step, (start, end, step), options)
+        made = graph.call_function(aten.view.default, (made, list(value.shape)))
+    else:
+        made = graph.call_function(aten.full.default, (list(value.shape), fill_value(root)),
+                                   options)
+    made.meta = dict(node.meta)
+    return made
