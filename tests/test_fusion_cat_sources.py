@@ -193,14 +193,28 @@ def test_gpt2_style_mask_kernels(device="cpu"):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64])
 def test_gather_by_broadcast_index_tensors(dtype, device="cpu"):
-    def fn(x, i, j):  # i: (5, 1), j: (1, 4) -> a (5, 4) gather, negative indices included
-        return x[i + 0, j * 1] * 2, x[i, -1 - j] + x[j, i]
+    def fn(x):  # i: (5, 1), j: (1, 4) index positions -> a (5, 4) gather, negative included
+        i = (torch.arange(5, device=x.device) + 1)[:, None]
+        j = torch.arange(4, device=x.device)[None, :]
+        return x[i + 0, j * 1] * 2, x[i - 6, -1 - j] + x[j, i]
 
     x = (rand(6, 7, device=device) * 10).to(dtype)
-    i = torch.randint(-6, 6, (5, 1), device=device)
-    j = torch.randint(0, 6, (1, 4), device=device)
-    record = check(fn, x, i, j).forward
+    record = check(fn, x).forward
     assert aten_calls(record) == [], aten_calls(record)
+
+
+def test_gather_by_data_indices_stays_aten_and_raises_like_eager(device="cpu"):
+    """Index values from data could be out of range: eager raises then, and a kernel's
+    masked load would silently read nothing, so such gathers stay ATen ``index`` calls."""
+    def fn(x, i):
+        return x[i, i * 0] * 2
+
+    i = torch.randint(0, 6, (5, 1), device=device)
+    record = check(fn, rand(6, 7, device=device), i, min_regions=0).forward
+    assert any("comes from data" in d.reason for d in record.declines), record.declines
+    compiled = torch.compile(fn, backend="kitsune")
+    with pytest.raises(Exception, match="out of bounds|out of range"):
+        compiled(rand(6, 7, device=device), torch.full((5, 1), 9, device=device))
 
 
 def test_gpt2_mask_with_positions_is_one_kernel(device="cpu"):
@@ -224,10 +238,12 @@ def test_gpt2_mask_with_positions_is_one_kernel(device="cpu"):
 
 
 def test_gather_from_a_single_element(device="cpu"):
-    def fn(x, i):
-        return x[i, i * 0] + 1  # x is (1, 1): every lane reads element 0
+    def fn(x):
+        i = torch.arange(5, device=x.device)[:, None] * 0
+        return x[i, i] + 1  # x is (1, 1): every lane reads element 0
 
-    check(fn, rand(1, 1, device=device), torch.zeros(5, 3, dtype=torch.int64, device=device))
+    record = check(fn, rand(1, 1, device=device)).forward
+    assert aten_calls(record) == [], aten_calls(record)
 
 
 def test_half_arange_is_declined_with_a_reason():
@@ -249,9 +265,10 @@ def test_views_of_fills_are_computed_in_place(device="cpu"):
 
 
 def test_gather_from_a_computed_source(device="cpu"):
-    def fn(x, i):
+    def fn(x):
+        i = torch.arange(5, device=x.device) - 2  # -2 .. 2: negative ones count from the end
         steps = torch.arange(3, 3 + 2 * 12, 2, device=x.device).view(3, 4)
         return x + steps[i, -1 - i], torch.ones(3, 4, device=x.device)[i, i] * x
 
-    record = check(fn, rand(5, device=device), torch.randint(0, 3, (5,), device=device)).forward
+    record = check(fn, rand(5, device=device)).forward
     assert aten_calls(record) == [], aten_calls(record)

@@ -129,6 +129,56 @@ def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
     return f"tl.full([1], {literal(fill_value(node))}, {tl_dtype})"
 
 
+def value_range(node: Any) -> Optional[tuple[int, int]]:
+    """The smallest and largest integer ``node`` can hold, known at compile time, or
+    ``None`` when its values come from data (or from ops this does not follow).
+
+    Followed: integer ``arange``s and fills, views of them (a view moves values, it makes
+    none), integer casts, ``neg``, and ``add``/``sub``/``rsub``/``mul`` of such values and
+    Python ints.
+    Gathers use it: an index a kernel cannot prove in range stays an ATen ``index``, which
+    raises on a bad index as eager does (a masked load would silently read nothing)."""
+    from ..graph_utils import is_view
+
+    if isinstance(node, bool) or not isinstance(node, (int, fx.Node)):
+        return None
+    if isinstance(node, int):
+        return node, node
+    value = node.meta.get("val")
+    if node.op != "call_function" or not isinstance(value, torch.Tensor) or (
+            value.dtype.is_floating_point or value.dtype.is_complex):
+        return None
+    if is_view(node) and node.args and isinstance(node.args[0], fx.Node):
+        return value_range(node.args[0])
+    packet = getattr(node.target, "overloadpacket", None)
+    if is_source(node) and problem(node) is None:
+        if packet is aten.arange:
+            start, step = _arange_args(node)
+            last = start + step * max(value.numel() - 1, 0)
+            return min(start, last), max(start, last)
+        fill = fill_value(node)
+        return (int(fill), int(fill)) if isinstance(fill, (bool, int)) else None
+    if packet is aten._to_copy or (packet is not None and packet.__name__ == "convert_element_type"):
+        return value_range(node.args[0])
+    if packet is aten.neg:
+        a = value_range(node.args[0])
+        return None if a is None else (-a[1], -a[0])
+    if packet in (aten.add, aten.sub, aten.rsub, aten.mul) and len(node.args) == 2 and (
+            not node.kwargs):
+        a, b = value_range(node.args[0]), value_range(node.args[1])
+        if a is None or b is None:
+            return None
+        if packet is aten.rsub:  # rsub(a, b) = b - a
+            a, b, packet = b, a, aten.sub
+        if packet is aten.add:
+            return a[0] + b[0], a[1] + b[1]
+        if packet is aten.sub:
+            return a[0] - b[1], a[1] - b[0]
+        products = [x * y for x in a for y in b]
+        return min(products), max(products)
+    return None
+
+
 def aten_equivalent(graph: fx.Graph, node: fx.Node) -> fx.Node:
     """A node of ``graph`` computing ``node``'s value without tensor arguments (for the
     ATen fallback of a kernel that inlined ``node``)."""

@@ -329,9 +329,16 @@ def _check_gather(node: fx.Node) -> tuple[Optional[str], str]:
         return None, "index of something other than a tensor"
     if len(indices) != value.dim() or not all(isinstance(i, fx.Node) for i in indices):
         return None, "index that leaves dims unindexed (only full gathers are fused)"
-    for index in indices:
+    for dim, index in enumerate(indices):
         if index.meta["val"].dtype not in (torch.int64, torch.int32):
             return None, f"index by a {index.meta['val'].dtype} tensor (a mask: data-dependent shape)"
+        bounds = constants.value_range(index)
+        size = value.shape[dim]
+        if bounds is None:
+            return None, (f"index {index.name} comes from data: eager raises on an "
+                          "out-of-range index, a kernel's masked load would not")
+        if bounds[0] < -size or bounds[1] >= size:
+            return None, f"index {index.name} may be out of range ({bounds} for size {size})"
     return "pointwise", ""
 
 

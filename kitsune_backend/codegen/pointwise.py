@@ -110,7 +110,8 @@ class PointwiseBody:
     def gather_expr(self, node: fx.Node, space: Space) -> str:
         """``aten.index(base, indices)``: a load of kernel input ``base`` at the offsets the
         index values (broadcast to the result) give; negative indices count from the end.
-        Out-of-range indices (an error in eager) read nothing: those lanes are masked."""
+        Fusion only takes gathers whose indices are proven in range at compile time
+        (:func:`kitsune_backend.codegen.constants.value_range`); the mask is a guard."""
         base = node.args[0]
         spec = _spec(base)
         computed = base not in self.inputs  # an inlined source: its own contiguous layout
