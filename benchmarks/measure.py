@@ -238,6 +238,9 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
         call.inputs = inputs[0]
         if opts.kernel_counts != "only":
             _time(row, call, opts, mem_before)
+        if opts.kernel_counts == "only":
+            for _ in range(opts.warmup):  # what timing's warm-up would have done: replays
+                call()
         if opts.kernel_counts != "no":
             traced = (workload.name, backend.name) == opts.trace_target
             counts = timing.count_kernels(call, device, opts.trace_path if traced else None)
