@@ -8,39 +8,19 @@ is set here before CUDA starts, cuDNN is deterministic and TF32 is off.
 """
 
 import copy
-import os
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+import pytest
+import torch
+import torch.nn.functional as F
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import kitsune_backend  # noqa: E402
-from kitsune_backend.backend import kitsune  # noqa: E402
-from kitsune_backend.models import MLP, BranchyHeads, SmallCNN  # noqa: E402
-from kitsune_backend.runtime import arena_binding  # noqa: E402
-from tests.helpers import assert_close  # noqa: E402
-from tests.test_arena_aten import BmmMlp, matmuls_between_regions  # noqa: E402
+import kitsune_backend
+from kitsune_backend.models import MLP, BranchyHeads, SmallCNN
+from kitsune_backend.runtime import arena_binding
+from tests.gpu.test_runtime_gpu import DEV, compile_with, deterministic  # noqa: F401 (autouse)
+from tests.helpers import assert_close
+from tests.test_arena_aten import BmmMlp, matmuls_between_regions
 
 pytestmark = pytest.mark.gpu
-
-DEV = "cuda"
-
-
-@pytest.fixture(autouse=True)
-def deterministic():
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-
-
-def compile_with(model, **options):
-    torch._dynamo.reset()
-    kitsune_backend.clear_history()
-    return torch.compile(model, backend=kitsune, options=options)
 
 
 def last_session():
