@@ -34,6 +34,13 @@ _SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": 
 def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Replace each fusable region of ``gm`` by one generated-kernel node.
 
+    A region holds pointwise ops (with broadcasting, ``cat`` and gathers whose indices are
+    proven in range), the reductions they feed and the pointwise ops after those; constant
+    and ``arange`` sources are computed inside the kernels that read them, so they launch
+    nothing. Every boundary is a decline with its reason (:mod:`kitsune_backend.codegen.ops`
+    lists the ops). The kernels are then compiled ahead on the ``compile_workers``
+    processes (:mod:`kitsune_backend.codegen.precompile`).
+
     Before::
 
         amax = aten.amax(x, [-1], True); sub = aten.sub(x, amax); exp = aten.exp(sub)
