@@ -74,20 +74,27 @@ class BmmMlp(nn.Module):
         return torch.log_softmax(h * 2, dim=-1)
 
 
+def step_matches_eager(model, twin, compiled, x, msg=""):
+    """One forward and backward of ``model`` and of ``compiled`` (the compiled ``twin``) on
+    ``x`` with the same random output gradient: the outputs and the parameter gradients
+    match. The gradients are cleared after."""
+    expected, actual = model(x), compiled(x)
+    assert_close(actual, expected, msg)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    actual.backward(grad)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert_close(q.grad, p.grad, msg)
+        p.grad = q.grad = None
+
+
 def test_training_forward_and_backward_place_aten_nodes_and_match_eager():
     torch.manual_seed(0)
     model = BmmMlp()
     twin = copy.deepcopy(model)
     compiled = torch.compile(twin, backend="kitsune", options={"strict": True})
     for _ in range(2):
-        x = torch.randn(8, 16)
-        expected, actual = model(x), compiled(x)
-        assert_close(actual, expected)
-        grad = torch.randn_like(expected)
-        expected.backward(grad)
-        actual.backward(grad)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert_close(q.grad, p.grad)
+        step_matches_eager(model, twin, compiled, torch.randn(8, 16))
     session = kitsune_backend.last_compile()
     assert session.forward.runtime_info["arena_aten_nodes"] >= 2, session.forward.runtime_info
     assert session.backward.runtime_info["arena_aten_nodes"] >= 2, session.backward.runtime_info
@@ -241,14 +248,7 @@ def test_cnn_training_matches_eager_with_library_calls_left_on_the_allocator():
     model = LeNet5()
     twin = copy.deepcopy(model)
     compiled = torch.compile(twin, backend="kitsune", options={"strict": True})
-    x = torch.randn(2, 1, 28, 28)
-    expected, actual = model(x), compiled(x)
-    assert_close(actual, expected)
-    grad = torch.randn_like(expected)
-    expected.backward(grad)
-    actual.backward(grad)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert_close(q.grad, p.grad)
+    step_matches_eager(model, twin, compiled, torch.randn(2, 1, 28, 28))
     session = kitsune_backend.last_compile()
     backward = session.backward.runtime_info
     assert backward["arena_aten_nodes"] >= 2, backward  # the matmuls of the fc layers

@@ -113,7 +113,7 @@ def warm_pool(config: Config) -> None:
 
     def start() -> None:
         try:
-            pool().resize(config.compile_workers)  # waits until the workers are ready
+            pool().resize(config.compile_workers)
         except Exception:  # precompile() tries again and reports the reason
             pass
 

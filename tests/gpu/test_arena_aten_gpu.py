@@ -18,7 +18,7 @@ from kitsune_backend.models import MLP, BranchyHeads, SmallCNN
 from kitsune_backend.runtime import arena_binding
 from tests.gpu.test_runtime_gpu import DEV, compile_with, deterministic  # noqa: F401 (autouse)
 from tests.helpers import assert_close
-from tests.test_arena_aten import BmmMlp, matmuls_between_regions
+from tests.test_arena_aten import BmmMlp, matmuls_between_regions, step_matches_eager
 
 pytestmark = pytest.mark.gpu
 
@@ -40,30 +40,6 @@ def test_matmuls_between_regions_on_cuda():
     assert info["arena_aten_nodes"] >= 5, info
 
 
-@pytest.mark.parametrize("captured", [False, True])
-def test_branchy_on_streams_equals_one_stream_and_eager(captured):
-    torch.manual_seed(0)
-    model = BranchyHeads(512, 8, 512).to(DEV).eval()
-    inputs = [torch.randn(32, 512, device=DEV) for _ in range(6)]
-    with torch.no_grad():
-        single = compile_with(model, num_streams=1, cuda_graphs=captured)
-        expected = [single(x).clone() for x in inputs]
-        multi = compile_with(model, num_streams=8, cuda_graphs=captured, stream_debug_delays=True)
-        for rep in range(3):
-            for x, e in zip(inputs, expected):
-                out = multi(x)
-                assert torch.equal(out, e), f"rep {rep}: differs from one stream"
-        record = last_session().forward
-        for x in inputs[:2]:
-            assert_close(multi(x), model(x))
-    info = record.runtime_info
-    print("branchy", "captured" if captured else "uncaptured", info)
-    assert info["arena_aten_nodes"] >= 8, info  # at least the first matmul of every head
-    assert info["executor"] == "streams" and info["streams_used"] > 1, record.declines
-    if captured:
-        assert info["cuda_graph_instances"] >= 1, record.declines
-
-
 TRAINED = {
     "mlp": (MLP, (16, 784)),
     "bmm_mlp": (BmmMlp, (16, 16)),
@@ -79,15 +55,8 @@ def test_training_with_aten_in_arena_matches_eager(name):
     twin = copy.deepcopy(model)
     compiled = compile_with(twin)
     for step in range(6):  # forward and backward: warm-up, capture, replays
-        x = torch.randn(shape, device=DEV)
-        expected, actual = model(x), compiled(x)
-        assert_close(actual, expected)
-        grad = torch.randn_like(expected)
-        expected.backward(grad)
-        actual.backward(grad)
-        for p, q in zip(model.parameters(), twin.parameters()):
-            assert_close(q.grad, p.grad, f"{name} step {step}")
-            p.grad = q.grad = None
+        step_matches_eager(model, twin, compiled, torch.randn(shape, device=DEV),
+                           f"{name} step {step}")
     session = last_session()
     for record in session.records:
         print(name, record.name, record.runtime_info)
