@@ -65,12 +65,6 @@ def launches_kernel(node: fx.Node) -> bool:
     return True
 
 
-def tensor_value(node: fx.Node) -> torch.Tensor | None:
-    """The (fake) tensor a node produces, when it produces exactly one tensor."""
-    value = node.meta.get("val")
-    return value if isinstance(value, torch.Tensor) else None
-
-
 def has_symbolic_shapes(gm: fx.GraphModule) -> bool:
     """True when any node's shape depends on a symbolic size (dynamic shapes)."""
     for node in gm.graph.nodes:
