@@ -2,8 +2,9 @@
 
     python -m benchmarks.top_kernels gpt2 kitsune inductor-ro [--iters 5] [--top 15]
 
-Each backend's model is compiled, warmed up, then profiled over ``--iters`` calls; the table
-lists kernels by total device time with their call counts. A diagnostic, not a benchmark.
+Each backend's model is compiled, warmed up, then profiled over ``--iters`` calls (a training
+workload runs its whole step: forward, backward and the eager Adam update); the table lists
+kernels by total device time with their call counts. A diagnostic, not a benchmark.
 """
 
 from __future__ import annotations
@@ -11,26 +12,31 @@ from __future__ import annotations
 import argparse
 import collections
 
+import contextlib
+
 import torch
 
 from .backends import BY_NAME as BACKENDS
+from .measure import InferCall, TrainStep
 from .workloads import BY_NAME as WORKLOADS
 
 
 def top_kernels(workload: str, backend: str, iters: int, top: int) -> None:
     """Print the ``top`` kernels of ``backend`` on ``workload`` over ``iters`` calls."""
     spec = WORKLOADS[workload]
-    torch.manual_seed(0)
-    model = spec.make_model().cuda().eval()
-    inputs = tuple(x.cuda() for x in spec.make_inputs(torch.Generator().manual_seed(0)))
-    fn = BACKENDS[backend].wrap(model)
-    with torch.no_grad():
+    model, batches = spec.build(torch.device("cuda"))
+    training = spec.kind == "train"
+    grad = contextlib.nullcontext() if training else torch.no_grad()
+    with grad:
+        compiled = BACKENDS[backend].wrap(model)
+        step = (TrainStep(model, compiled, batches[0], lr=1e-3) if training
+                else InferCall(model, compiled, batches[0]))
         for _ in range(3):
-            fn(*inputs)
+            step()
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(iters):
-                fn(*inputs)
+                step()
             torch.cuda.synchronize()
     totals: dict[str, list[float]] = collections.defaultdict(list)
     for event in prof.events():
