@@ -46,7 +46,7 @@ def top_kernels(workload: str, backend: str, iters: int, top: int) -> None:
     all_us = sum(sum(v) for v in totals.values()) / iters
     print(f"\n{workload} / {backend}: {all_us:.1f} us of kernels per call")
     for name, times in ranked[:top]:
-        print(f"  {sum(times) / iters:9.1f} us  x{len(times) // iters:<4d} {name[:100]}")
+        print(f"  {sum(times) / iters:9.1f} us  x{len(times) // iters:<4d} {name[:160]}")
 
 
 def main() -> None:

@@ -16,6 +16,15 @@ from torch._decomp import get_decompositions
 
 aten = torch.ops.aten
 
+# cumsum becomes a masked sum (``cumsum_as_masked_sum``) over dims this short, for inputs
+# with at most this many elements times the dim's length: beyond that the O(n^2) work and
+# the masks' registers cost more than ATen's scan.
+CUMSUM_MAX_DIM = 1024
+CUMSUM_MAX_WORK = 1 << 22
+
+# ``reduction`` argument values of the loss ops (ATen's ``at::Reduction``).
+_REDUCTION_NONE, _REDUCTION_MEAN = 0, 1
+
 DECOMPOSED_OPS = [
     aten._softmax,
     aten._log_softmax,
@@ -88,6 +97,46 @@ def convolution_then_bias(input, weight, bias, stride, padding, dilation, transp
     return out + bias.view([1, -1] + [1] * (out.dim() - 2))
 
 
+def nll_loss_backward_as_where(grad_output, self, target, weight, reduction, ignore_index,
+                               total_weight):
+    """``nll_loss_backward`` over an (N, C) batch as one ``where``: -grad (divided by the
+    total weight for a mean, times the class weight when there is one) at each row's target
+    class, 0 elsewhere and on rows whose target is ``ignore_index``. That fuses into the
+    ``log_softmax`` backward after it; ATen would zero a buffer and scatter into it (two
+    kernels). Other shapes are left alone (``NotImplemented``)."""
+    if self.dim() != 2 or target.dim() != 1:
+        return NotImplemented
+    # Every op on the (N, C) grid, none on a lone scalar, so all of it fuses into one kernel.
+    grad = grad_output.unsqueeze(1) if reduction == _REDUCTION_NONE else grad_output
+    grad = grad.expand(self.shape)
+    if reduction == _REDUCTION_MEAN:
+        grad = grad / total_weight
+    value = -(grad if weight is None else grad * weight)
+    target = target.unsqueeze(1)
+    classes = torch.arange(self.shape[1], device=self.device).unsqueeze(0)
+    hit = (classes == target) & (target != ignore_index)
+    return torch.where(hit, value, 0).to(self.dtype)
+
+
+def cumsum_as_masked_sum(x, dim, *, dtype=None):
+    """``cumsum`` of integers or bools over a short dim as a masked sum:
+    ``out[i] = sum_j where(j <= i, x[j], 0)``. O(n^2) work, but a reduction fusion turns into
+    one kernel with what computes ``x``; ATen runs a cast and a two-kernel scan. Integer sums
+    are exact in any order, so this equals eager bitwise. Floats and longer dims are left
+    alone (``NotImplemented``)."""
+    if x.dim() == 0 or x.is_floating_point() or x.is_complex():
+        return NotImplemented
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    if n > CUMSUM_MAX_DIM or x.numel() * n > CUMSUM_MAX_WORK:
+        return NotImplemented
+    out_dtype = dtype if dtype is not None else torch.int64
+    classes = torch.arange(n, device=x.device)
+    mask = (classes.unsqueeze(0) <= classes.unsqueeze(1)).view(
+        [n, n] + [1] * (x.dim() - dim - 1))
+    return torch.where(mask, x.to(out_dtype).unsqueeze(dim), 0).sum(dim + 1, dtype=out_dtype)
+
+
 def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     """The decomposition table handed to AOTAutograd."""
     table = get_decompositions(DECOMPOSED_OPS)
@@ -95,4 +144,6 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.convolution.default] = convolution_then_bias
     table[aten.var_mean.correction] = var_mean_correction
     table[aten.var.correction] = var_correction
+    table[aten.nll_loss_backward.default] = nll_loss_backward_as_where
+    table[aten.cumsum.default] = cumsum_as_masked_sum
     return table

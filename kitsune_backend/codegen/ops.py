@@ -355,8 +355,11 @@ def _check_reduction(node: fx.Node) -> tuple[Optional[str], str]:
     source = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
     if not isinstance(source, torch.Tensor):
         return None, "reduction input has no tensor metadata"
-    if not value.dtype.is_floating_point or not source.dtype.is_floating_point:
-        return None, f"{value.dtype} reduction (only floating point accumulates in a kernel)"
+    exact_sum = (REDUCTIONS[packet(node)] == "sum" and value.dtype in (torch.int32, torch.int64)
+                 and not source.dtype.is_floating_point and not source.dtype.is_complex)
+    if not exact_sum and not (value.dtype.is_floating_point and source.dtype.is_floating_point):
+        return None, (f"{value.dtype} reduction (only floating point, or an integer sum, "
+                      "accumulates in a kernel)")
     if node.kwargs.get("dtype") not in (None, value.dtype):
         return None, "reduction with a dtype argument"
     reduce_size = math.prod(source.shape[d] for d in reduced_dims(node))

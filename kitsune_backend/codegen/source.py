@@ -340,6 +340,8 @@ class _Writer(PointwiseBody):
         source = node.args[0]
         want = ops.compute_dtype(node.meta["val"].dtype)
         neutral = {"sum": "0.0", "mean": "0.0", "amax": '-float("inf")', "amin": 'float("inf")'}[kind]
+        if not node.meta["val"].dtype.is_floating_point:
+            neutral = "0"  # an integer sum (ops allows no other integer reduction)
         block = f"[{self.config.xblock}, {self.config.rblock}]"
         if self.looped:
             acc = self.fresh("acc")

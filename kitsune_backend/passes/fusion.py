@@ -7,6 +7,8 @@ each region of two or more ops is generated as Triton source
 one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.kernel.FusedKernel`.
 The new kernels are then compiled on worker processes in parallel
 (:mod:`kitsune_backend.codegen.precompile`) instead of one by one at their first launch.
+Last, a matmul bias add that fused with nothing goes back into an ``addmm``
+(:mod:`kitsune_backend.passes.bias_rejoin`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..codegen.source import generate
 from ..graph_utils import has_symbolic_shapes
 from ..record import KernelRecord
 from .base import Decline, PassContext, PassResult
+from .bias_rejoin import rejoin_bias
 
 STAGE = "fusion"
 _SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": "relu_bwd"}
@@ -39,7 +42,9 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     and ``arange`` sources are computed inside the kernels that read them, so they launch
     nothing. Every boundary is a decline with its reason (:mod:`kitsune_backend.codegen.ops`
     lists the ops). The kernels are then compiled ahead on the ``compile_workers``
-    processes (:mod:`kitsune_backend.codegen.precompile`).
+    processes (:mod:`kitsune_backend.codegen.precompile`). A bias add left alone after its
+    ``mm`` becomes an ``addmm`` again (:mod:`kitsune_backend.passes.bias_rejoin`), with or
+    without fusion.
 
     Before::
 
@@ -51,6 +56,16 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         kitsune_fused_amax_sub_exp_sum_div_0 = kitsune_fused_amax_sub_exp_sum_div_0(x)
         return kitsune_fused_amax_sub_exp_sum_div_0
     """
+    result = _fuse_regions(gm, ctx)
+    rejoined = sum(rejoin_bias(gm, node) for node in list(gm.graph.nodes))
+    if rejoined:
+        result.changed = True
+        result.stats["bias_adds_rejoined"] = rejoined
+        result.notes.append(f"{rejoined} lone bias add(s) put back into addmm")
+    return result
+
+
+def _fuse_regions(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     why = _why_not_fuse(gm, ctx)
     if why:
         return PassResult(declines=[Decline(STAGE, why)])
