@@ -31,6 +31,25 @@ def static_input_indices(kind: str) -> tuple[int, ...]:
     return tuple(getattr(metadata, "static_input_indices", ()) or ())
 
 
+def caller_output_indices(kind: str, gm: fx.GraphModule) -> tuple[int, ...]:
+    """Outputs of ``gm`` that the caller receives: all of an inference graph's, the user
+    outputs of a forward graph (AOTAutograd's metadata says which; the rest are saved for
+    backward), none of a backward graph's (gradients go to ``.grad``)."""
+    outputs = next(n for n in reversed(gm.graph.nodes) if n.op == "output").args[0]
+    count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
+    if kind == "inference":
+        return tuple(range(count))
+    context = TracingContext.try_get()
+    metadata = getattr(context, "fw_metadata", None) if context is not None else None
+    if kind != "forward" or metadata is None:
+        return ()
+    first = getattr(metadata, "num_mutated_inp_runtime_indices", None)
+    users = getattr(metadata, "num_outputs", None)
+    if not isinstance(first, int) or not isinstance(users, int):
+        return ()
+    return tuple(range(first, min(first + users, count)))
+
+
 def _optimize(
     gm: fx.GraphModule, ctx: PassContext, record: CompileRecord, original: fx.GraphModule
 ) -> Callable:
@@ -76,6 +95,7 @@ def compile_graph(
         graph_name=record.name,
         example_inputs=example_inputs,
         static_input_indices=static_input_indices(kind),
+        caller_output_indices=caller_output_indices(kind, gm),
     )
     try:
         runner = _optimize(gm, ctx, record, original)

@@ -39,6 +39,23 @@ def written_inputs(node: fx.Node) -> list[fx.Node]:
     ]
 
 
+UNDEFINED_CONTENTS = frozenset({"empty", "empty_like", "empty_strided", "new_empty",
+                                "new_empty_strided", "empty_permuted"})
+"""Factory ops whose result holds no defined values: two calls give two buffers, not one value."""
+
+
+def is_pure(node: fx.Node) -> bool:
+    """True for an ATen call whose result depends only on its arguments: it writes into
+    none of them, is not random (``nondeterministic_seeded``) and is not an ``empty``-like
+    factory."""
+    overload = op_overload(node)
+    if overload is None or written_inputs(node):
+        return False
+    if torch.Tag.nondeterministic_seeded in overload.tags:
+        return False
+    return overload.overloadpacket.__name__ not in UNDEFINED_CONTENTS
+
+
 def is_mutating(node: fx.Node) -> bool:
     """True when the node writes into one of its arguments (``copy_``, ``add_``, ...)."""
     return bool(written_inputs(node))

@@ -11,7 +11,7 @@ from kitsune_backend.config import Config
 from kitsune_backend.models import BranchyHeads, MLP, RunningStats
 from kitsune_backend.passes.streams import assign_streams
 from kitsune_backend.record import CompileRecord, PassRecord, snapshot
-from kitsune_backend.runtime.capture import capture_decline
+from kitsune_backend.runtime.capture import COPY_OUT_MAX_BYTES, capture_decline, copy_out_indices
 from kitsune_backend.runtime.executor import ScheduleRunner
 from kitsune_backend.runtime.schedule_code import cross_stream_values
 from kitsune_backend.runtime.schedule_plot import render_schedule, schedule_layout
@@ -167,3 +167,14 @@ def test_render_schedule(tmp_path):
     for suffix in ("png", "svg"):
         path = render_schedule(record, tmp_path / f"schedule.{suffix}")
         assert (tmp_path / f"schedule.{suffix}").stat().st_size > 1000, path
+
+
+def test_copy_out_picks_small_unshared_caller_outputs():
+    loss, logits, saved = torch.randn(()), torch.randn(4, 10), torch.randn(3)
+    big = torch.empty(COPY_OUT_MAX_BYTES // 4 + 1)
+    base = torch.randn(8, 8)  # two outputs viewing one storage: neither is copied
+    outputs = [loss, logits, big, base[0], base[1], saved, 7]
+    caller = [0, 1, 2, 3, 4, 6]  # `saved` (5) is not a caller output: backward reads it
+    assert copy_out_indices(outputs, caller, set()) == (0, 1)
+    # an output living in an input's memory is left alone
+    assert copy_out_indices(outputs, caller, {logits.untyped_storage()._cdata}) == (0,)

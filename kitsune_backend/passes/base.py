@@ -46,7 +46,8 @@ class PassContext:
 
     ``graph_name`` is ``forward``, ``backward`` or ``inference`` plus a counter;
     ``static_input_indices`` lists inputs that are parameters or buffers (they keep their
-    address between calls); ``state`` holds what passes hand to later passes and to the
+    address between calls); ``caller_output_indices`` lists outputs the caller receives
+    (a forward graph's other outputs are saved for backward); ``state`` holds what passes hand to later passes and to the
     runtime (fusion regions, stream plan, memory plan), keyed by the producing pass's name;
     ``kernels`` collects a :class:`~kitsune_backend.record.KernelRecord` per generated kernel.
     """
@@ -55,6 +56,7 @@ class PassContext:
     graph_name: str
     example_inputs: Sequence[Any]
     static_input_indices: tuple[int, ...] = ()
+    caller_output_indices: tuple[int, ...] = ()
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
     kernels: list[Any] = dataclasses.field(default_factory=list)
 

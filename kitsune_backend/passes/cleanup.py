@@ -1,5 +1,5 @@
 """cleanup: dead code and duplicate computations out, canonical ATen names, shape/dtype
-metadata on every node."""
+metadata on every node, input-independent values computed once (constant folding)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .base import PassContext, PassResult
+from .constant_fold import fold_constants
 from .cse import eliminate_common_subexpressions
 
 aten = torch.ops.aten
@@ -22,8 +23,9 @@ CANONICAL = {
 
 def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Remove dead nodes, rename aliases of ATen ops to one canonical overload, merge
-    duplicate pure computations (:mod:`kitsune_backend.passes.cse`), and fill in
-    ``meta["val"]`` where a node lacks it (by fake-tensor propagation).
+    duplicate pure computations (:mod:`kitsune_backend.passes.cse`), fill in
+    ``meta["val"]`` where a node lacks it (by fake-tensor propagation), and compute values
+    that depend on no input once, into buffers (:mod:`kitsune_backend.passes.constant_fold`).
 
     Before::
 
@@ -49,10 +51,12 @@ def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if missing:
         _propagate_fake_values(gm, ctx)
         result.notes.append(f"filled metadata of {len(missing)} node(s) by fake propagation")
-    result.changed = bool(renamed or removed or merged or missing)
+    folded = fold_constants(gm)
+    result.changed = bool(renamed or removed or merged or missing or folded)
     result.notes.append(f"removed {removed} dead node(s), merged {merged} duplicate(s), "
-                        f"renamed {renamed} alias op(s)")
-    result.stats.update(dead_nodes_removed=removed, duplicates_merged=merged)
+                        f"renamed {renamed} alias op(s), folded {folded} constant(s)")
+    result.stats.update(dead_nodes_removed=removed, duplicates_merged=merged,
+                        constants_folded=folded)
     return result
 
 

@@ -21,24 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Optional
 
-import torch
 import torch.fx as fx
 
-from ..graph_utils import alias_base, op_overload, written_inputs
-
-_UNDEFINED_CONTENTS = frozenset({"empty", "empty_like", "empty_strided", "new_empty",
-                                 "new_empty_strided", "empty_permuted"})
+from ..graph_utils import alias_base, is_pure, written_inputs
 
 
 def _mergeable(node: fx.Node, written: set[fx.Node]) -> bool:
-    overload = op_overload(node)
-    if overload is None or written_inputs(node):
-        return False
-    if torch.Tag.nondeterministic_seeded in overload.tags:
-        return False
-    if overload.overloadpacket.__name__ in _UNDEFINED_CONTENTS:
-        return False
-    return alias_base(node) not in written
+    return is_pure(node) and alias_base(node) not in written
 
 
 def _key(value: Any, canonical: dict[fx.Node, fx.Node], writes: dict[fx.Node, int]

@@ -71,4 +71,5 @@ def build_runtime(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) -
         return runner
     info["capture"] = "replay per input-shape signature after 1 warm-up call"
     info["cuda_graph_instances"] = 0
-    return CapturedRunner(runner, ctx.static_input_indices, torch.device(device), record)
+    return CapturedRunner(runner, ctx.static_input_indices, torch.device(device), record,
+                          ctx.caller_output_indices)

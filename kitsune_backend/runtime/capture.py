@@ -21,6 +21,9 @@ of the static outputs, and an instance is only replayed when the use count of ea
 output storages is back to its own references. Otherwise another instance is used or
 captured (up to ``MAX_INSTANCES``), and past that the call runs uncaptured. This covers the
 forward outputs that autograd saves for backward: they stay referenced until backward ran.
+Small outputs the caller receives (at most ``COPY_OUT_MAX_BYTES``: a loss, logits) are
+handed out as copies instead, so a caller who keeps the last loss while running the next
+step does not need a second instance (with a second copy of every activation).
 
 RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fresh numbers.
 """
@@ -41,6 +44,7 @@ from ..record import CompileRecord
 aten = torch.ops.aten
 
 MAX_INSTANCES = 3
+COPY_OUT_MAX_BYTES = 64 * 1024
 
 # Ops that synchronize with the host or size their output from data: not capturable.
 HOST_SYNC = frozenset(
@@ -102,7 +106,8 @@ def _read_in_place(x: torch.Tensor) -> bool:
 class _Instance:
     """One captured graph with its static input buffers and static outputs."""
 
-    def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any):
+    def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any,
+                 caller_outputs: Sequence[int] = ()):
         self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
         for _, param, _ in self.static:
             _STATIC_STORAGES[param.untyped_storage().data_ptr()] = param
@@ -130,9 +135,10 @@ class _Instance:
         self.outputs = outputs
         inputs = {x.untyped_storage()._cdata for x in captured if isinstance(x, torch.Tensor)}
         del captured
+        self.copied = copy_out_indices(outputs, caller_outputs, inputs)
         owned = {}
-        for t in outputs:
-            if isinstance(t, torch.Tensor):
+        for i, t in enumerate(outputs):
+            if isinstance(t, torch.Tensor) and i not in self.copied:
                 key = t.untyped_storage()._cdata
                 if key not in inputs:
                     owned[key] = 0
@@ -180,9 +186,28 @@ class _Instance:
                 versions[i] = -1 if x.is_inference() else x._version
         self.graph.replay()
         outs = [o.detach() if isinstance(o, torch.Tensor) else o for o in self.outputs]
+        for i in self.copied:
+            outs[i] = outs[i].clone()
         if self.structure is None:
             return outs[0]
         return tuple(outs) if self.structure is tuple else outs
+
+
+def copy_out_indices(outputs: list, caller_outputs: Sequence[int], inputs: set) -> tuple[int, ...]:
+    """Caller outputs small enough to hand out as copies: tensors of at most
+    ``COPY_OUT_MAX_BYTES`` whose storage no other output and no input shares."""
+    storages: dict[int, int] = {}
+    for t in outputs:
+        if isinstance(t, torch.Tensor):
+            key = t.untyped_storage()._cdata
+            storages[key] = storages.get(key, 0) + 1
+    return tuple(
+        i for i in caller_outputs
+        if i < len(outputs) and isinstance(outputs[i], torch.Tensor)
+        and outputs[i].untyped_storage().nbytes() <= COPY_OUT_MAX_BYTES
+        and storages[outputs[i].untyped_storage()._cdata] == 1
+        and outputs[i].untyped_storage()._cdata not in inputs
+    )
 
 
 class CapturedRunner:
@@ -194,9 +219,11 @@ class CapturedRunner:
         static: Sequence[int],
         device: torch.device,
         record: CompileRecord,
+        caller_outputs: Sequence[int] = (),
     ) -> None:
         self.run = run
         self.static = tuple(static)
+        self.caller_outputs = tuple(caller_outputs)
         self.stream = torch.cuda.Stream(device)
         self.record = record
         self.instances: list[_Instance] = []
@@ -227,7 +254,7 @@ class CapturedRunner:
             )
             return self._uncaptured(args)
         try:
-            inst = _Instance(self.run, args, self.static, self.stream)
+            inst = _Instance(self.run, args, self.static, self.stream, self.caller_outputs)
         except Exception as exc:  # capture is an optimization: run uncaptured from now on
             self.disabled = f"capture failed: {type(exc).__name__}: {exc}"
             self.record.other_declines.append(Decline("cuda_graphs", self.disabled))
@@ -238,6 +265,7 @@ class CapturedRunner:
         info["cuda_graph_instances"] = len(self.instances)
         info["inputs_read_in_place"] = len(inst.inplace)
         info["inputs_copied"] = len(inst.buffers)
+        info["outputs_copied_out"] = len(inst.copied)
         return inst.replay(args)
 
     def _warm_up(self, args: Sequence[Any]) -> Any:

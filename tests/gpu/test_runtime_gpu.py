@@ -148,6 +148,22 @@ def test_replay_equals_eager_and_outputs_survive_the_next_call():
         assert record.runtime_info["cuda_graph_instances"] == 2
 
 
+def test_small_outputs_are_copies_so_held_ones_need_no_second_instance():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 10)).to(DEV).eval()
+    compiled = compile_with(model)
+    x = [torch.randn(8, 64, device=DEV) for _ in range(6)]
+    with torch.no_grad():
+        held = [compiled(xi) for xi in x]  # every output kept while the next call runs
+        torch.cuda.synchronize()
+        for out, xi in zip(held, x):
+            assert_close(out, model(xi))
+    record = forward_record()
+    assert record.runtime_info["outputs_copied_out"] == 1
+    assert record.runtime_info["cuda_graph_instances"] == 1
+    assert record.runtime_info.get("uncaptured_calls", 0) == 1  # the warm-up only
+
+
 def test_same_input_object_and_in_place_changes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.GELU()).to(DEV).eval()
@@ -221,6 +237,11 @@ def test_training_through_captured_graphs_matches_eager(name):
     backward = session.backward.runtime_info
     assert backward.get("cuda_graph_instances", 0) >= 1, session.backward.declines
     assert backward["inputs_read_in_place"] > 0  # saved activations are not copied
+    # _train keeps the last loss while the next step runs: the loss is handed out as a
+    # copy, so the forward needs one instance (and the backward reads that one's outputs).
+    assert forward.runtime_info["outputs_copied_out"] == 1
+    assert forward.runtime_info["cuda_graph_instances"] == 1
+    assert backward["cuda_graph_instances"] == 1
     if name == "mlp":  # weights saved for backward (as transposed views) are not copied:
         assert backward["inputs_copied"] <= 3  # only labels, the input and the loss grad
     if name == "smallcnn":
