@@ -39,6 +39,9 @@ class Config:
 
     fusion: bool = True
     """Group pointwise and reduction ops into generated Triton kernels."""
+    constant_folding: bool = True
+    """Compute values that depend on no input (masks built from ``arange``, say) once, at
+    compile time, and read them from a buffer."""
     streams: bool = True
     """Run independent kernels concurrently on several CUDA streams."""
     num_streams: int = 8

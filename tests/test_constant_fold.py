@@ -104,3 +104,12 @@ def test_training_graph_with_a_constant_matches_eager():
     fn(x).backward()
     _compile(fn)(x2).backward()
     assert_close(x2.grad, x.grad)
+
+
+def test_option_turns_folding_off():
+    x = torch.randn(1, 16, 8)
+    compiled = torch.compile(_causal_mask_attention, backend="kitsune",
+                             options={"strict": True, "constant_folding": False})
+    assert_close(compiled(x), _causal_mask_attention(x))
+    folded, code = _cleanup(kitsune_backend.last_compile())
+    assert folded == 0 and "arange" in code

@@ -1,6 +1,10 @@
 """Fewer kernels: ``cat`` inside regions, constants and ``arange`` computed in kernels,
 bitwise ops, regions that grow by broadcasting. Structure (how many kernels) and values
-against eager. ``tests/gpu/test_fusion2_gpu.py`` runs the ``device`` tests on CUDA."""
+against eager. ``tests/gpu/test_fusion2_gpu.py`` runs the ``device`` tests on CUDA.
+
+Constant folding is off here: these tests are about kernels computing constants, ``arange``
+and gathers inline, and folding would turn those input-independent values into buffers
+before fusion sees them (``tests/test_constant_fold.py`` tests that)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,15 @@ import torch
 import kitsune_backend
 from kitsune_backend import models
 from tests.helpers import assert_close
-from tests.test_fusion_ops import HALF_TYPES, check, rand
+from tests.test_fusion_ops import HALF_TYPES, rand
+from tests.test_fusion_ops import check as check_folding
+
+NO_FOLDING = {"strict": True, "constant_folding": False}
+
+
+def check(fn, *inputs, **kwargs):
+    """:func:`tests.test_fusion_ops.check` with constant folding off."""
+    return check_folding(fn, *inputs, options={"constant_folding": False}, **kwargs)
 
 
 def fused_calls(record):
@@ -34,7 +46,7 @@ def branchy_inputs(device):
 def test_branchy_bias_adds_and_cat_are_one_kernel(device="cpu"):
     model, x = branchy_inputs(device)
     with torch.no_grad():
-        compiled = torch.compile(model, backend="kitsune", options={"strict": True})
+        compiled = torch.compile(model, backend="kitsune", options=NO_FOLDING)
         assert_close(compiled(x), model(x))
     record = kitsune_backend.last_compile().forward
     # four layer-norm heads (bias add, gelu, layer norm) and one kernel for the four

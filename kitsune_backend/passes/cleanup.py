@@ -51,7 +51,7 @@ def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if missing:
         _propagate_fake_values(gm, ctx)
         result.notes.append(f"filled metadata of {len(missing)} node(s) by fake propagation")
-    folded = fold_constants(gm)
+    folded = fold_constants(gm) if ctx.config.constant_folding else 0
     result.changed = bool(renamed or removed or merged or missing or folded)
     result.notes.append(f"removed {removed} dead node(s), merged {merged} duplicate(s), "
                         f"renamed {renamed} alias op(s), folded {folded} constant(s)")
