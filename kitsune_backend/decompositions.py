@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch._decomp import get_decompositions
 
+from . import pool_decompositions
+
 aten = torch.ops.aten
 
 DECOMPOSED_OPS = [
@@ -95,4 +97,7 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.convolution.default] = convolution_then_bias
     table[aten.var_mean.correction] = var_mean_correction
     table[aten.var.correction] = var_correction
+    table[aten.max_pool2d_with_indices.default] = pool_decompositions.max_pool2d_with_indices
+    table[aten.max_pool2d_with_indices_backward.default] = (
+        pool_decompositions.max_pool2d_with_indices_backward)
     return table
