@@ -100,7 +100,9 @@ def _padded(x: torch.Tensor, dim: int, start: int, step: int, first: int, count:
     if count <= 0:
         return None
     begin = start + step * first
-    part = aten.slice.Tensor(x, dim, begin, begin + step * (count - 1) + 1, step)
+    part = x
+    if (begin, step, count) != (0, 1, x.shape[dim]):
+        part = aten.slice.Tensor(x, dim, begin, begin + step * (count - 1) + 1, step)
     pieces = []
     for before, n in ((True, first), (False, size - first - count)):
         if n > 0:
