@@ -92,27 +92,34 @@ def _full(shape: Sequence[int], value, like: torch.Tensor) -> torch.Tensor:
     return aten.full.default(list(shape), value, dtype=like.dtype, device=like.device)
 
 
-def _padded(x: torch.Tensor, dim: int, start: int, step: int, first: int, count: int,
-            size: int, fill) -> Optional[torch.Tensor]:
-    """``x`` along ``dim`` at positions ``start + step*i`` for ``i`` in ``[0, size)``: a strided
-    slice over ``[first, first + count)`` with ``fill`` before and after (by ``cat``), or
-    ``None`` when no position falls inside ``x``."""
-    if count <= 0:
+def _cells(x: torch.Tensor, start: tuple[int, int], step: tuple[int, int],
+           size: tuple[int, int], fill) -> Optional[torch.Tensor]:
+    """``y[..., i, j] = x[..., start[0] + step[0]*i, start[1] + step[1]*j]`` for ``(i, j)`` in
+    ``[0, size)``, and ``fill`` where that falls outside ``x``: one strided slice per dim,
+    then ``cat`` with fills (slices first, so the cats read ``x`` itself, a kernel input);
+    ``None`` when no cell falls inside ``x``."""
+    runs = [_inside(start[a], step[a], size[a], x.shape[x.dim() - 2 + a]) for a in range(2)]
+    if min(count for _, count in runs) <= 0:
         return None
-    begin = start + step * first
     part = x
-    if (begin, step, count) != (0, 1, x.shape[dim]):
-        part = aten.slice.Tensor(x, dim, begin, begin + step * (count - 1) + 1, step)
-    pieces = []
-    for before, n in ((True, first), (False, size - first - count)):
-        if n > 0:
+    for axis, (first, count) in enumerate(runs):
+        dim = x.dim() - 2 + axis
+        begin = start[axis] + step[axis] * first
+        if (begin, step[axis], count) != (0, 1, x.shape[dim]):
+            end = begin + step[axis] * (count - 1) + 1
+            part = aten.slice.Tensor(part, dim, begin, end, step[axis])
+    for axis in (1, 0):
+        dim = x.dim() - 2 + axis
+        first, count = runs[axis]
+        pieces = []
+        for n in (first, size[axis] - first - count):
             shape = list(part.shape)
             shape[dim] = n
-            pieces.append((before, _full(shape, fill, x)))
-    if not pieces:
-        return part
-    ordered = [p for b, p in pieces if b] + [part] + [p for b, p in pieces if not b]
-    return aten.cat.default(ordered, dim)
+            pieces.append(_full(shape, fill, x) if n > 0 else None)
+        if pieces != [None, None]:
+            ordered = [pieces[0], part, pieces[1]]
+            part = aten.cat.default([p for p in ordered if p is not None], dim)
+    return part
 
 
 def _inside(start: int, step: int, out: int, size: int) -> tuple[int, int]:
@@ -135,24 +142,18 @@ def max_pool2d_with_indices(x: torch.Tensor, kernel_size, stride=(), padding=(0,
     if params is None:
         return NotImplemented
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = params
-    height, width = x.shape[-2], x.shape[-1]
+    width = x.shape[-1]
     lead = list(x.shape[:-2])
     best = ih = iw = None
     if ph or pw:  # the first window cell may be padding: start from -inf and the first real cell
         best = _full(lead + [ho, wo], float("-inf"), x)
-        ih = aten.clamp_min.default(_arange(-ph, sh, ho, x), 0).mul(width).view(ho, 1)
+        ih = aten.mul.Tensor(aten.clamp_min.default(_arange(-ph, sh, ho, x), 0), width).view(ho, 1)
         iw = aten.clamp_min.default(_arange(-pw, sw, wo, x), 0)
     for di in range(kh):
-        row_first, row_count = _inside(di - ph, sh, ho, height)
-        rows = _padded(x, x.dim() - 2, di - ph, sh, row_first, row_count, ho, float("-inf"))
-        if rows is None:
-            continue  # this row of the window is padding for every output
         for dj in range(kw):
-            col_first, col_count = _inside(dj - pw, sw, wo, width)
-            value = _padded(rows, x.dim() - 1, dj - pw, sw, col_first, col_count, wo,
-                            float("-inf"))
+            value = _cells(x, (di - ph, dj - pw), (sh, sw), (ho, wo), float("-inf"))
             if value is None:
-                continue
+                continue  # this window cell is padding for every output
             row = _arange((di - ph) * width, sh * width, ho, x).view(ho, 1)
             col = _arange(dj - pw, sw, wo, x)
             if best is None:
@@ -189,18 +190,16 @@ def max_pool2d_with_indices_backward(grad_output: torch.Tensor, x: torch.Tensor,
     flat = aten.add.Tensor(_arange(-ph * width, width, qh * sh, x).view(qh, sh, 1, 1),
                            _arange(-pw, 1, qw * sw, x).view(qw, sw))
     grid6 = lead + [qh, 1, qw, 1]
-    total = None
+    total = None  # slot (0, 0) always has a term
     for a in range(-(-kh // sh)):
         for b in range(-(-kw // sw)):
-            term = _slot(grad_output, indices, flat, (a, b), (qh, qw), (ho, wo), grid6)
+            term = _slot(grad_output, indices, flat, (a, b), (qh, qw), grid6)
             if term is None:
                 continue
             mask = _slot_mask((kh - a * sh, kw - b * sw), (sh, sw), x)
             if mask is not None:
                 term = aten.where.self(mask, term, _full((), 0, term))
             total = term if total is None else aten.add.Tensor(total, term)
-    if total is None:
-        total = _full(lead + [qh, sh, qw, sw], 0, grad_output)
     grad = aten.view.default(total, lead + [qh * sh, qw * sw])
     if (ph, pw) != (0, 0) or (qh * sh, qw * sw) != (height, width):
         grad = aten.slice.Tensor(grad, x.dim() - 2, ph, ph + height)
@@ -208,19 +207,14 @@ def max_pool2d_with_indices_backward(grad_output: torch.Tensor, x: torch.Tensor,
     return grad
 
 
-def _slot(grad_output, indices, flat, slot, grid, out, grid6) -> Optional[torch.Tensor]:
+def _slot(grad_output, indices, flat, slot, grid, grid6) -> Optional[torch.Tensor]:
     """The gradient each padded-grid cell gets from window slot ``(a, b)``: ``grad_output``
     at window ``(q - a, q' - b)`` where that window's index is this cell, else 0."""
     pieces = []
     for tensor, fill in ((grad_output, 0), (indices, -1)):
-        shifted = tensor
-        for axis in range(2):
-            dim = tensor.dim() - 2 + axis
-            first = slot[axis]
-            count = min(out[axis], grid[axis] - first)
-            shifted = _padded(shifted, dim, -first, 1, first, count, grid[axis], fill)
-            if shifted is None:
-                return None
+        shifted = _cells(tensor, (-slot[0], -slot[1]), (1, 1), grid, fill)
+        if shifted is None:
+            return None
         pieces.append(aten.view.default(shifted, grid6))
     hit = aten.eq.Tensor(pieces[1], flat)
     return aten.where.self(hit, pieces[0], _full((), 0, grad_output))
