@@ -63,8 +63,9 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """Dtypes decomposed: the running max compares floats; integer pools stay ATen."""
 
 
-def _pair(values: Sequence[int], default: Sequence[int]) -> tuple[int, int]:
-    values = list(values) if values else list(default)
+def _pair(values, default: Sequence[int]) -> tuple[int, int]:
+    """A 2-D pool argument (an int, one or two ints; empty: ``default``) as two ints."""
+    values = [values] if isinstance(values, int) else list(values) or list(default)
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
