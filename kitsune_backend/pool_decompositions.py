@@ -3,7 +3,10 @@
 ``aten.max_pool2d_with_indices`` and ``aten.max_pool2d_with_indices_backward`` are library
 calls: left as they are, the pointwise ops around them (the ReLU before, the
 ``threshold_backward`` after the backward) cannot share a kernel with them. Here both are
-rewritten into pieces :mod:`kitsune_backend.codegen` already fuses.
+rewritten into pieces :mod:`kitsune_backend.codegen` already fuses. The backward then
+shares one kernel with the ``threshold_backward`` after it. The forward becomes one
+generated kernel, but not yet one with the ReLU before it: a strided slice of a region's
+value stays an ATen view, so the ReLU's output is written and the pool kernel reads it.
 
 Forward, for each window offset ``(di, dj)`` in window order: the input cells
 ``x[..., oh*s - p + di, ow*s - p + dj]`` are one strided slice of the input (an ATen view a
