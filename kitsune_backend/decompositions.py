@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch._decomp import get_decompositions
 
+from . import pool_decompositions
+
 aten = torch.ops.aten
 
 # cumsum becomes a masked sum (``cumsum_as_masked_sum``) over dims this short, for inputs
@@ -146,4 +148,7 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.var.correction] = var_correction
     table[aten.nll_loss_backward.default] = nll_loss_backward_as_where
     table[aten.cumsum.default] = cumsum_as_masked_sum
+    table[aten.max_pool2d_with_indices.default] = pool_decompositions.max_pool2d_with_indices
+    table[aten.max_pool2d_with_indices_backward.default] = (
+        pool_decompositions.max_pool2d_with_indices_backward)
     return table
