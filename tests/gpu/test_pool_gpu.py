@@ -1,0 +1,73 @@
+"""Max-pool decompositions on CUDA: generated kernels against ATen's CUDA pools (values and
+indices bitwise, gradients), and LeNet-5 training against eager."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kitsune_backend
+from kitsune_backend.models import LeNet5
+from tests.helpers import assert_close
+from tests.test_pool_decompositions import _pool_and_grad, _same
+
+pytestmark = pytest.mark.gpu
+DEV = "cuda"
+
+CASES = {  # kernel, stride, padding, ceil_mode, input values
+    "lenet": ((2, 2), (2, 2), (0, 0), False, "randn"),
+    "googlenet_stem": ((3, 3), (2, 2), (0, 0), True, "randn"),
+    "inception_branch": ((3, 3), (1, 1), (1, 1), False, "ties"),
+    "padded_nan": ((3, 2), (2, 1), (1, 1), True, "nan"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_compiled_pool_equals_cuda_aten(name, dtype):
+    kernel, stride, padding, ceil_mode, values = CASES[name]
+    x = torch.randn(2, 3, 13, 11, device=DEV)
+    if values == "ties":
+        x = x.round()
+    elif values == "nan":
+        x[x > 1.0] = float("nan")
+    x = x.to(dtype)
+
+    def pool(t):
+        return F.max_pool2d(t, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
+
+    grad = torch.randn(pool(x)[0].shape, device=DEV).to(dtype)
+    values_c, indices_c, grad_c = _pool_and_grad(torch.compile(pool, backend="kitsune"), x, grad)
+    values_e, indices_e, grad_e = _pool_and_grad(pool, x, grad)
+    _same(values_c, values_e)
+    assert torch.equal(indices_c, indices_e)
+    assert_close(grad_c, grad_e)
+    targets = [n.target for r in kitsune_backend.last_compile().records
+               for n in r.nodes_after("fusion")]
+    assert not any("max_pool2d" in t for t in targets), targets
+
+
+def test_lenet5_training_matches_eager_cuda():
+    torch.manual_seed(0)
+    eager = LeNet5().to(DEV)
+    model = copy.deepcopy(eager)
+    compiled = torch.compile(model, backend="kitsune")
+    for step in range(4):
+        x = torch.randn(16, 1, 28, 28, device=DEV)
+        target = torch.randint(0, 10, (16,), device=DEV)
+        loss_e = F.cross_entropy(eager(x), target)
+        loss_c = F.cross_entropy(compiled(x), target)
+        assert_close(loss_c, loss_e, f"loss, step {step}")
+        loss_e.backward()
+        loss_c.backward()
+        for (name, p_e), p_c in zip(eager.named_parameters(), model.parameters()):
+            assert_close(p_c.grad, p_e.grad, f"grad of {name}, step {step}")
+            with torch.no_grad():
+                p_e -= 0.01 * p_e.grad
+                p_c -= 0.01 * p_c.grad
+            p_e.grad = p_c.grad = None
+    for record in kitsune_backend.last_compile().records:
+        assert not record.fallback_reason, record.fallback_reason
