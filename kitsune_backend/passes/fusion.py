@@ -7,8 +7,8 @@ each region of two or more ops is generated as Triton source
 one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.kernel.FusedKernel`.
 The new kernels are then compiled on worker processes in parallel
 (:mod:`kitsune_backend.codegen.precompile`) instead of one by one at their first launch.
-Last, a matmul bias add that fused with nothing goes back into an ``addmm``
-(:mod:`kitsune_backend.passes.bias_rejoin`).
+Last, a matmul bias add that fused with nothing goes back into an ``addmm`` where that is
+not slower (:mod:`kitsune_backend.passes.bias_rejoin`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..codegen.source import generate
 from ..graph_utils import has_symbolic_shapes
 from ..record import KernelRecord
 from .base import Decline, PassContext, PassResult
-from .bias_rejoin import rejoin_bias
+from .bias_rejoin import rejoin_lone_bias_adds
 
 STAGE = "fusion"
 _SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": "relu_bwd"}
@@ -43,8 +43,8 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     nothing. Every boundary is a decline with its reason (:mod:`kitsune_backend.codegen.ops`
     lists the ops). The kernels are then compiled ahead on the ``compile_workers``
     processes (:mod:`kitsune_backend.codegen.precompile`). A bias add left alone after its
-    ``mm`` becomes an ``addmm`` again (:mod:`kitsune_backend.passes.bias_rejoin`), with or
-    without fusion.
+    ``mm`` becomes an ``addmm`` again where that is not slower
+    (:mod:`kitsune_backend.passes.bias_rejoin`), with or without fusion.
 
     Before::
 
@@ -57,7 +57,8 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         return kitsune_fused_amax_sub_exp_sum_div_0
     """
     result = _fuse_regions(gm, ctx)
-    rejoined = sum(rejoin_bias(gm, node) for node in list(gm.graph.nodes))
+    rejoined, kept = rejoin_lone_bias_adds(gm, STAGE)
+    result.declines.extend(kept)
     if rejoined:
         result.changed = True
         result.stats["bias_adds_rejoined"] = rejoined
