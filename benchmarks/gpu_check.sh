@@ -20,7 +20,7 @@
 #   results_<phase>_<date>.json       every number of the benchmark, with GPU/torch/triton/date
 #   trace_branchy_kitsune.json        (count) Chrome trace of one kitsune branchy iteration
 #   compile_time_<date>.json          (count) ResNet-18 first-step compile time, cold and warm
-# Time limits (seconds, override through the environment): TESTS_TIMEOUT=160 for pytest,
+# Time limits (seconds, override through the environment): TESTS_TIMEOUT=240 for pytest,
 # BENCH_BUDGET=300 after which no new benchmark row starts, BENCH_TIMEOUT=370 hard stop,
 # COMPILE_TIMEOUT=200 for the compile-time step (0 skips it).
 # Extra arguments go to `python3 -m benchmarks run` (e.g. --models branchy,gpt2 --iters 50).
@@ -54,7 +54,7 @@ PY
 
   if [ "$PHASE" = time ]; then
     stamp "GPU tests (KITSUNE_TEST_GPU=1 pytest -m gpu)"
-    KITSUNE_TEST_GPU=1 timeout "${TESTS_TIMEOUT:-160}" python3 -m pytest -m gpu -q -p no:cacheprovider \
+    KITSUNE_TEST_GPU=1 timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider \
       > "$OUT/gpu_tests.log" 2>&1
     echo "pytest exit code: $? (full output in gpu_tests.log)"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -20
