@@ -256,35 +256,3 @@ def test_convolution_without_bias_is_left_alone():
     fn = lambda x, w: torch.relu(F.conv2d(x, w)) * 2  # noqa: E731
     forward = check(fn, rand(2, 3, 7, 7), rand(4, 3, 3, 3)).forward
     assert [n.target for n in forward.nodes_after("cleanup")].count("convolution.default") == 1
-
-
-def _targets_after_fusion(record):
-    return [n.target for n in record.nodes_after("fusion")]
-
-
-@pytest.mark.parametrize("grad", [False, True])
-def test_lone_bias_add_goes_back_into_addmm(grad):
-    # The bias add after q = linear(x) has nothing fusable after it (a matmul follows).
-    def fn(x, w, b):
-        q = F.linear(x, w, b)
-        return q @ q.t()
-
-    session = check(fn, rand(16, 32), rand(24, 32), rand(24), grad=grad, min_regions=0)
-    targets = _targets_after_fusion(session.forward)
-    assert "addmm.default" in targets
-    assert "add.Tensor" not in targets
-    assert session.forward.stats["bias_adds_rejoined"] == 1
-
-
-def test_bias_add_with_a_pointwise_consumer_stays_fused():
-    session = check(lambda x, w, b: torch.relu(F.linear(x, w, b)), rand(16, 32), rand(24, 32),
-                    rand(24))
-    targets = _targets_after_fusion(session.forward)
-    assert "addmm.default" not in targets and "mm.default" in targets
-    assert "bias_adds_rejoined" not in session.forward.stats
-
-
-def test_add_of_a_matmul_and_a_full_tensor_is_not_an_addmm():
-    session = check(lambda x, w, r: (x @ w + r) @ w.t(), rand(16, 32), rand(32, 24),
-                    rand(16, 24), min_regions=0)
-    assert "addmm.default" not in _targets_after_fusion(session.forward)

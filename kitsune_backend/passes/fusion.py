@@ -7,8 +7,6 @@ each region of two or more ops is generated as Triton source
 one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.kernel.FusedKernel`.
 The new kernels are then compiled on worker processes in parallel
 (:mod:`kitsune_backend.codegen.precompile`) instead of one by one at their first launch.
-Last, a matmul bias add that fused with nothing goes back into an ``addmm`` where that is
-not slower (:mod:`kitsune_backend.passes.bias_rejoin`).
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from ..codegen.source import generate
 from ..graph_utils import has_symbolic_shapes
 from ..record import KernelRecord
 from .base import Decline, PassContext, PassResult
-from .bias_rejoin import rejoin_lone_bias_adds
 
 STAGE = "fusion"
 _SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": "relu_bwd"}
@@ -42,9 +39,7 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     and ``arange`` sources are computed inside the kernels that read them, so they launch
     nothing. Every boundary is a decline with its reason (:mod:`kitsune_backend.codegen.ops`
     lists the ops). The kernels are then compiled ahead on the ``compile_workers``
-    processes (:mod:`kitsune_backend.codegen.precompile`). A bias add left alone after its
-    ``mm`` becomes an ``addmm`` again where that is not slower
-    (:mod:`kitsune_backend.passes.bias_rejoin`), with or without fusion.
+    processes (:mod:`kitsune_backend.codegen.precompile`).
 
     Before::
 
@@ -56,17 +51,6 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         kitsune_fused_amax_sub_exp_sum_div_0 = kitsune_fused_amax_sub_exp_sum_div_0(x)
         return kitsune_fused_amax_sub_exp_sum_div_0
     """
-    result = _fuse_regions(gm, ctx)
-    rejoined, kept = rejoin_lone_bias_adds(gm, STAGE)
-    result.declines.extend(kept)
-    if rejoined:
-        result.changed = True
-        result.stats["bias_adds_rejoined"] = rejoined
-        result.notes.append(f"{rejoined} lone bias add(s) put back into addmm")
-    return result
-
-
-def _fuse_regions(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     why = _why_not_fuse(gm, ctx)
     if why:
         return PassResult(declines=[Decline(STAGE, why)])
