@@ -149,15 +149,15 @@ def test_lenet_stage_structure():
         k.nodes for k in backward.kernels]
 
 
-def test_lenet5_training_matches_eager():
-    """Two LeNet-5 training steps (fresh inputs each): loss and every gradient as eager."""
+def test_lenet5_training_matches_eager(device="cpu", batch=4, steps=2):
+    """LeNet-5 training steps (fresh inputs each): loss and every gradient as eager."""
     torch.manual_seed(0)
-    eager = LeNet5()
+    eager = LeNet5().to(device)
     model = copy.deepcopy(eager)
     compiled = torch.compile(model, backend="kitsune")
-    for step in range(2):
-        x = torch.randn(4, 1, 28, 28)
-        target = torch.randint(0, 10, (4,))
+    for step in range(steps):
+        x = torch.randn(batch, 1, 28, 28, device=device)
+        target = torch.randint(0, 10, (batch,), device=device)
         loss_e = F.cross_entropy(eager(x), target)
         loss_c = F.cross_entropy(compiled(x), target)
         assert_close(loss_c, loss_e, f"loss, step {step}")

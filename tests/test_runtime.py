@@ -178,3 +178,31 @@ def test_copy_out_picks_small_unshared_caller_outputs():
     assert copy_out_indices(outputs, caller, set()) == (0, 1)
     # an output living in an input's memory is left alone
     assert copy_out_indices(outputs, caller, {logits.untyped_storage()._cdata}) == (0,)
+
+
+def test_caller_outputs_are_the_user_outputs(monkeypatch):
+    """The forward graph's outputs the caller receives (not the tensors saved for backward),
+    and every output of an inference graph: the only ones a replay may hand out as copies."""
+    from kitsune_backend import compiler
+
+    seen = {}
+    real = compiler.caller_output_indices
+
+    def spy(kind, gm):
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        seen[kind] = (real(kind, gm), len(outputs))
+        return seen[kind][0]
+
+    monkeypatch.setattr(compiler, "caller_output_indices", spy)
+    fn = lambda x: ((x.sin() * 2).sum(), x.cos() * x)  # noqa: E731
+    x = torch.randn(8, 4, requires_grad=True)
+    loss, other = torch.compile(fn, backend="kitsune")(x)
+    (loss + other.sum()).backward()
+    indices, count = seen["forward"]
+    assert indices == (0, 1) and count > 2  # the rest are saved for backward
+    assert seen["backward"][0] == ()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(fn, backend="kitsune")(x)
+    indices, count = seen["inference"]
+    assert indices == tuple(range(count))

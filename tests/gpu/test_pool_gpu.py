@@ -3,15 +3,13 @@ indices bitwise, gradients), and LeNet-5 training against eager."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import kitsune_backend
-from kitsune_backend.models import LeNet5
 from tests.helpers import assert_close
+from tests import test_pool_decompositions as cases
 from tests.test_pool_decompositions import _pool_and_grad, _same
 
 pytestmark = pytest.mark.gpu
@@ -51,23 +49,4 @@ def test_compiled_pool_equals_cuda_aten(name, dtype):
 
 
 def test_lenet5_training_matches_eager_cuda():
-    torch.manual_seed(0)
-    eager = LeNet5().to(DEV)
-    model = copy.deepcopy(eager)
-    compiled = torch.compile(model, backend="kitsune")
-    for step in range(4):
-        x = torch.randn(16, 1, 28, 28, device=DEV)
-        target = torch.randint(0, 10, (16,), device=DEV)
-        loss_e = F.cross_entropy(eager(x), target)
-        loss_c = F.cross_entropy(compiled(x), target)
-        assert_close(loss_c, loss_e, f"loss, step {step}")
-        loss_e.backward()
-        loss_c.backward()
-        for (name, p_e), p_c in zip(eager.named_parameters(), model.parameters()):
-            assert_close(p_c.grad, p_e.grad, f"grad of {name}, step {step}")
-            with torch.no_grad():
-                p_e -= 0.01 * p_e.grad
-                p_c -= 0.01 * p_c.grad
-            p_e.grad = p_c.grad = None
-    for record in kitsune_backend.last_compile().records:
-        assert not record.fallback_reason, record.fallback_reason
+    cases.test_lenet5_training_matches_eager("cuda", batch=16, steps=4)
