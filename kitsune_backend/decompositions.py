@@ -127,8 +127,8 @@ def cumsum_as_masked_sum(x, dim, *, dtype=None):
     """``cumsum`` of integers or bools over a short dim as a masked sum:
     ``out[i] = sum_j where(j <= i, x[j], 0)``. O(n^2) work, but a reduction fusion turns into
     one kernel with what computes ``x``; ATen runs a cast and a two-kernel scan. Integer sums
-    are exact in any order, so this equals eager bitwise. Floats and longer dims are left
-    alone (``NotImplemented``)."""
+    are exact in any order, so this equals eager bitwise. Floats (input or ``dtype``) and
+    longer dims are left alone (``NotImplemented``)."""
     if x.dim() == 0 or x.is_floating_point() or x.is_complex():
         return NotImplemented
     dim = dim % x.dim()
@@ -136,6 +136,8 @@ def cumsum_as_masked_sum(x, dim, *, dtype=None):
     if n > CUMSUM_MAX_DIM or x.numel() * n > CUMSUM_MAX_WORK:
         return NotImplemented
     out_dtype = dtype if dtype is not None else torch.int64
+    if out_dtype.is_floating_point or out_dtype.is_complex:
+        return NotImplemented  # a float sum is exact in no particular order
     classes = torch.arange(n, device=x.device)
     mask = (classes.unsqueeze(0) <= classes.unsqueeze(1)).view(
         [n, n] + [1] * (x.dim() - dim - 1))

@@ -110,3 +110,11 @@ def test_float_or_long_cumsum_stays_aten(dtype):
     out = torch.compile(fn, backend="kitsune", options={"strict": True})(x)
     assert_close(out, fn(x))
     assert any("cumsum" in t for t in _launches(kitsune_backend.last_compile()))
+
+
+def test_integer_cumsum_into_float_stays_aten():
+    x = torch.randint(0, 5, (3, 7))
+    fn = lambda x: torch.cumsum(x, -1, dtype=torch.float32) * 2  # noqa: E731
+    out = torch.compile(fn, backend="kitsune", options={"strict": True})(x)
+    assert torch.equal(out, fn(x))
+    assert any("cumsum" in t for t in _launches(kitsune_backend.last_compile()))
