@@ -3,8 +3,10 @@ that are safe to share between calls."""
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 
 import kitsune_backend
 from kitsune_backend.passes.constant_fold import FOLD_MAX_ELEMENTS
@@ -113,3 +115,34 @@ def test_option_turns_folding_off():
     assert_close(compiled(x), _causal_mask_attention(x))
     folded, code = _cleanup(kitsune_backend.last_compile())
     assert folded == 0 and "arange" in code
+
+
+_CONSTANT_OPS = {
+    "add": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "max": torch.maximum,
+    "where": lambda a, b: torch.where(a > b, a, b - 1),
+    "cumsum": lambda a, b: torch.cumsum(a.long(), -1).to(a.dtype) + b,
+}
+
+
+@settings(max_examples=15, deadline=None)
+@given(ops=st.lists(st.sampled_from(sorted(_CONSTANT_OPS)), min_size=1, max_size=5),
+       picks=st.lists(st.integers(0, 10), min_size=10, max_size=10))
+def test_random_constant_chains_fold_and_match_eager(ops, picks):
+    """Chains of ops on arange/full values, then mixed with the input: equal to eager, and
+    no factory or op of the chain is left to run per call."""
+    def fn(x):
+        values = [torch.arange(6, device=x.device).float(),
+                  torch.full((4, 6), 1.5, device=x.device),
+                  torch.arange(4, device=x.device).view(4, 1).float()]
+        for i, name in enumerate(ops):
+            a, b = values[picks[2 * i] % len(values)], values[picks[2 * i + 1] % len(values)]
+            values.append(_CONSTANT_OPS[name](a, b))
+        return x * values[-1]
+
+    x = torch.randn(4, 6)
+    assert_close(_compile(fn)(x), fn(x))
+    folded, code = _cleanup(kitsune_backend.last_compile())
+    assert folded == 1
+    assert "arange" not in code and "full" not in code, code
