@@ -238,7 +238,7 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
         call.inputs = inputs[0]
         if opts.kernel_counts != "only":
             _time(row, call, opts, mem_before)
-        if opts.kernel_counts == "only":
+        else:
             for _ in range(opts.warmup):  # what timing's warm-up would have done: replays
                 call()
         if opts.kernel_counts != "no":

@@ -161,7 +161,7 @@ def _measure_case(case, backend, inputs, device, how, reference, copy_gbps) -> d
             gbps = ideal_bytes(inputs, output) / (stats["median"] * 1e-3) / 1e9
             row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
                        gbps=gbps, fraction_of_copy=gbps / copy_gbps)
-        if kernel_counts == "only":
+        else:
             for _ in range(warmup):  # what timing's warm-up would have done: replays
                 fn(*inputs)
         if kernel_counts != "no":

@@ -23,6 +23,7 @@ kernels that read them, which is cheaper than a load.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -53,21 +54,18 @@ def fold_constants(gm: fx.GraphModule) -> int:
         y = aten.mul(x, _kitsune_constant_0); return y
     """
     values = _fold_values(gm)
-    made = 0
-    for node in _kept(gm, values):
-        name = f"{ATTR_PREFIX}{made}"
-        while hasattr(gm, name):
-            made += 1
-            name = f"{ATTR_PREFIX}{made}"
+    kept = _kept(gm, values)
+    names = (f"{ATTR_PREFIX}{i}" for i in itertools.count())
+    for node in kept:
+        name = next(n for n in names if not hasattr(gm, n))
         gm.register_buffer(name, values[node])
         with gm.graph.inserting_before(node):
             attr = gm.graph.get_attr(name)
         attr.meta = dict(node.meta)
         node.replace_all_uses_with(attr)
-        made += 1
-    if made:
+    if kept:
         gm.graph.eliminate_dead_code()
-    return made
+    return len(kept)
 
 
 def _fold_values(gm: fx.GraphModule) -> dict[fx.Node, torch.Tensor]:
