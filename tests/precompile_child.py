@@ -108,6 +108,9 @@ def main(what: str, tmp: str) -> dict:
     kernels = build_kernels(os.path.join(tmp, "kitsune"))
     facts: dict = {"kernels": len(kernels), "cuda_initialized": False}
     if what == "worker":
+        facts["warm_up"] = compile_worker.warm_up([TARGET.backend, TARGET.arch, TARGET.warp_size])
+        facts["cache_dir_after_warm_up"] = os.environ.get("TRITON_CACHE_DIR") == triton_cache
+        facts["entries_after_warm_up"] = len(cache_entries(triton_cache))
         kernel = kernels[0]
         request = precompile.capture_request(kernel)
         facts["captured"] = request is not None
@@ -119,6 +122,7 @@ def main(what: str, tmp: str) -> dict:
     else:
         report = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"))
         facts["report"] = report.stats()
+        facts["pool_target"] = precompile.pool().target
         facts["failures"] = report.failures
         facts["skipped"] = report.skipped
         before = cache_entries(triton_cache)

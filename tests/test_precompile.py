@@ -42,6 +42,9 @@ def _child(what: str, tmp_path) -> dict:
 
 def test_worker_fills_the_cache_the_first_launch_reads(tmp_path):
     facts = _child("worker", tmp_path)
+    # the warm-up compiled for the target, in a throwaway cache, and put TRITON_CACHE_DIR back
+    assert facts["warm_up"] == "" and facts["cache_dir_after_warm_up"]
+    assert facts["entries_after_warm_up"] == 0
     assert facts["kernels"] == 3 and facts["captured"]
     reply = facts["reply"]
     assert reply["ok"] and not reply["cache_hit"]
@@ -59,6 +62,7 @@ def test_precompile_through_the_pool(tmp_path):
     assert facts["skipped"] == "" and facts["failures"] == []
     assert facts["report"]["kernels_precompiled"] == 3
     assert facts["report"]["precompile_workers"] == 2
+    assert facts["pool_target"] == ["cuda", 90, 32]  # later workers warm up for the device
     assert facts["hits"] == [True, True, True] and facts["new_entries"] == 0
     assert facts["again"]["kernels_already_compiled"] == 3
     assert facts["again"]["kernels_precompiled"] == 0
@@ -128,7 +132,8 @@ def _unused_pool():
 
 
 def _kernels(count: int) -> list:
-    return [types.SimpleNamespace(__name__=f"k{i}", generated=types.SimpleNamespace(grid=4))
+    return [types.SimpleNamespace(__name__=f"k{i}",
+                                  generated=types.SimpleNamespace(grid=4, source=""))
             for i in range(count)]
 
 

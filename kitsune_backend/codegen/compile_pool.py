@@ -50,7 +50,7 @@ class WorkerStartError(RuntimeError):
 class Worker:
     """One worker process and the two pipe ends the parent holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: Optional[list] = None) -> None:
         worker_in, to_worker = os.pipe()  # (read end, write end)
         worker_out, from_worker = os.pipe()
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
@@ -58,7 +58,7 @@ class Worker:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, WORKER_FILE,
-                 json.dumps([str(p) for p in sys.path])],
+                 json.dumps([str(p) for p in sys.path]), json.dumps(target)],
                 stdin=worker_in, stdout=from_worker, env=env, start_new_session=True,
             )
         except BaseException:
@@ -140,6 +140,9 @@ class CompilePool:
         self.broken = ""
         """Why workers cannot be used in this process ('' while they can): set when one
         could not start, so that later compiles do not wait for workers again."""
+        self.target: Optional[list] = None
+        """The device target ``[backend, arch, warp_size]`` workers started from now on
+        compile a tiny kernel for at start-up (``compile_worker.warm_up``); ``None``: none."""
 
     @property
     def size(self) -> int:
@@ -156,7 +159,7 @@ class CompilePool:
             while len(self._workers) > size:
                 self._workers.pop().stop()
             while len(self._workers) < size:
-                self._workers.append(Worker())
+                self._workers.append(Worker(self.target))
 
     def run(self, requests: Sequence[dict], workers: int,
             timeout: float = REQUEST_TIMEOUT_S) -> list[dict]:
@@ -191,7 +194,7 @@ class CompilePool:
 
     def _replace(self, dead: Worker) -> Worker:
         with self._lock:
-            fresh = Worker()
+            fresh = Worker(self.target)
             self._workers[self._workers.index(dead)] = fresh
             return fresh
 

@@ -105,26 +105,35 @@ def why_not_precompile(config: Config, device: Optional[torch.device]) -> str:
 
 
 def warm_pool(config: Config) -> None:
-    """Start the worker processes in a daemon thread, so that their start-up (importing
-    Triton) overlaps Dynamo's and AOTAutograd's tracing, and warm Triton up in this process
-    there too (:func:`_warm_up_triton`). Call only for CUDA graphs."""
+    """In a daemon thread, so that it overlaps Dynamo's and AOTAutograd's tracing: start the
+    worker processes (they import Triton and compile a tiny kernel for this device, see
+    ``compile_worker.warm_up``), then warm Triton up in this process (:func:`_warm_up_triton`).
+    Call only for CUDA graphs."""
     if not config.fusion or why_not_precompile(config, torch.device("cuda")):
         return
 
     def start() -> None:
         try:
+            from triton.runtime.driver import driver
+
+            pool().target = target_list(driver.active.get_current_target())
+        except Exception:  # the workers then warm up without a compile
+            pass
+        try:
             pool().resize(config.compile_workers)
         except Exception:  # precompile() tries again and reports the reason
             pass
-
-    def warm_up() -> None:
         try:
             _warm_up_triton()
         except Exception:  # the first capture pays these costs instead
             pass
 
     threading.Thread(target=start, name="kitsune-warm-compile-pool", daemon=True).start()
-    threading.Thread(target=warm_up, name="kitsune-warm-up-triton", daemon=True).start()
+
+
+def target_list(target: Any) -> list:
+    """Triton's ``GPUTarget`` as the JSON list a worker's warm-up takes."""
+    return [target.backend, target.arch, target.warp_size]
 
 
 def _warm_up_triton() -> None:
@@ -147,7 +156,10 @@ def precompile(kernels: Sequence[Any], config: Config,
     worker processes before their first launch; what happened (never raises)."""
     start = time.perf_counter()
     report = PrecompileReport()
-    launching = [k for k in kernels if k.generated.grid > 0]
+    # Longest source first (a rough guess at the longest compile): with more kernels than
+    # workers, the short ones then fill in behind the long ones instead of following them.
+    launching = sorted((k for k in kernels if k.generated.grid > 0),
+                       key=lambda k: -len(k.generated.source))
     report.kernels = len(launching)
     report.skipped = why_not_precompile(config, device)
     if report.skipped:
@@ -170,6 +182,8 @@ def precompile(kernels: Sequence[Any], config: Config,
         report.seconds = time.perf_counter() - start
         return report
     report.workers = config.compile_workers
+    if pool().target is None and "target" in requests[0]:  # later workers warm up for it
+        pool().target = target_list(requests[0]["target"])
     try:
         replies = pool().run(requests, config.compile_workers)
     except Exception as exc:

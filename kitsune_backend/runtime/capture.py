@@ -30,9 +30,10 @@ RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fre
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -87,6 +88,30 @@ def capture_decline(
     return ""
 
 
+@contextlib.contextmanager
+def own_cublas_workspaces() -> Iterator[None]:
+    """Make a capture allocate its cuBLAS workspaces in its own private pool.
+
+    cuBLAS keeps one workspace per (handle, stream), made at the first matmul on a stream
+    and baked into every matmul captured there. One made by the warm-up lives in the
+    caching allocator's normal pool, where anyone may free it: Inductor's CUDA graphs
+    (``mode="reduce-overhead"``) clear all workspaces when they record, and
+    ``torch.cuda.empty_cache`` then hands the memory back, so the next replay would read
+    and write freed memory (seen on the H100 as an illegal memory access). Clearing the
+    workspaces before the capture makes its matmuls allocate new ones inside the graph's
+    pool, which lives as long as the graph; clearing them after it keeps later uncaptured
+    matmuls out of that pool. Inductor's cudagraph trees do the same."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is None:  # pragma: no cover - every supported torch has it
+        yield
+        return
+    clear()
+    try:
+        yield
+    finally:
+        clear()
+
+
 # Storage address -> the instance whose static outputs live there. An input found here at
 # capture time (a forward output saved for backward, say) is read in place, not copied.
 _POOL_OUTPUTS: "weakref.WeakValueDictionary[int, _Instance]" = weakref.WeakValueDictionary()
@@ -127,8 +152,9 @@ class _Instance:
             captured[i] = buf
         self.graph = torch.cuda.CUDAGraph()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.graph(self.graph, stream=stream):
-            result = run(*captured)
+        with own_cublas_workspaces():
+            with torch.cuda.graph(self.graph, stream=stream):
+                result = run(*captured)
         self.structure = type(result) if isinstance(result, (list, tuple)) else None
         outputs = list(result) if self.structure is not None else [result]
         del result
@@ -270,7 +296,8 @@ class CapturedRunner:
 
     def _warm_up(self, args: Sequence[Any]) -> Any:
         """The first call, uncaptured, on the capture stream: libraries set up their
-        per-stream state (cuBLAS workspaces) here rather than inside the capture."""
+        per-stream state (cuBLAS handles) here rather than inside the capture; the capture
+        then makes its own cuBLAS workspaces (:func:`own_cublas_workspaces`)."""
         caller = torch.cuda.current_stream()
         self.stream.wait_stream(caller)
         with torch.cuda.stream(self.stream):

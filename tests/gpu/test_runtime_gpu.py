@@ -7,6 +7,7 @@ here before CUDA starts, cuDNN is put in deterministic mode and TF32 is off.
 
 import copy
 import os
+import subprocess
 import sys
 import time
 
@@ -162,6 +163,39 @@ def test_small_outputs_are_copies_so_held_ones_need_no_second_instance():
     assert record.runtime_info["outputs_copied_out"] == 1
     assert record.runtime_info["cuda_graph_instances"] == 1
     assert record.runtime_info.get("uncaptured_calls", 0) == 1  # the warm-up only
+
+
+# Run in a child process: before the fix, the replay read freed memory and the illegal
+# memory access it raised broke CUDA for the rest of the process.
+CUBLAS_WORKSPACES_CLEARED = """
+import sys, torch
+from kitsune_backend.backend import kitsune
+from kitsune_backend.models import BranchyHeads
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.manual_seed(0)
+model = BranchyHeads(512, 8, 512).cuda().eval()
+compiled = torch.compile(model, backend=kitsune)
+with torch.no_grad():
+    for _ in range(3):  # warm-up, capture, replay
+        compiled(torch.randn(32, 512, device="cuda"))
+    # what Inductor's CUDA graphs do when they record, and then give the memory back
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+    x = torch.randn(32, 512, device="cuda")
+    got = compiled(x)
+    torch.cuda.synchronize()
+    print((got - model(x)).abs().max().item())
+"""
+
+
+def test_replay_survives_cublas_workspaces_cleared_by_others():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("CUBLAS_WORKSPACE_CONFIG", None)  # default workspaces: large enough to be unmapped
+    done = subprocess.run([sys.executable, "-c", CUBLAS_WORKSPACES_CLEARED], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-4
 
 
 def test_same_input_object_and_in_place_changes():
