@@ -93,11 +93,14 @@ def _write_reports(record: CompileRecord, folder: str) -> None:
     _write(folder, "config.json", json.dumps(dataclasses.asdict(record.config), indent=2))
     if record.fallback_reason:
         _write(folder, "fallback.txt", record.fallback_traceback or record.fallback_reason)
+    regions_by_kernel: dict[str, list] = {}  # identical regions share one kernel
     for kernel in record.kernels:
+        regions_by_kernel.setdefault(kernel.name, []).append(kernel)
+    for name, regions in regions_by_kernel.items():
         os.makedirs(os.path.join(folder, "kernels"), exist_ok=True)
-        header = "# from FX nodes: " + ", ".join(kernel.nodes) + "\n"
-        _write(folder, os.path.join("kernels", _file_safe(kernel.name) + ".py"),
-               header + kernel.source)
+        header = "".join("# from FX nodes: " + ", ".join(k.nodes) + "\n" for k in regions)
+        _write(folder, os.path.join("kernels", _file_safe(name) + ".py"),
+               header + regions[0].source)
 
 
 def _write_repro(

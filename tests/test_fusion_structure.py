@@ -50,6 +50,27 @@ def test_layer_norm_forward_is_one_kernel():
     assert record.stats["kernels"] == 1
 
 
+def test_identical_regions_share_one_kernel():
+    def fn(x, y, z):
+        return torch.relu(x * 2) + 1, torch.relu(y * 2) + 1, torch.relu(z * 2) + 1
+
+    x, y = rand(8, 33), rand(8, 33)
+    record = check(fn, x, y, rand(8, 34)).forward  # z: another shape, another kernel
+    assert record.stats["fused_regions"] == 3 and record.stats["kernels_shared"] == 1
+    first, second, third = _kernel_nodes(record)
+    assert first.target == second.target != third.target  # what each call launches
+    assert [k.name for k in record.kernels] == [first.target, first.target, third.target]
+    assert record.kernels[1].nodes != record.kernels[0].nodes  # each region keeps its nodes
+    assert "reuse an identical kernel" in " ".join(
+        note for p in record.passes if p.name == "fusion" for note in p.notes)
+
+
+def test_regions_alike_but_for_dtype_do_not_share():
+    fn = lambda x, y: (torch.relu(x * 2) + 1, torch.relu(y * 2) + 1)  # noqa: E731
+    record = check(fn, rand(8, 33), rand(8, 33).double()).forward
+    assert record.stats["fused_regions"] == 2 and record.stats["kernels_shared"] == 0
+
+
 def test_kernel_record_and_meta_name_the_region():
     record = check(lambda x: torch.relu(x + 1) * 2, rand(4, 4)).forward
     kernel = record.kernels[0]

@@ -22,7 +22,7 @@ from ..codegen.heuristics import LaunchConfig, pointwise_config, reduction_confi
 from ..codegen.kernel import FusedKernel, why_not_on
 from ..codegen.precompile import precompile
 from ..codegen.region import Region
-from ..codegen.source import generate
+from ..codegen.source import KernelSource, generate
 from ..graph_utils import has_symbolic_shapes
 from ..record import KernelRecord
 from .base import Decline, PassContext, PassResult
@@ -74,9 +74,11 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     result.stats.update(fused_regions=len(kept), nodes_fused=sum(len(r.nodes) for r in kept))
     if not kept:
         return result
-    _rewrite(gm, ctx, grouping, kept)
+    shared = _rewrite(gm, ctx, grouping, kept)
     result.changed = True
-    result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused")
+    result.stats["kernels_shared"] = shared
+    result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused"
+                        + (f"; {shared} region(s) reuse an identical kernel" if shared else ""))
     _compile_ahead(gm, ctx, device, result)
     return result
 
@@ -84,8 +86,8 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 def _compile_ahead(gm: fx.GraphModule, ctx: PassContext, device, result: PassResult) -> None:
     """Compile the graph's new kernels on the worker processes now, rather than one by one
     at their first launch (:mod:`kitsune_backend.codegen.precompile`)."""
-    kernels = [n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)]
-    report = precompile(kernels, ctx.config, device)
+    kernels = {id(n.target): n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)}
+    report = precompile(list(kernels.values()), ctx.config, device)
     result.stats.update(report.stats())
     result.notes.extend(report.notes())
     result.declines.extend(report.declines())
@@ -161,12 +163,15 @@ def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) 
     return graph
 
 
-def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> None:
+def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> int:
+    """Put one kernel call in place of each kept region; how many regions reuse the kernel
+    of an earlier identical one (:func:`same_kernel_key`)."""
     nodes = list(gm.graph.nodes)
     order = schedule(grouping, kept, nodes)
     graph = fx.Graph()
     graph._codegen = gm.graph._codegen
     env: dict[fx.Node, fx.Node] = {}
+    kernels: dict[tuple, FusedKernel] = {}  # by same_kernel_key
     regions_state: dict[str, list[str]] = {}
     numbers = {id(u): i for i, u in enumerate(u for u in order if isinstance(u, Region))}
     dropped = _computed_in_kernels(nodes, {n for region in kept for n in region.nodes})
@@ -179,16 +184,21 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
         inputs = sorted(unit.external - set(inlined), key=grouping.index.__getitem__)
         outputs = [n for n in unit.nodes if any(u not in unit.context for u in n.users)]
         name = kernel_name(unit, numbers[id(unit)])
-        kernel = FusedKernel(
-            generate(unit, name, inputs, outputs, _config(unit)),
-            _aten_region(unit, inputs, outputs),
-            ctx.config.cache_dir,
-            autotune=ctx.config.autotune,
-            variant=lambda config, r=unit, i=inputs, o=outputs, n=name: generate(r, n, i, o, config),
-            device=outputs[0].meta["val"].device,
-        )
+        generated = generate(unit, name, inputs, outputs, _config(unit))
+        key = same_kernel_key(generated)
+        kernel = kernels.get(key)
+        if kernel is None:
+            kernel = kernels[key] = FusedKernel(
+                generated,
+                _aten_region(unit, inputs, outputs),
+                ctx.config.cache_dir,
+                autotune=ctx.config.autotune,
+                variant=lambda config, r=unit, i=inputs, o=outputs, n=name: generate(
+                    r, n, i, o, config),
+                device=outputs[0].meta["val"].device,
+            )
         call = graph.create_node("call_function", kernel, tuple(env[a] for a in inputs), name=name)
-        call.meta["kitsune_region"] = name
+        call.meta["kitsune_region"] = kernel.__name__
         if len(outputs) == 1:
             call.meta["val"] = outputs[0].meta["val"]
             env[outputs[0]] = call
@@ -199,7 +209,21 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
                 item.meta["val"] = out.meta["val"]
                 env[out] = item
         names = [n.name for n in sorted([*inlined, *unit.nodes], key=grouping.index.__getitem__)]
-        ctx.kernels.append(KernelRecord(name, names, kernel.source))
+        ctx.kernels.append(KernelRecord(kernel.__name__, names, kernel.source))
         regions_state[name] = names
     gm.graph = graph
     ctx.state["fusion"] = {"regions": regions_state}
+    return len(kept) - len(kernels)
+
+
+def same_kernel_key(generated: KernelSource) -> tuple:
+    """What makes two generated kernels interchangeable: the code without its comments
+    (which name the FX nodes) and with the kernel's name taken out, the exact layouts it
+    was generated for, and its launch. Regions with equal keys share one kernel, so that
+    it is compiled and loaded once: ResNet-18's repeated blocks give 28 kernels for 39
+    regions (forward and backward)."""
+    code = [line.split("  # ")[0] for line in generated.source.splitlines()
+            if not line.startswith("#")]
+    layouts = tuple((s.shape, s.stride, s.dtype) for s in (*generated.inputs, *generated.outputs))
+    return ("\n".join(code).replace(generated.name, "KERNEL"), layouts, generated.grid,
+            generated.config, generated.columns)
