@@ -17,7 +17,7 @@ from .passes.base import Decline
 
 # node.meta keys that passes set and snapshots keep (the pass that sets each is beside it).
 META_KEYS = (
-    "kitsune_region",  # fusion: name of the fused kernel
+    "kitsune_region",  # fusion: name of the fused region (its kernel: the node target)
     "kitsune_stream",  # streams: stream index, 0 = caller's stream
     "kitsune_wait",  # streams: events (producer node names) waited for before the node
     "kitsune_offset",  # memory_plan: byte offset of the node's output in the arena

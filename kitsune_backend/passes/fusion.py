@@ -198,7 +198,7 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
                 device=outputs[0].meta["val"].device,
             )
         call = graph.create_node("call_function", kernel, tuple(env[a] for a in inputs), name=name)
-        call.meta["kitsune_region"] = kernel.__name__
+        call.meta["kitsune_region"] = name  # the region; its target is the kernel it launches
         if len(outputs) == 1:
             call.meta["val"] = outputs[0].meta["val"]
             env[outputs[0]] = call
