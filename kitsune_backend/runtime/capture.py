@@ -101,15 +101,11 @@ def own_cublas_workspaces() -> Iterator[None]:
     workspaces before the capture makes its matmuls allocate new ones inside the graph's
     pool, which lives as long as the graph; clearing them after it keeps later uncaptured
     matmuls out of that pool. Inductor's cudagraph trees do the same."""
-    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-    if clear is None:  # pragma: no cover - every supported torch has it
-        yield
-        return
-    clear()
+    torch._C._cuda_clearCublasWorkspaces()
     try:
         yield
     finally:
-        clear()
+        torch._C._cuda_clearCublasWorkspaces()
 
 
 # Storage address -> the instance whose static outputs live there. An input found here at
