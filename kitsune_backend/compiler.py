@@ -22,10 +22,15 @@ from .runtime.executor import ScheduleRunner
 from .session import CompileSession
 
 
+def _fw_metadata() -> Any:
+    """AOTAutograd's metadata of the graph being compiled (``None`` outside a trace)."""
+    context = TracingContext.try_get()
+    return getattr(context, "fw_metadata", None) if context is not None else None
+
+
 def static_input_indices(kind: str) -> tuple[int, ...]:
     """Inputs AOTAutograd marks as parameters/buffers (stable addresses), if it says."""
-    context = TracingContext.try_get()
-    metadata = getattr(context, "fw_metadata", None) if context is not None else None
+    metadata = _fw_metadata()
     if kind == "backward" or metadata is None:
         return ()
     return tuple(getattr(metadata, "static_input_indices", ()) or ())
@@ -39,8 +44,7 @@ def caller_output_indices(kind: str, gm: fx.GraphModule) -> tuple[int, ...]:
     count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
     if kind == "inference":
         return tuple(range(count))
-    context = TracingContext.try_get()
-    metadata = getattr(context, "fw_metadata", None) if context is not None else None
+    metadata = _fw_metadata()
     if kind != "forward" or metadata is None:
         return ()
     first = getattr(metadata, "num_mutated_inp_runtime_indices", None)

@@ -47,8 +47,9 @@ class PassContext:
     ``graph_name`` is ``forward``, ``backward`` or ``inference`` plus a counter;
     ``static_input_indices`` lists inputs that are parameters or buffers (they keep their
     address between calls); ``caller_output_indices`` lists outputs the caller receives
-    (a forward graph's other outputs are saved for backward); ``state`` holds what passes hand to later passes and to the
-    runtime (fusion regions, stream plan, memory plan), keyed by the producing pass's name;
+    (a forward graph's other outputs are saved for backward); ``state`` holds what passes
+    hand to later passes and to the runtime (fusion regions, stream plan, memory plan),
+    keyed by the producing pass's name;
     ``kernels`` collects a :class:`~kitsune_backend.record.KernelRecord` per generated kernel.
     """
 

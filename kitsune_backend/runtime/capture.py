@@ -30,6 +30,7 @@ RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fre
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import operator
 import weakref
@@ -154,10 +155,15 @@ class _Instance:
         self.structure = type(result) if isinstance(result, (list, tuple)) else None
         outputs = list(result) if self.structure is not None else [result]
         del result
-        self.outputs = outputs
         inputs = {x.untyped_storage()._cdata for x in captured if isinstance(x, torch.Tensor)}
         del captured
         self.copied = copy_out_indices(outputs, caller_outputs, inputs)
+        # what each replay hands out: a copy, a fresh alias, or the (non-tensor) value itself
+        self.handouts = [
+            (t, torch.Tensor.clone if i in self.copied else torch.Tensor.detach)
+            if isinstance(t, torch.Tensor) else (t, None)
+            for i, t in enumerate(outputs)
+        ]
         owned = {}
         for i, t in enumerate(outputs):
             if isinstance(t, torch.Tensor) and i not in self.copied:
@@ -195,7 +201,8 @@ class _Instance:
         return True
 
     def replay(self, args: Sequence[Any]) -> Any:
-        """Copy changed inputs in, replay, hand out fresh aliases of the outputs."""
+        """Copy changed inputs in, replay, hand out fresh aliases of the outputs (copies of
+        the small ones the caller receives)."""
         last, versions = self.last, self.versions
         for i, buf in self.buffers:
             x = args[i]
@@ -207,9 +214,7 @@ class _Instance:
                 last[i] = weakref.ref(x)
                 versions[i] = -1 if x.is_inference() else x._version
         self.graph.replay()
-        outs = [o.detach() if isinstance(o, torch.Tensor) else o for o in self.outputs]
-        for i in self.copied:
-            outs[i] = outs[i].clone()
+        outs = [o if hand_out is None else hand_out(o) for o, hand_out in self.handouts]
         if self.structure is None:
             return outs[0]
         return tuple(outs) if self.structure is tuple else outs
@@ -218,11 +223,8 @@ class _Instance:
 def copy_out_indices(outputs: list, caller_outputs: Sequence[int], inputs: set) -> tuple[int, ...]:
     """Caller outputs small enough to hand out as copies: tensors of at most
     ``COPY_OUT_MAX_BYTES`` whose storage no other output and no input shares."""
-    storages: dict[int, int] = {}
-    for t in outputs:
-        if isinstance(t, torch.Tensor):
-            key = t.untyped_storage()._cdata
-            storages[key] = storages.get(key, 0) + 1
+    storages = collections.Counter(
+        t.untyped_storage()._cdata for t in outputs if isinstance(t, torch.Tensor))
     return tuple(
         i for i in caller_outputs
         if i < len(outputs) and isinstance(outputs[i], torch.Tensor)
