@@ -22,6 +22,8 @@ from typing import Any, Iterator, Mapping
 from .errors import KitsuneConfigError
 
 ENV_PREFIX = "KITSUNE_"
+MATMUL_KERNELS = ("auto", "always", "never")
+"""The values of the ``matmul_kernels`` option."""
 
 # mode -> the settings it implies. ``None`` and "default" change nothing.
 MODES: dict[str | None, dict[str, Any]] = {
@@ -42,6 +44,10 @@ class Config:
     constant_folding: bool = True
     """Compute values that depend on no input (masks built from ``arange``, say) once, at
     compile time, and read them from a buffer."""
+    matmul_kernels: str = "auto"
+    """Where a matmul's bias add would be a kernel of its own (nothing fusable follows it),
+    generate one Triton kernel for both: ``"auto"`` where it times no slower than cuBLAS's
+    ``mm`` plus the add on the CUDA device (never off CUDA), ``"always"``, or ``"never"``."""
     streams: bool = True
     """Run independent kernels concurrently on several CUDA streams."""
     num_streams: int = 8
@@ -136,6 +142,11 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
         raise KitsuneConfigError(
             "kitsune option 'compile_workers' must be 0 (compile in this process) or more, "
             f"got {coerced['compile_workers']}"
+        )
+    if coerced.get("matmul_kernels", "auto") not in MATMUL_KERNELS:
+        raise KitsuneConfigError(
+            f"kitsune option 'matmul_kernels' must be one of {', '.join(MATMUL_KERNELS)}, "
+            f"got {coerced['matmul_kernels']!r}"
         )
     return Config(**coerced)
 

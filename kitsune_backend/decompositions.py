@@ -80,7 +80,9 @@ def addmm_as_mm_and_bias(bias, mat1, mat2, *, beta=1, alpha=1):
     ``python -m benchmarks.top_kernels gpt2 kitsune inductor-ro``). Even where no pointwise
     op follows (GPT-2's QKV projection, whose add then is a kernel of its own), putting the
     add back into an ``addmm`` made GPT-2 slower on the H100: 1.70 ms per call against
-    1.52 ms, although the GEMM alone timed faster as ``addmm``; so the add stays."""
+    1.52 ms, although the GEMM alone timed faster as ``addmm``; so the add stays, and the
+    fusion stage makes such an ``mm`` and its add one generated kernel where that is not
+    slower (:mod:`kitsune_backend.passes.matmul_bias`)."""
     out = aten.mm.default(mat1, mat2)
     if alpha != 1:
         out = out * alpha

@@ -5,8 +5,10 @@ the reason for every boundary live there and in :mod:`kitsune_backend.codegen.re
 each region of two or more ops is generated as Triton source
 (:mod:`kitsune_backend.codegen.source`), loaded through the kernel cache, and replaced by
 one ``call_function`` node whose target is a :class:`~kitsune_backend.codegen.kernel.FusedKernel`.
-The new kernels are then compiled on worker processes in parallel
-(:mod:`kitsune_backend.codegen.precompile`) instead of one by one at their first launch.
+A matmul whose bias add fused with nothing becomes one generated kernel with that add
+where that is not slower (:mod:`kitsune_backend.passes.matmul_bias`). The new kernels are
+then compiled on worker processes in parallel (:mod:`kitsune_backend.codegen.precompile`)
+instead of one by one at their first launch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..codegen.source import KernelSource, generate
 from ..graph_utils import has_symbolic_shapes
 from ..record import KernelRecord
 from .base import Decline, PassContext, PassResult
+from .matmul_bias import fold_lone_bias_adds
 
 STAGE = "fusion"
 _SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": "relu_bwd"}
@@ -38,8 +41,10 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     proven in range), the reductions they feed and the pointwise ops after those; constant
     and ``arange`` sources are computed inside the kernels that read them, so they launch
     nothing. Every boundary is a decline with its reason (:mod:`kitsune_backend.codegen.ops`
-    lists the ops). The kernels are then compiled ahead on the ``compile_workers``
-    processes (:mod:`kitsune_backend.codegen.precompile`).
+    lists the ops). A matmul whose bias add is left alone becomes one generated kernel with
+    it where that is not slower (:mod:`kitsune_backend.passes.matmul_bias`). The kernels
+    are then compiled ahead on the ``compile_workers`` processes
+    (:mod:`kitsune_backend.codegen.precompile`).
 
     Before::
 
@@ -57,29 +62,36 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     device = _graph_device(ctx)
     grouping = find_regions(gm, device)
     result = PassResult(declines=list(grouping.declines))
-    kept = []
+    kept, alone = [], []
     for region in grouping.regions:
         compute = [n for n in region.nodes if not ops.is_identity_view(n)]
         if len(compute) + len(_inlined(region)) >= 2:
             kept.append(region)
         else:
-            result.declines.append(Decline(
-                STAGE, "kept as ATen: a region of one op saves no memory pass",
-                region.nodes[0].name))
+            alone.append((compute or region.nodes)[0].name)
     cannot_launch = why_not_on(device)
     if cannot_launch:
         result.declines.append(Decline(
             STAGE, f"{cannot_launch}: the {len(kept)} region(s) found run as their ATen ops"))
         kept = []
     result.stats.update(fused_regions=len(kept), nodes_fused=sum(len(r.nodes) for r in kept))
-    if not kept:
-        return result
-    shared = _rewrite(gm, ctx, grouping, kept)
-    result.changed = True
-    result.stats["kernels_shared"] = shared
-    result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused"
-                        + (f"; {shared} region(s) reuse an identical kernel" if shared else ""))
-    _compile_ahead(gm, ctx, device, result)
+    if kept:
+        shared = _rewrite(gm, ctx, grouping, kept)
+        result.changed = True
+        result.stats["kernels_shared"] = shared
+        result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused"
+                            + (f"; {shared} region(s) reuse an identical kernel" if shared else ""))
+    folded = fold_lone_bias_adds(gm, ctx, [] if cannot_launch else alone, STAGE)
+    result.declines.extend(
+        Decline(STAGE, "kept as ATen: a region of one op saves no memory pass", name)
+        for name in alone if name not in folded.adds)
+    result.declines.extend(folded.declines)
+    result.notes.extend(folded.notes)
+    if folded.adds:
+        result.changed = True
+        result.stats["matmul_bias_kernels"] = len(folded.adds)
+    if result.changed:
+        _compile_ahead(gm, ctx, device, result)
     return result
 
 

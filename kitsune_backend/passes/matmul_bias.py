@@ -1,0 +1,173 @@
+"""Matmul plus a lone bias add as one generated kernel (part of the fusion stage).
+
+The decomposition table splits ``addmm`` into ``mm`` plus a pointwise bias add, so that the
+add fuses into the kernel after the matmul (a GELU, a residual add, a layer norm). Where
+nothing fusable follows, the add is a region of one op, a kernel of its own after cuBLAS's
+one or two (small-M GEMMs run split-K): GPT-2's QKV projection, which feeds attention, is
+three launches per layer. Here such an ``add(mm(a, b), bias)`` becomes one generated kernel
+(:mod:`kitsune_backend.codegen.matmul`) when the ``matmul_kernels`` option allows:
+
+* ``"auto"`` (default): on CUDA, the kernel's tiles and cuBLAS's ``mm`` plus the add are
+  timed on operands of the real layouts, cold in L2 as a model's weights are
+  (:mod:`kitsune_backend.passes.matmul_timing`), and the kernel is used when it takes at
+  most ``SLACK`` times cuBLAS's time. Off CUDA nothing can be timed, so the add stays.
+* ``"always"``: the kernel is used wherever the pattern fits (the fastest tile on CUDA,
+  the heuristic's on the CPU); ``"never"``: the add always stays.
+
+``addmm`` itself is not used instead: cuBLASLt's bias-epilogue GEMM gives up split-K, and
+on the H100 it made GPT-2 12% slower (1.70 against 1.52 ms per call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from ..codegen.kernel import FusedKernel
+from ..codegen.matmul import MATMUL_DTYPES, MatmulTile, matmul_bias_source, precision, tiles
+from ..codegen.source import KernelSource, TensorSpec
+from ..record import KernelRecord
+from .base import Decline, PassContext
+from .matmul_timing import kernel_name, time_choices
+
+aten = torch.ops.aten
+
+SLACK = 1.05
+"""The generated kernel is used when it takes at most this times cuBLAS's ``mm`` plus the
+bias add: one or two launches fewer are worth a few percent."""
+
+
+@dataclasses.dataclass
+class Folded:
+    """What :func:`fold_lone_bias_adds` did: the adds it folded, its notes and declines."""
+
+    adds: set[str] = dataclasses.field(default_factory=set)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    declines: list[Decline] = dataclasses.field(default_factory=list)
+    kernels: list[FusedKernel] = dataclasses.field(default_factory=list)
+
+
+def matmul_and_bias(add: fx.Node) -> Optional[tuple[fx.Node, fx.Node]]:
+    """``(mm, bias)`` when ``add`` is ``mm + bias`` (either order): ``mm`` a 2-D ``aten.mm``
+    read by the add alone, ``bias`` one value per column (shape ``[N]`` or ``[1, N]``), all
+    of one float dtype the kernel supports, on one device; else ``None``."""
+    if add.op != "call_function" or add.target != aten.add.Tensor or add.kwargs:
+        return None
+    if len(add.args) != 2 or not all(isinstance(a, fx.Node) for a in add.args):
+        return None
+    for mm, bias in (add.args, tuple(reversed(add.args))):
+        if mm.target == aten.mm.default and len(mm.users) == 1 and _fits(mm, bias, add):
+            return mm, bias
+    return None
+
+
+def _fits(mm: fx.Node, bias: fx.Node, add: fx.Node) -> bool:
+    values = [n.meta.get("val") for n in (*mm.args, bias, mm, add)]
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        return False
+    a, b, v, out, total = values
+    if len({t.dtype for t in values}) != 1 or a.dtype not in MATMUL_DTYPES:
+        return False
+    if len({t.device for t in values}) != 1:
+        return False
+    return tuple(v.shape) in ((out.shape[1],), (1, out.shape[1])) and total.shape == out.shape
+
+
+def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[str],
+                        stage: str) -> Folded:
+    """Replace each add named in ``add_names`` (bias adds that fusion left alone) that
+    :func:`matmul_and_bias` accepts by one generated matmul-plus-bias kernel, where the
+    ``matmul_kernels`` option and (on CUDA) the timing allow. Identical ones share a kernel.
+
+    Before::
+
+        mm = aten.mm(x, w); add = aten.add(mm, b); return add
+
+    After::
+
+        kitsune_mm_bias_0 = kitsune_mm_bias_0(x, w, b); return kitsune_mm_bias_0
+    """
+    done = Folded()
+    mode = ctx.config.matmul_kernels
+    nodes = {n.name: n for n in gm.graph.nodes}
+    pairs = [(nodes[name], matmul_and_bias(nodes[name])) for name in add_names if name in nodes]
+    pairs = [(add, pair) for add, pair in pairs if pair is not None]
+    if not pairs:
+        return done
+    if mode == "never":
+        done.declines.append(Decline(stage, (
+            f"{len(pairs)} bias add(s) kept after their mm: option matmul_kernels='never'")))
+        return done
+    kernels: dict[tuple, FusedKernel] = {}
+    for add, (mm, bias) in pairs:
+        specs = [TensorSpec.of(n) for n in (*mm.args, bias, add)]
+        choice, why = _choose(specs, add.meta["val"].device, ctx, mode)
+        if choice is None:
+            done.declines.append(Decline(stage, f"bias add kept after {mm.name}: {why}", add.name))
+            continue
+        key = (tuple((s.shape, s.stride, s.dtype) for s in specs), choice)
+        kernel = kernels.get(key)
+        if kernel is None:
+            generated = matmul_bias_source(kernel_name(*specs[:2]), (mm.name, add.name),
+                                           *specs, tile=choice)
+            kernel = kernels[key] = _kernel(generated, ctx, add)
+            done.kernels.append(kernel)
+            done.notes.append(f"{kernel.__name__}: {mm.name} + bias as one generated "
+                              f"kernel ({why})")
+        name = _replace(gm, mm, add, bias, kernel, f"kitsune_mm_bias_{len(done.adds)}")
+        ctx.kernels.append(KernelRecord(kernel.__name__, [mm.name, add.name], kernel.source))
+        ctx.state.setdefault(stage, {"regions": {}})["regions"][name] = [mm.name, add.name]
+        done.adds.add(add.name)
+    gm.graph.lint()
+    return done
+
+
+def _choose(specs: list[TensorSpec], device: torch.device, ctx: PassContext,
+            mode: str) -> tuple[Optional[MatmulTile], str]:
+    """The tile to generate on ``device``, with why; ``(None, why not)`` when the add stays."""
+    candidates = tiles(specs[0].dtype)
+    if device.type != "cuda" and specs[0].dtype == torch.bfloat16:
+        return None, "Triton's interpreter gets bf16 dot products wrong (raw bits)"
+    if device.type != "cuda":
+        if mode == "always":
+            return candidates[0], f"matmul_kernels='always', heuristic tile {candidates[0].describe()}"
+        return None, ("no CUDA device to time a generated matmul against cuBLAS on "
+                      "(matmul_kernels='auto'; 'always' uses it untimed)")
+    try:
+        timings = time_choices(tuple(specs), precision(specs[0].dtype), candidates,
+                               ctx.config, device)
+    except Exception as exc:  # a failed timing keeps cuBLAS, with the reason
+        return None, f"timing the generated matmul failed: {type(exc).__name__}: {exc}"
+    tile, best = min(timings.tiles.items(), key=lambda item: item[1])
+    said = f"{best:.1f} us with {tile.describe()}, cuBLAS mm + add {timings.cublas:.1f} us"
+    if mode == "always" or best <= timings.cublas * SLACK:
+        return tile, said
+    return None, f"the generated matmul is slower: {said}"
+
+
+def _kernel(generated: KernelSource, ctx: PassContext, add: fx.Node) -> FusedKernel:
+    """The callable for ``generated``; its ATen fallback is ``mm`` then the add."""
+    graph = fx.Graph()
+    a, b, bias = (graph.placeholder(f"in{i}") for i in range(3))
+    product = graph.call_function(aten.mm.default, (a, b))
+    graph.output((graph.call_function(aten.add.Tensor, (product, bias)),))
+    return FusedKernel(generated, graph, ctx.config.cache_dir,
+                       device=add.meta["val"].device)
+
+
+def _replace(gm: fx.GraphModule, mm: fx.Node, add: fx.Node, bias: fx.Node,
+             kernel: FusedKernel, name: str) -> str:
+    """Put a call of ``kernel`` named ``name`` in place of ``mm`` and ``add``; the call's
+    name (FX makes it unique)."""
+    with gm.graph.inserting_before(add):
+        call = gm.graph.create_node("call_function", kernel, (*mm.args, bias), name=name)
+    call.meta["val"] = add.meta["val"]
+    call.meta["kitsune_region"] = call.name
+    add.replace_all_uses_with(call)
+    gm.graph.erase_node(add)
+    gm.graph.erase_node(mm)
+    return call.name
+
