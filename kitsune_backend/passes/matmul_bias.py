@@ -47,7 +47,6 @@ class Folded:
     adds: set[str] = dataclasses.field(default_factory=set)
     notes: list[str] = dataclasses.field(default_factory=list)
     declines: list[Decline] = dataclasses.field(default_factory=list)
-    kernels: list[FusedKernel] = dataclasses.field(default_factory=list)
 
 
 def matmul_and_bias(add: fx.Node) -> Optional[tuple[fx.Node, fx.Node]]:
@@ -114,14 +113,14 @@ def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[st
             generated = matmul_bias_source(kernel_name(*specs[:2]), (mm.name, add.name),
                                            *specs, tile=choice)
             kernel = kernels[key] = _kernel(generated, ctx, add)
-            done.kernels.append(kernel)
             done.notes.append(f"{kernel.__name__}: {mm.name} + bias as one generated "
                               f"kernel ({why})")
         name = _replace(gm, mm, add, bias, kernel, f"kitsune_mm_bias_{len(done.adds)}")
         ctx.kernels.append(KernelRecord(kernel.__name__, [mm.name, add.name], kernel.source))
         ctx.state.setdefault(stage, {"regions": {}})["regions"][name] = [mm.name, add.name]
         done.adds.add(add.name)
-    gm.graph.lint()
+    if done.adds:
+        gm.graph.lint()
     return done
 
 
@@ -136,6 +135,8 @@ def _choose(specs: list[TensorSpec], device: torch.device, ctx: PassContext,
             return candidates[0], f"matmul_kernels='always', heuristic tile {candidates[0].describe()}"
         return None, ("no CUDA device to time a generated matmul against cuBLAS on "
                       "(matmul_kernels='auto'; 'always' uses it untimed)")
+    if 0 in (*specs[0].shape, specs[1].shape[1]):
+        return None, "an empty matmul: nothing to time, cuBLAS and the add handle it"
     try:
         timings = time_choices(tuple(specs), precision(specs[0].dtype), candidates,
                                ctx.config, device)

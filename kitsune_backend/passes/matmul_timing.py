@@ -29,8 +29,9 @@ from ..config import Config
 
 ROUNDS = 5
 MAX_COPIES = 32
-MAX_BYTES = 1 << 30
-"""At most this much memory holds the operand copies."""
+MAX_BYTES = 1 << 28
+"""At most this much memory (256 MiB) holds the operand copies: twice the L2 of an H100
+(50 MB) fits, and the caching allocator keeps what it held."""
 SLEEP_CYCLES = 10_000_000
 """Device clock cycles of the sleep before each round (about 5 ms at 2 GHz): longer than
 the host takes to queue ``MAX_COPIES`` calls of either kind."""
@@ -71,7 +72,7 @@ def _timed(layouts: tuple, dot_precision: str, candidates: tuple[MatmulTile, ...
     kernels = [FusedKernel(matmul_bias_source(name, (), *specs, tile=tile), fx.Graph(),
                            config.cache_dir, device=device) for tile in candidates]
     precompile(kernels, config, device)
-    with unset_fake_temporarily(), torch.no_grad():
+    with unset_fake_temporarily(), torch.no_grad(), torch.cuda.device(device):
         sets = _operand_sets(specs, device)
         scratch = [torch.empty_like(out) for *_, out in sets]
 
