@@ -45,9 +45,10 @@ class MatmulTile:
                 f"num_warps={self.num_warps}")
 
 
-# Measured on the H100 at GPT-2's shapes (M = 128; fp32 from a sweep of 108 tiles, the two
-# best first): fp32 without TF32 runs on the CUDA cores, where small tiles and many programs
-# win; with tensor cores (fp16, bf16, TF32) larger tiles do.
+# fp32 without TF32 runs on the CUDA cores, where small tiles and many programs win: these
+# are the best of a sweep of 108 tiles on the H100 at GPT-2's shapes (M = 128), best first.
+# The tensor-core tiles (fp16, bf16, TF32) are common GEMM tiles, not tuned here; on CUDA
+# every candidate is timed before one is used.
 FMA_TILES = (MatmulTile(16, 32, 32, 2), MatmulTile(32, 32, 32, 4), MatmulTile(16, 64, 32, 4))
 TENSOR_CORE_TILES = (MatmulTile(64, 64, 32, 4), MatmulTile(32, 128, 32, 4),
                      MatmulTile(128, 64, 32, 8))
@@ -77,8 +78,9 @@ def matmul_bias_source(name: str, nodes: tuple[str, ...], a: TensorSpec, b: Tens
     dot_precision = precision(a.dtype)
     wide = any(max_offset(s.shape, s.stride) > INT32_LIMIT for s in (a, b, bias, out))
     bias_stride = bias.stride[-1] if bias.shape and bias.shape[-1] != 1 else 0
-    k_mask = " & (kk[None, :] < {k})", " & (kk[:, None] < {k})"
-    a_mask, b_mask = ((part.format(k=k) for part in k_mask) if k % bk else ("", ""))
+    ragged_k = k % bk != 0  # the last step along K is partial: its loads are masked
+    a_mask = f" & (kk[None, :] < {k})" if ragged_k else ""
+    b_mask = f" & (kk[:, None] < {k})" if ragged_k else ""
     index = ".to(tl.int64)" if wide else ""
     body = [
         "    pid = tl.program_id(0)",

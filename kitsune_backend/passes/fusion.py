@@ -81,7 +81,18 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         result.stats["kernels_shared"] = shared
         result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused"
                             + (f"; {shared} region(s) reuse an identical kernel" if shared else ""))
-    folded = fold_lone_bias_adds(gm, ctx, [] if cannot_launch else alone, STAGE)
+    _fold_alone(gm, ctx, alone, result, can_launch=not cannot_launch)
+    if result.changed:
+        _compile_ahead(gm, ctx, device, result)
+    return result
+
+
+def _fold_alone(gm: fx.GraphModule, ctx: PassContext, alone: list[str], result: PassResult,
+                can_launch: bool) -> None:
+    """Regions of one op (named by their op) stay ATen, with a decline, except bias adds
+    that become one generated kernel with their matmul where kernels can launch
+    (:mod:`kitsune_backend.passes.matmul_bias`)."""
+    folded = fold_lone_bias_adds(gm, ctx, alone if can_launch else [], STAGE)
     result.declines.extend(
         Decline(STAGE, "kept as ATen: a region of one op saves no memory pass", name)
         for name in alone if name not in folded.adds)
@@ -90,9 +101,6 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if folded.adds:
         result.changed = True
         result.stats["matmul_bias_kernels"] = len(folded.adds)
-    if result.changed:
-        _compile_ahead(gm, ctx, device, result)
-    return result
 
 
 def _compile_ahead(gm: fx.GraphModule, ctx: PassContext, device, result: PassResult) -> None:
