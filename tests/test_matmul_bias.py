@@ -19,7 +19,8 @@ from kitsune_backend.codegen.kernel import FusedKernel
 from kitsune_backend.codegen.matmul import MatmulTile, matmul_bias_source
 from kitsune_backend.codegen.source import TensorSpec
 from kitsune_backend.errors import KitsuneConfigError
-from kitsune_backend.passes.matmul_bias import matmul_and_bias
+from kitsune_backend.passes.base import PassContext
+from kitsune_backend.passes.matmul_bias import _choose, matmul_and_bias
 from tests.conftest import DEVICES
 from tests.test_fusion_ops import HALF_TYPES, check, rand
 
@@ -113,6 +114,17 @@ def test_auto_off_cuda_keeps_the_add_with_a_reason():
     assert _mm_bias_kernels(session) == []
     reasons = [d.reason for d in session.forward.declines if d.node == "add"]
     assert any("no CUDA device to time" in r for r in reasons), reasons
+
+
+def test_auto_on_cuda_skips_matrix_vector_products_untimed():
+    """A one-row matmul is declined before anything is compiled or timed (no GPU needed)."""
+    specs = [TensorSpec(n, shape, stride, torch.float32) for n, shape, stride in (
+        ("x", (1, 1024), (1024, 1)), ("w", (1024, 1000), (1000, 1)), ("b", (1000,), (1,)),
+        ("add", (1, 1000), (1000, 1)))]
+    ctx = PassContext(config=kitsune_backend.config.resolve(), graph_name="inference0",
+                      example_inputs=())
+    tile, why = _choose(specs, torch.device("cuda"), ctx, "auto")
+    assert tile is None and "matrix-vector" in why
 
 
 def test_unknown_matmul_kernels_value_is_a_clear_error():
