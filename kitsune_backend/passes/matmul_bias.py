@@ -10,7 +10,9 @@ three launches per layer. Here such an ``add(mm(a, b), bias)`` becomes one gener
 * ``"auto"`` (default): on CUDA, the kernel's tiles and cuBLAS's ``mm`` plus the add are
   timed on operands of the real layouts, cold in L2 as a model's weights are
   (:mod:`kitsune_backend.passes.matmul_timing`), and the kernel is used when it takes at
-  most ``SLACK`` times cuBLAS's time. Off CUDA nothing can be timed, so the add stays.
+  most ``SLACK`` times cuBLAS's time. Compiling and timing costs about a second per new
+  layout (once per process; GPT-2 has one), so matmuls of fewer than ``MIN_ROWS`` rows,
+  where cuBLAS wins, are not timed. Off CUDA nothing can be timed, so the add stays.
 * ``"always"``: the kernel is used wherever the pattern fits (the fastest tile on CUDA,
   the heuristic's on the CPU); ``"never"``: the add always stays.
 
