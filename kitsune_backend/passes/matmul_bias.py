@@ -139,7 +139,8 @@ def _choose(specs: list[TensorSpec], device: torch.device, ctx: PassContext,
         return None, "Triton's interpreter gets bf16 dot products wrong (raw bits)"
     if device.type != "cuda":
         if mode == "always":
-            return candidates[0], f"matmul_kernels='always', heuristic tile {candidates[0].describe()}"
+            tile = candidates[0]
+            return tile, f"matmul_kernels='always', heuristic tile {tile.describe()}"
         return None, ("no CUDA device to time a generated matmul against cuBLAS on "
                       "(matmul_kernels='auto'; 'always' uses it untimed)")
     if 0 in (*specs[0].shape, specs[1].shape[1]):
