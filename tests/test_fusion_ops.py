@@ -181,3 +181,21 @@ def test_zero_size_reductions(device):
     check(lambda t: torch.softmax(t * 2, -1), rand(0, 5, device=device))
     session = check(lambda t: (t * 2).sum(0) + 1, rand(0, 5, device=device), min_regions=0)
     assert any("empty dim" in d.reason for d in session.forward.declines)
+
+
+LEAVING_THEIR_DTYPE = {
+    "promoted": lambda x: x * 1.1 + torch.arange(x.shape[-1], device=x.device) * 0.25,
+    "cast": lambda x: (x * 1.1).float() * 3,
+    "reduced_in_fp32": lambda x: (x * 1.1).sum(-1, dtype=torch.float32),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(LEAVING_THEIR_DTYPE))
+def test_half_values_leaving_their_dtype_are_rounded_like_eager(name, dtype, device):
+    """A kernel computes an fp16/bf16 value in fp32; where an fp32 op reads it, it must read
+    the rounded value eager holds (the fp32 result is checked at fp32 tolerance)."""
+    if device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates fp32 to bf16 instead of rounding it")
+    check(LEAVING_THEIR_DTYPE[name], rand(16, 33, device=device, dtype=dtype))

@@ -43,6 +43,17 @@ TL_DTYPES = {
 """dtypes a generated kernel can load and store; anything else ends a region."""
 
 
+def held_as_eager(expr: str, dtype: torch.dtype, consumer_dtype: torch.dtype) -> str:
+    """``expr``, the fp32 value of a region node of ``dtype``, as its consumer of
+    ``consumer_dtype`` must read it. Kernels compute fp16/bf16 values in fp32 and round them
+    when they store; where such a value leaves its dtype inside the kernel (promoted into an
+    fp32 op, cast, compared, reduced into fp32), eager would have rounded it when it was
+    made, so it is rounded here first."""
+    if dtype in (torch.float16, torch.bfloat16) and consumer_dtype != dtype:
+        return f"{expr}.to({TL_DTYPES[dtype]}).to(tl.float32)"
+    return expr
+
+
 def compute_dtype(dtype: torch.dtype) -> str:
     """The Triton dtype a value of ``dtype`` is computed in (fp16/bf16 widen to fp32)."""
     if dtype in (torch.float16, torch.bfloat16):

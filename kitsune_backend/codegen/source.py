@@ -226,6 +226,8 @@ class _Writer(PointwiseBody):
         for position, arg in enumerate(node.args):
             if isinstance(arg, fx.Node):
                 expr = value(arg)
+                if arg in self.region.context:
+                    expr = ops.held_as_eager(expr, arg.meta["val"].dtype, result)
                 have = ops.compute_dtype(arg.meta["val"].dtype)
                 if mode != "none" and have != want and position != keep_bool:
                     expr = f"{expr}.to({want})"
@@ -347,8 +349,11 @@ class _Writer(PointwiseBody):
             acc = self.fresh("acc")
             self.line(f"{acc} = tl.full({block}, {neutral}, {want})")
         scope = self.phase([source] if source in self.region.context else [])
-        value = self.lookup(source, scope) if source in self.region.context else self.load(
-            source, "full", self.region.shape, scope)
+        if source in self.region.context:
+            value = ops.held_as_eager(self.lookup(source, scope), source.meta["val"].dtype,
+                                      node.meta["val"].dtype)
+        else:
+            value = self.load(source, "full", self.region.shape, scope)
         value = f"tl.broadcast_to({value}.to({want}), {block})"
         if self.rmask:
             value = f"tl.where(rmask, {value}, {neutral})"
