@@ -7,7 +7,9 @@ When a whole row fits in one block, every value is computed once and kept in reg
 (one pass over the input); otherwise each reduction gets its own loop over the row and a
 last loop writes the full-size outputs, recomputing what it needs (reads, not writes).
 
-Values compute in fp32 for fp16/bf16 inputs; every load and store casts. Shapes and
+Values compute in fp32 for fp16/bf16 inputs; every load and store casts, and a value of
+an fp16/bf16 node is rounded to its dtype where an op of another dtype reads it, as eager
+holds it (:func:`kitsune_backend.codegen.ops.held_as_eager`). Shapes and
 strides are constants of the source (kitsune compiles static shapes only); the launcher
 checks the tensors it receives against them.
 """
