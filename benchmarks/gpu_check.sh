@@ -3,6 +3,9 @@
 #
 #   PHASE=time  OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #     install this checkout, run the GPU tests, time every benchmark row (no profiler)
+#   PHASE=tests OUT=/some/folder bash benchmarks/gpu_check.sh
+#     install, run the GPU tests only (when tests and timing together near the 10-minute
+#     limit of one call: then time with TESTS_TIMEOUT=0 PHASE=time, which skips the tests)
 #   PHASE=count OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #     install, count every row's kernels under the profiler (and keep the branchy trace),
 #     time the first-step compile of ResNet-18 cold and warm against Inductor
@@ -20,7 +23,8 @@
 #   results_<phase>_<date>.json       every number of the benchmark, with GPU/torch/triton/date
 #   trace_branchy_kitsune.json        (count) Chrome trace of one kitsune branchy iteration
 #   compile_time_<date>.json          (count) ResNet-18 first-step compile time, cold and warm
-# Time limits (seconds, override through the environment): TESTS_TIMEOUT=240 for pytest,
+# Time limits (seconds, override through the environment): TESTS_TIMEOUT=240 for pytest (540 with
+# PHASE=tests; 0 skips the tests),
 # BENCH_BUDGET=300 after which no new benchmark row starts, BENCH_TIMEOUT=370 hard stop,
 # COMPILE_TIMEOUT=200 for the compile-time step (0 skips it).
 # Extra arguments go to `python3 -m benchmarks run` (e.g. --models branchy,gpt2 --iters 50).
@@ -30,7 +34,8 @@ OUT=${OUT:-/tmp/kitsune_gpu_check}
 mkdir -p "$OUT"
 DATE=$(date -u +%Y-%m-%d)
 PHASE=${PHASE:-time}
-case "$PHASE" in time|count) ;; *) echo "PHASE must be time or count, not $PHASE" >&2; exit 2;; esac
+TESTS_LIMIT=${TESTS_TIMEOUT:-$([ "$PHASE" = tests ] && echo 540 || echo 240)}
+case "$PHASE" in time|count|tests) ;; *) echo "PHASE must be time, count or tests, not $PHASE" >&2; exit 2;; esac
 RESULTS="$OUT/results_${PHASE}_$DATE.json"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -52,12 +57,18 @@ PY
   python3 -m pip install -e . --no-deps --no-build-isolation -q 2>&1 | tail -5
   python3 -c "import torch; print('backend \"kitsune\" registered:', 'kitsune' in torch._dynamo.list_backends(exclude_tags=()))"
 
-  if [ "$PHASE" = time ]; then
+  if [ "$PHASE" != count ] && [ "$TESTS_LIMIT" != "0" ]; then
     stamp "GPU tests (KITSUNE_TEST_GPU=1 pytest -m gpu)"
-    KITSUNE_TEST_GPU=1 timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider \
+    KITSUNE_TEST_GPU=1 timeout "$TESTS_LIMIT" python3 -m pytest -m gpu -q -p no:cacheprovider \
       > "$OUT/gpu_tests.log" 2>&1
     echo "pytest exit code: $? (full output in gpu_tests.log)"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -20
+  fi
+  if [ "$PHASE" = tests ]; then
+    stamp "done"
+    exit 0
+  fi
+  if [ "$PHASE" = time ]; then
     stamp "benchmark: timing (no profiler in this process)"
     timeout "${BENCH_TIMEOUT:-370}" python3 -m benchmarks run --json "$RESULTS" \
       --kernel-counts no --budget-s "${BENCH_BUDGET:-300}" "$@"
