@@ -187,6 +187,7 @@ LEAVING_THEIR_DTYPE = {
     "promoted": lambda x: x * 1.1 + torch.arange(x.shape[-1], device=x.device) * 0.25,
     "cast": lambda x: (x * 1.1).float() * 3,
     "reduced_in_fp32": lambda x: (x * 1.1).sum(-1, dtype=torch.float32),
+    "cat_promoted": lambda x: torch.cat([x * 1.1, x.float() * 2], -1) + 1,
 }
 
 

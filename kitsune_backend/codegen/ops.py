@@ -47,7 +47,7 @@ def held_as_eager(expr: str, dtype: torch.dtype, consumer_dtype: torch.dtype) ->
     """``expr``, the fp32 value of a region node of ``dtype``, as its consumer of
     ``consumer_dtype`` must read it. Kernels compute fp16/bf16 values in fp32 and round them
     when they store; where such a value leaves its dtype inside the kernel (promoted into an
-    fp32 op, cast, compared, reduced into fp32), eager would have rounded it when it was
+    fp32 op or cat, cast, compared, reduced into fp32), eager would have rounded it when it was
     made, so it is rounded here first."""
     if dtype in (torch.float16, torch.bfloat16) and consumer_dtype != dtype:
         return f"{expr}.to({TL_DTYPES[dtype]}).to(tl.float32)"

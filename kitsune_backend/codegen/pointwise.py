@@ -60,7 +60,8 @@ class PointwiseBody:
         for k, part in enumerate(node.args[0]):
             inner = self.spaces.cat_part(space, node, k)
             if part in self.region.context:
-                value = self.values[(part, inner.key)]
+                value = ops.held_as_eager(self.values[(part, inner.key)],
+                                          part.meta["val"].dtype, node.meta["val"].dtype)
             else:
                 value = self.load_at(part, inner, shape_of(part))
             if ops.compute_dtype(part.meta["val"].dtype) != want:
