@@ -123,7 +123,7 @@ def test_auto_on_cuda_skips_matrix_vector_products_untimed():
         ("add", (1, 1000), (1000, 1)))]
     ctx = PassContext(config=kitsune_backend.config.resolve(), graph_name="inference0",
                       example_inputs=())
-    tile, why = _choose(specs, torch.device("cuda"), ctx, "auto")
+    tile, why = _choose(specs, "ieee", torch.device("cuda"), ctx, "auto")
     assert tile is None and "matrix-vector" in why
 
 
@@ -172,7 +172,7 @@ def test_generated_source_matches_eager_on_random_layouts(m, k, n, transposed, t
     bias, out = torch.randn(n), torch.empty(m, n)
     specs = [TensorSpec(f"t{i}", tuple(t.shape), t.stride(), t.dtype)
              for i, t in enumerate((a, b, bias, out))]
-    generated = matmul_bias_source("kitsune_mm_bias_test", ("mm", "add"), *specs, tile=tile)
+    generated = matmul_bias_source(("mm", "add"), *specs, tile, "ieee")
     kernel = FusedKernel(generated, fx.Graph(), kitsune_backend.config.resolve().cache_dir)
     kernel(a, b, bias, out=(out,))
     torch.testing.assert_close(out, torch.addmm(bias, a, b), rtol=1e-5, atol=1e-4)

@@ -2,15 +2,16 @@
 
 Triton's compile holds the GIL, so threads do not overlap compiles; processes do.
 :mod:`kitsune_backend.codegen.compile_pool` starts each worker as
-``python -c <bootstrap> <this file> <the parent's sys.path as JSON> <device target as JSON>``:
-the bootstrap loads
-this file by path, so the worker imports neither ``kitsune_backend`` nor ``torch`` (only the
-standard library and ``triton``), never initialises CUDA, and never re-runs the user's main
-script (what ``multiprocessing``'s spawn start method would do).
+``python -c <bootstrap> <this file> <the parent's sys.path as JSON> <device target as
+JSON>``: the bootstrap loads this file by path, so the worker imports neither
+``kitsune_backend`` nor ``torch`` (only the standard library and ``triton``), never
+initialises CUDA, and never re-runs the user's main script (what ``multiprocessing``'s
+spawn start method would do).
 
 Protocol: the worker first writes ``{"ready": True}`` once Triton is imported, and warms
-Triton up (:func:`warm_up`, while the parent is still tracing); then the parent sends one pickled request dict per kernel on the worker's stdin
-(``multiprocessing.connection`` framing) and reads one reply dict on the worker's original
+Triton up (:func:`warm_up`, while the parent is still tracing); then the parent sends one
+pickled request dict per kernel on the worker's stdin (``multiprocessing.connection``
+framing) and reads one reply dict on the worker's original
 stdout; anything else the worker prints goes to stderr. End of input ends the worker.
 
 A request holds only plain data, captured in the parent from Triton's own compile request

@@ -61,21 +61,27 @@ def precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def tiles(dtype: torch.dtype) -> tuple[MatmulTile, ...]:
-    """The tiles worth trying for operands of ``dtype``, the heuristic's pick first."""
-    return FMA_TILES if precision(dtype) == "ieee" else TENSOR_CORE_TILES
+def tiles(dot_precision: str) -> tuple[MatmulTile, ...]:
+    """The tiles worth trying for a dot of ``dot_precision``, the heuristic's pick first."""
+    return FMA_TILES if dot_precision == "ieee" else TENSOR_CORE_TILES
 
 
-def matmul_bias_source(name: str, nodes: tuple[str, ...], a: TensorSpec, b: TensorSpec,
-                       bias: TensorSpec, out: TensorSpec, tile: MatmulTile) -> KernelSource:
-    """Kernel ``name`` computing ``out = a @ b + bias`` (``a`` is M x K, ``b`` K x N,
-    ``bias`` has N elements, one per column) with ``tile``; ``nodes`` are the FX nodes it
-    stands for."""
+def matmul_bias_name(a: TensorSpec, b: TensorSpec) -> str:
+    """``kitsune_mm_bias_<M>x<K>x<N>``: equal for equal shapes, so that a kernel timed at
+    compile time and the one put in the graph share Triton's compiled binary."""
+    return f"kitsune_mm_bias_{a.shape[0]}x{a.shape[1]}x{b.shape[1]}"
+
+
+def matmul_bias_source(nodes: tuple[str, ...], a: TensorSpec, b: TensorSpec, bias: TensorSpec,
+                       out: TensorSpec, tile: MatmulTile, dot_precision: str) -> KernelSource:
+    """The kernel computing ``out = a @ b + bias`` (``a`` is M x K, ``b`` K x N, ``bias``
+    has N elements, one per column) with ``tile`` and ``tl.dot``'s ``dot_precision``
+    (:func:`precision`); ``nodes`` are the FX nodes it stands for."""
+    name = matmul_bias_name(a, b)
     (m, k), n = a.shape, b.shape[1]
     bm, bn, bk = tile.block_m, tile.block_n, tile.block_k
     row_tiles, col_tiles = -(-m // bm), -(-n // bn)
     grid = row_tiles * col_tiles
-    dot_precision = precision(a.dtype)
     wide = any(max_offset(s.shape, s.stride) > INT32_LIMIT for s in (a, b, bias, out))
     bias_stride = bias.stride[-1] if bias.shape and bias.shape[-1] != 1 else 0
     ragged_k = k % bk != 0  # the last step along K is partial: its loads are masked

@@ -33,7 +33,7 @@ from ..codegen.matmul import MATMUL_DTYPES, MatmulTile, matmul_bias_source, prec
 from ..codegen.source import KernelSource, TensorSpec
 from ..record import KernelRecord
 from .base import Decline, PassContext
-from .matmul_timing import kernel_name, time_choices
+from .matmul_timing import time_choices
 
 aten = torch.ops.aten
 
@@ -110,15 +110,15 @@ def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[st
     kernels: dict[tuple, FusedKernel] = {}
     for add, (mm, bias) in pairs:
         specs = [TensorSpec.of(n) for n in (*mm.args, bias, add)]
-        choice, why = _choose(specs, add.meta["val"].device, ctx, mode)
+        dot_precision = precision(specs[0].dtype)
+        choice, why = _choose(specs, dot_precision, add.meta["val"].device, ctx, mode)
         if choice is None:
             done.declines.append(Decline(stage, f"bias add kept after {mm.name}: {why}", add.name))
             continue
         key = (tuple((s.shape, s.stride, s.dtype) for s in specs), choice)
         kernel = kernels.get(key)
         if kernel is None:
-            generated = matmul_bias_source(kernel_name(*specs[:2]), (mm.name, add.name),
-                                           *specs, tile=choice)
+            generated = matmul_bias_source((mm.name, add.name), *specs, choice, dot_precision)
             kernel = kernels[key] = _kernel(generated, ctx, add)
             done.notes.append(f"{kernel.__name__}: {mm.name} + bias as one generated "
                               f"kernel ({why})")
@@ -131,10 +131,10 @@ def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[st
     return done
 
 
-def _choose(specs: list[TensorSpec], device: torch.device, ctx: PassContext,
-            mode: str) -> tuple[Optional[MatmulTile], str]:
+def _choose(specs: list[TensorSpec], dot_precision: str, device: torch.device,
+            ctx: PassContext, mode: str) -> tuple[Optional[MatmulTile], str]:
     """The tile to generate on ``device``, with why; ``(None, why not)`` when the add stays."""
-    candidates = tiles(specs[0].dtype)
+    candidates = tiles(dot_precision)
     if device.type != "cuda" and specs[0].dtype == torch.bfloat16:
         return None, "Triton's interpreter gets bf16 dot products wrong (raw bits)"
     if device.type != "cuda":
@@ -149,8 +149,7 @@ def _choose(specs: list[TensorSpec], device: torch.device, ctx: PassContext,
         return None, (f"{specs[0].shape[0]} row(s): cuBLAS's matrix-vector kernels win, "
                       f"the kernel's tiles hold at least {MIN_ROWS} rows")
     try:
-        timings = time_choices(tuple(specs), precision(specs[0].dtype), candidates,
-                               ctx.config, device)
+        timings = time_choices(tuple(specs), dot_precision, candidates, ctx.config, device)
     except Exception as exc:  # a failed timing keeps cuBLAS, with the reason
         return None, f"timing the generated matmul failed: {type(exc).__name__}: {exc}"
     tile, best = min(timings.tiles.items(), key=lambda item: item[1])

@@ -45,18 +45,11 @@ class Timings:
     tiles: dict[MatmulTile, float]
 
 
-def kernel_name(a: TensorSpec, b: TensorSpec) -> str:
-    """``kitsune_mm_bias_<M>x<K>x<N>``: equal for equal shapes, so that the kernel timed
-    here and the one put in the graph share Triton's compiled binary."""
-    return f"kitsune_mm_bias_{a.shape[0]}x{a.shape[1]}x{b.shape[1]}"
-
-
 def time_choices(specs: tuple[TensorSpec, ...], dot_precision: str,
                  candidates: tuple[MatmulTile, ...], config: Config,
                  device: torch.device) -> Timings:
-    """Time cuBLAS and each candidate tile on operands laid out as ``specs`` (a, b, bias,
-    out) on CUDA ``device``; ``dot_precision`` is part of the key because the
-    generated source depends on it."""
+    """Time cuBLAS and each candidate tile (kernels with ``dot_precision``) on operands
+    laid out as ``specs`` (a, b, bias, out) on CUDA ``device``."""
     layouts = tuple((s.shape, s.stride, s.dtype) for s in specs)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _timed(layouts, dot_precision, candidates, config, index)
@@ -65,11 +58,9 @@ def time_choices(specs: tuple[TensorSpec, ...], dot_precision: str,
 @functools.lru_cache(maxsize=None)
 def _timed(layouts: tuple, dot_precision: str, candidates: tuple[MatmulTile, ...],
            config: Config, device_index: int) -> Timings:
-    del dot_precision  # read again by matmul_bias_source; here it only keys the cache
     device = torch.device("cuda", device_index)
     specs = [TensorSpec(f"in{i}", *layout) for i, layout in enumerate(layouts)]
-    name = kernel_name(specs[0], specs[1])
-    kernels = [FusedKernel(matmul_bias_source(name, (), *specs, tile=tile), fx.Graph(),
+    kernels = [FusedKernel(matmul_bias_source((), *specs, tile, dot_precision), fx.Graph(),
                            config.cache_dir, device=device) for tile in candidates]
     precompile(kernels, config, device)
     with unset_fake_temporarily(), torch.no_grad(), torch.cuda.device(device):
