@@ -56,6 +56,22 @@ def is_pure(node: fx.Node) -> bool:
     return overload.overloadpacket.__name__ not in UNDEFINED_CONTENTS
 
 
+def addresses_storage(node: fx.Node) -> bool:
+    """True when the node's meaning depends on where its tensor arguments sit in their
+    storage, not only on their values: ops that take a ``storage_offset`` or a storage
+    (the ``as_strided`` family, ``set_``) and ops that read the offset
+    (``sym_storage_offset``). Such an op sees other memory if its argument is moved."""
+    overload = op_overload(node)
+    if overload is None:
+        return False
+    if overload.overloadpacket.__name__ in ("sym_storage_offset", "set_"):
+        return True
+    return any(
+        a.name == "storage_offset" or "Storage" in str(a.type)
+        for a in overload._schema.arguments
+    )
+
+
 def is_mutating(node: fx.Node) -> bool:
     """True when the node writes into one of its arguments (``copy_``, ``add_``, ...)."""
     return bool(written_inputs(node))

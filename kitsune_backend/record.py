@@ -62,11 +62,19 @@ class PassRecord:
 
 @dataclasses.dataclass
 class KernelRecord:
-    """A generated kernel: its name, the FX nodes it came from, and its source."""
+    """A generated kernel: its name, the FX nodes it came from, and its source; ``kernel``
+    is the callable itself, whose ``compile_error`` says why it runs as ATen ops, if it
+    failed to compile at its first launch."""
 
     name: str
     nodes: list[str]
     source: str
+    kernel: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def compile_error(self) -> str:
+        """Why the kernel did not compile ("" when it did, or has not launched yet)."""
+        return getattr(self.kernel, "compile_error", "")
 
 
 @dataclasses.dataclass
@@ -88,9 +96,15 @@ class CompileRecord:
 
     @property
     def declines(self) -> list[Decline]:
-        """Every "no": from the passes, then from plugins and the runtime."""
+        """Every "no": from the passes, then from plugins and the runtime, then kernels
+        that did not compile at their first launch."""
         found = [d for p in self.passes for d in p.declines]
-        return found + list(self.other_declines)
+        broken = [
+            Decline("kernel", f"{k.name} did not compile, its region runs as ATen ops: "
+                    f"{k.compile_error}", k.nodes[0] if k.nodes else "")
+            for k in self.kernels if k.compile_error
+        ]
+        return found + list(self.other_declines) + broken
 
     @property
     def stages(self) -> list[str]:

@@ -114,19 +114,18 @@ def _arange_args(node: fx.Node) -> tuple[Any, Any]:
 
 def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
     """Triton source for source ``node``'s value at element ``offset`` (an index
-    expression over the node's own contiguous layout), as ``tl_dtype``."""
+    expression over the node's own contiguous layout, a block of the kernel's lanes), as
+    ``tl_dtype``: a block of the same shape."""
     node, _ = _root(node)  # a reshape keeps every element's flat position; a fill is one value
     if node.target.overloadpacket is aten.arange:
         start, step = _arange_args(node)
-        if offset == "0":
-            return f"tl.full([1], {start}, {tl_dtype})"
         value = f"({offset}).to(tl.int64)"
         value = value if step == 1 else f"{value} * {step}"
         value = value if start == 0 else f"({value} + {start})"
         return value if tl_dtype == "tl.int64" else f"{value}.to({tl_dtype})"
     from .ops import literal
 
-    return f"tl.full([1], {literal(fill_value(node))}, {tl_dtype})"
+    return f"tl.full(({offset}).shape, {literal(fill_value(node))}, {tl_dtype})"
 
 
 def value_range(node: Any) -> Optional[tuple[int, int]]:

@@ -6,7 +6,9 @@ written into ``out=(...)`` when the runtime places outputs itself. It launches t
 generated Triton kernel on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1``.
 Otherwise, and whenever the tensors it gets differ from the metadata it was generated for
 (a stride, a dtype), it runs the region's ATen ops instead, and counts that in
-``fallback_calls`` with ``last_fallback_reason``: correct, just not fused.
+``fallback_calls`` with ``last_fallback_reason``: correct, just not fused. A kernel that
+fails to compile at its first launch (or, under the interpreter, to run) keeps the reason in
+``compile_error`` and runs as the region's ATen ops from then on.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import InterpreterError, OutOfResources, PTXASError
+
 from . import cache
 from .heuristics import LaunchConfig
 from .source import KernelSource, TensorSpec
+
+
+COMPILE_ERRORS = (CompilationError, OutOfResources, PTXASError, InterpreterError)
+"""What a first launch raises when the generated source does not compile (or, under
+``TRITON_INTERPRET=1``, does not run): the region then runs as its ATen ops."""
 
 
 def _matches(tensor: Any, spec: TensorSpec) -> bool:
@@ -67,6 +77,8 @@ class FusedKernel:
         self.device = device  # where a kernel without tensor inputs writes its outputs
         self.fallback_calls = 0
         self.last_fallback_reason = ""
+        self.compile_error = ""
+        self._launched = False
         self._tuned = not autotune
         self._launch_fn = self._load(generated)
 
@@ -98,6 +110,8 @@ class FusedKernel:
                     tensor, torch.Tensor) else type(tensor).__name__
                 return f"input {spec.name} is {got}, the kernel was generated for " \
                        f"{(spec.shape, spec.stride, spec.dtype)}"
+        if self.compile_error:
+            return f"the kernel did not compile ({self.compile_error})"
         device = args[0].device if args else (self.device or torch.device("cpu"))
         reason = why_not_on(device)
         return f"{reason}: the region runs as its ATen ops" if reason else ""
@@ -106,14 +120,29 @@ class FusedKernel:
         """Compute the region's outputs from its inputs (see the module docstring)."""
         reason = self.why_not_launch(args)
         if reason:
-            self.fallback_calls += 1
-            self.last_fallback_reason = reason
-            results = self.aten_region(*args)
-            if out is not None:
-                for target, value in zip(out, results):
-                    target.copy_(value)
-                results = tuple(out)
-            return results[0] if len(results) == 1 else tuple(results)
+            return self._run_aten(reason, args, out)
+        try:
+            return self._run_kernel(args, out)
+        except COMPILE_ERRORS as exc:
+            if self._launched:
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[-1]
+            self.compile_error = f"{type(exc).__name__}: {first_line[:300]}"
+            return self._run_aten(self.why_not_launch(args), args, out)
+
+    def _run_aten(self, reason: str, args: Sequence[Any], out: Optional[Sequence[Any]]) -> Any:
+        """The region's ATen ops on ``args`` (written into ``out`` when given)."""
+        self.fallback_calls += 1
+        self.last_fallback_reason = reason
+        results = self.aten_region(*args)
+        if out is not None:
+            for target, value in zip(out, results):
+                target.copy_(value)
+            results = tuple(out)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _run_kernel(self, args: Sequence[Any], out: Optional[Sequence[Any]]) -> Any:
+        """Launch the generated kernel on ``args``, into ``out`` or fresh outputs."""
         device = args[0].device if args else self.device
         if out is None:
             out = tuple(
@@ -127,6 +156,7 @@ class FusedKernel:
                 self.generated, self._launch_fn = tune(self, args, out)
                 self._tuned = True
             self._launch(self._launch_fn, self.generated, args, out)
+            self._launched = True
         return out[0] if len(out) == 1 else tuple(out)
 
     @staticmethod

@@ -81,12 +81,12 @@ class PointwiseBody:
             return self.values[key]
         if arg not in self.inputs:
             strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
-            offset = offset_expr(space.index, collapse(target, strides))
+            offset = self.block_offset(space, collapse(target, strides))
             value = constants.expression(arg, offset, ops.compute_dtype(arg.meta["val"].dtype))
         else:
             spec = _spec(arg)
             strides = broadcast_strides(*strip_leading(spec.shape, spec.stride), target)
-            offset = offset_expr(space.index, collapse(target, strides))
+            offset = self.block_offset(space, collapse(target, strides))
             mask = f", mask={space.mask}" if space.mask and uses(offset, space.index) else ""
             value = f"tl.load(in{self.inputs[arg]} + ({offset}){mask})"
             if ops.TL_DTYPES[spec.dtype] != ops.compute_dtype(spec.dtype):
@@ -96,13 +96,18 @@ class PointwiseBody:
         self.values[key] = var
         return var
 
+    @staticmethod
+    def block_offset(space: Space, dims: list[tuple[int, int]]) -> str:
+        """The offset of each lane's element over ``dims``: a block even when it uses no
+        index (a 0-d or fully broadcast tensor), so every value has the lanes' rank."""
+        offset = offset_expr(space.index, dims)
+        return offset if uses(offset, space.index) else f"{offset} + {space.index} * 0"
+
     def store_at(self, index: int, node: fx.Node, space: Space) -> None:
         """Write output ``index`` (``node``'s value in ``space``) from the lanes owning it."""
         spec = _spec(node)
         strides = broadcast_strides(*strip_leading(spec.shape, spec.stride), spec.shape)
-        offset = offset_expr(space.index, collapse(spec.shape, strides))
-        if not uses(offset, space.index):
-            offset = f"{offset} + {space.index} * 0"
+        offset = self.block_offset(space, collapse(spec.shape, strides))
         mask = f", mask={space.unique}" if space.unique else ""
         value = self.values[(node, space.key)]
         dtype = ops.TL_DTYPES[spec.dtype]

@@ -257,7 +257,6 @@ class _Writer(PointwiseBody):
         if arg not in self.inputs:  # an inlined constant or index source
             strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
             offset = self.offset(context, target, strides)
-            offset = "0" if offset in ("(0)", "0") else offset
             var = self.fresh("x")
             dtype = ops.compute_dtype(arg.meta["val"].dtype)
             self.line(f"{var} = {constants.expression(arg, offset, dtype)}  # {arg.name}")
@@ -282,11 +281,13 @@ class _Writer(PointwiseBody):
     def offset(self, context: str, shape: tuple[int, ...], strides: list[int]) -> str:
         """The offset expression of an element in ``context`` for a tensor of ``strides``."""
         if context == "row":
-            return f"({offset_expr('rows', collapse(shape, strides))})"
-        kept, red = split_dims(self.region.shape, strides, self.region.reduced)
-        parts = [offset_expr("rows", kept), offset_expr("k", red)]
-        parts = [p for p in parts if p != "0"] or ["0"]
-        return f"({' + '.join(parts)})"
+            parts = [offset_expr("rows", collapse(shape, strides))]
+        else:
+            kept, red = split_dims(self.region.shape, strides, self.region.reduced)
+            parts = [p for p in (offset_expr("rows", kept), offset_expr("k", red)) if p != "0"]
+        # an offset that uses no index is still a block (one element per row), so that a
+        # value read from a 0-d tensor has the rank of the others, as in eager broadcasting
+        return f"({' + '.join(parts)})" if parts and parts != ["0"] else "(rows * 0)"
 
     def mask_for(self, offset: str) -> str:
         """The mask matching the index variables an offset uses ('' when none is needed)."""

@@ -229,7 +229,7 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
                 item.meta["val"] = out.meta["val"]
                 env[out] = item
         names = [n.name for n in sorted([*inlined, *unit.nodes], key=grouping.index.__getitem__)]
-        ctx.kernels.append(KernelRecord(kernel.__name__, names, kernel.source))
+        ctx.kernels.append(KernelRecord(kernel.__name__, names, kernel.source, kernel))
         regions_state[name] = names
     gm.graph = graph
     ctx.state["fusion"] = {"regions": regions_state}

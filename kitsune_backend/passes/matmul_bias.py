@@ -123,7 +123,8 @@ def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[st
             done.notes.append(f"{kernel.__name__}: {mm.name} + bias as one generated "
                               f"kernel ({why})")
         name = _replace(gm, mm, add, bias, kernel, f"kitsune_mm_bias_{len(done.adds)}")
-        ctx.kernels.append(KernelRecord(kernel.__name__, [mm.name, add.name], kernel.source))
+        ctx.kernels.append(KernelRecord(kernel.__name__, [mm.name, add.name], kernel.source,
+                                       kernel))
         ctx.state.setdefault(stage, {"regions": {}})["regions"][name] = [mm.name, add.name]
         done.adds.add(add.name)
     if done.adds:

@@ -7,6 +7,11 @@ this pass reads from ``ctx.state["streams"]``.
 Buffers are found by storage: every tensor a node produces whose storage no placeholder, no
 constant and no graph output holds is an intermediate; views and ``getitem`` share their
 base's buffer, so a buffer's users are all the nodes that read any alias of it.
+
+An intermediate that an op addresses through its storage (``as_strided`` and its family
+take a ``storage_offset`` counted from the storage's start: see
+:func:`~kitsune_backend.graph_utils.addresses_storage`) keeps a storage of its own, as in
+eager: in the arena, its storage would be the arena, and the op would read other buffers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..graph_utils import has_symbolic_shapes, iter_tensors
+from ..graph_utils import addresses_storage, has_symbolic_shapes, iter_tensors
 from ..runtime import arena
 from .base import Decline, PassContext, PassResult
 from .streams import StreamState, is_scheduled
@@ -45,9 +50,22 @@ def _storages(value: Any) -> list[tuple[int, int]]:
     return found
 
 
-def find_buffers(gm: fx.GraphModule) -> list[arena.Buffer]:
+def storages_addressed(gm: fx.GraphModule) -> dict[int, fx.Node]:
+    """Storage key -> the first node that addresses that storage directly."""
+    found: dict[int, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if addresses_storage(node):
+            for arg in node.all_input_nodes:
+                for key, _ in _storages(arg.meta.get("val")):
+                    found.setdefault(key, node)
+    return found
+
+
+def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]:
     """The intermediates of ``gm`` (see the module docstring), each named after the node
-    that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple."""
+    that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple;
+    and one decline per intermediate kept off the arena because an op addresses its storage."""
+    addressed = storages_addressed(gm)
     outside: set[int] = set()
     producer: dict[int, fx.Node] = {}
     size: dict[int, int] = {}
@@ -74,16 +92,25 @@ def find_buffers(gm: fx.GraphModule) -> list[arena.Buffer]:
                 producer[key], size[key] = node, nbytes
                 if single:
                     name[key] = node.name
-    return [
-        arena.Buffer(
-            name=name.get(key, f"{producer[key].name}.{index}"),
+    buffers, declines = [], []
+    for index, key in enumerate(producer):
+        if key in outside or size[key] <= 0:
+            continue
+        buffer_name = name.get(key, f"{producer[key].name}.{index}")
+        if key in addressed:
+            op = addressed[key].target
+            declines.append(Decline("memory_plan", (
+                f"{buffer_name} keeps a storage of its own, not the arena: {addressed[key].name}"
+                f" ({getattr(op, '__name__', op)}) addresses its storage directly"),
+                buffer_name))
+            continue
+        buffers.append(arena.Buffer(
+            name=buffer_name,
             size=size[key],
             producer=producer[key],
             users=tuple(u for u in dict.fromkeys(users.get(key, [])) if u is not producer[key]),
-        )
-        for index, key in enumerate(producer)
-        if key not in outside and size[key] > 0
-    ]
+        ))
+    return buffers, declines
 
 
 def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -108,7 +135,7 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     state: StreamState | None = ctx.state.get("streams")
     if state is None:
         return PassResult(declines=[Decline("memory_plan", "no stream plan to order buffers by")])
-    buffers = find_buffers(gm)
+    buffers, declines = find_buffers(gm)
     plan = state.plan
     clash = arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
     offsets, arena_bytes = arena.assign_offsets(buffers, clash)
@@ -127,4 +154,4 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         "buffers_planned": len(buffers),
     }
     notes = [f"{len(buffers)} intermediate(s): arena {arena_bytes} B for {total} B in total"]
-    return PassResult(stats=stats, notes=notes)
+    return PassResult(stats=stats, notes=notes, declines=declines)

@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.fx as fx
 
-from ..graph_utils import alias_base, has_symbolic_shapes, iter_tensors, op_overload, written_inputs
+from ..graph_utils import (addresses_storage, alias_base, has_symbolic_shapes, iter_tensors,
+                           op_overload, written_inputs)
 from ..passes.base import Decline
 from ..record import CompileRecord
 
@@ -82,6 +83,14 @@ def capture_decline(
                     f"node {node.name} writes into input {value.name}, which is not a "
                     "parameter or buffer: a replay would write into a copy"
                 )
+        if addresses_storage(node):
+            for value in map(alias_base, node.all_input_nodes):
+                if value in index and index[value] not in static:
+                    return (
+                        f"node {node.name} ({node.target}) addresses the storage of input "
+                        f"{value.name}, which is not a parameter or buffer: a replay would "
+                        "read a copy laid out in a storage of its own"
+                    )
     for node in gm.graph.nodes:
         for t in iter_tensors(node.meta.get("val")):
             if t.device.type != "cuda":

@@ -1,0 +1,226 @@
+"""PyTorch's OpInfo samples run through kitsune with fusing neighbours, against eager.
+
+Each sample's op is placed between pointwise neighbours so that kitsune fuses it where it
+can: the first input goes through ``neg(neg(x))`` and every floating output through
+``neg(neg(out))``. A region of one op stays an ATen call, so without the neighbours only
+about one sample in eight would reach a generated kernel.
+
+A sample counts when ``aot_eager`` runs it and matches eager (an op that ``aot_eager``
+itself cannot run, or that draws random numbers, says nothing about kitsune); kitsune must
+then match eager, forward and, with ``requires_grad=True`` inputs, every gradient.
+:data:`EXCLUDED` lists the ops left out of the sweep altogether, with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import zlib
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from tests.helpers import TOLERANCES
+
+# Ops left out of the sweep, with the reason. Everything else that supports the dtype on
+# the device is swept.
+EXCLUDED = {
+    # Random or uninitialised results: no two runs agree, compiled or not.
+    "bernoulli": "random", "nn.functional.dropout": "random",
+    "nn.functional.dropout2d": "random", "nn.functional.dropout3d": "random",
+    "nn.functional.alpha_dropout": "random", "nn.functional.feature_alpha_dropout": "random",
+    "nn.functional.rrelu": "random", "normal": "random", "multinomial": "random",
+    "randn_like": "random", "rand_like": "random", "randint_like": "random",
+    "randn": "random", "rand": "random", "randint": "random", "uniform": "random",
+    "cauchy": "random", "exponential": "random", "geometric": "random",
+    "log_normal": "random", "nn.functional.fractional_max_pool2d": "random",
+    "nn.functional.fractional_max_pool3d": "random",
+    "empty": "uninitialised", "empty_like": "uninitialised", "new_empty": "uninitialised",
+    "empty_strided": "uninitialised", "new_empty_strided": "uninitialised",
+    "empty_permuted": "uninitialised", "nn.functional.multi_head_attention_forward": "random",
+    # Sparse layouts: kitsune sees strided tensors only (Dynamo graph-breaks on these).
+    "to_sparse": "sparse layout", "sparse.sampled_addmm": "sparse layout",
+    "sparse.mm": "sparse layout",
+}
+
+# Samples taken per op: the first few cover the regimes (0-dim, broadcast, keyword forms).
+SAMPLES_PER_OP = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One OpInfo sample: the op's name and variant, and the sample's index."""
+
+    op_name: str
+    variant: str
+    index: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.op_name}.{self.variant}#{self.index}"
+
+
+def op_db() -> list[Any]:
+    """PyTorch's OpInfo database (imported on first use: it takes a few seconds)."""
+    from torch.testing._internal.common_methods_invocations import op_db as ops
+
+    return ops
+
+
+def swept_ops(device: str, dtype: torch.dtype) -> list[Any]:
+    """The OpInfos that support ``dtype`` on ``device`` and are not :data:`EXCLUDED`."""
+    return [
+        op for op in op_db()
+        if op.name not in EXCLUDED and op.supports_dtype(dtype, device)
+    ]
+
+
+def samples(op: Any, device: str, dtype: torch.dtype, requires_grad: bool) -> list[Any]:
+    """The first :data:`SAMPLES_PER_OP` samples of ``op`` (same seed, same samples)."""
+    torch.manual_seed(zlib.crc32(op.name.encode()))
+    grad = requires_grad and op.supports_autograd
+    try:
+        found = op.sample_inputs(device, dtype, requires_grad=grad)
+        return list(itertools.islice(found, SAMPLES_PER_OP))
+    except Exception:  # an OpInfo whose sample generator needs something missing here
+        return []
+
+
+def cases(device: str, dtype: torch.dtype, shard: int = 0, shards: int = 1) -> list[Case]:
+    """Every (op, sample) case of the sweep, in shard ``shard`` of ``shards`` (by op name,
+    so a shard's cases do not change when other ops are added)."""
+    found = []
+    for op in swept_ops(device, dtype):
+        if zlib.crc32(op.name.encode()) % shards != shard:
+            continue
+        for index in range(SAMPLES_PER_OP):
+            found.append(Case(op.name, op.variant_test_name, index))
+    return found
+
+
+def _fusable(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point() and x.layout == torch.strided
+
+
+def _wrap_out(value: Any) -> Any:
+    if _fusable(value):
+        return torch.neg(torch.neg(value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_wrap_out(v) for v in value) if not hasattr(value, "_fields") \
+            else value
+    return value
+
+
+def fused_program(op: Any, sample: Any) -> Callable:
+    """``f(x, *args)``: the op on ``neg(neg(x))``, its floating outputs through
+    ``neg(neg(.))``; tensors are arguments of ``f`` (so Dynamo sees them as inputs)."""
+
+    def f(x, args, kwargs):
+        if _fusable(x):
+            x = torch.neg(torch.neg(x))
+        return _wrap_out(op(x, *args, **kwargs))
+
+    return f
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of ``value`` with every tensor cloned (leaves keep ``requires_grad``)."""
+    if isinstance(value, torch.Tensor):
+        copy = value.detach().clone()
+        return copy.requires_grad_(value.requires_grad) if value.is_leaf else copy
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_fresh(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What running one program gave: outputs, input gradients, or the error."""
+
+    outputs: Any = None
+    grads: list[Optional[torch.Tensor]] = dataclasses.field(default_factory=list)
+    error: Optional[BaseException] = None
+
+
+def run(fn: Callable, sample: Any) -> Outcome:
+    """Call ``fn`` on a fresh copy of the sample; with inputs that need gradients, also
+    backpropagate the sum of every floating output (weighted, so no gradient is uniform)."""
+    x, args, kwargs = _fresh((sample.input, sample.args, sample.kwargs))
+    leaves = [t for t in _tensors((x, args, kwargs)) if t.requires_grad and t.is_leaf]
+    try:
+        out = fn(x, args, kwargs)
+        floating = [t for t in _tensors(out) if _fusable(t) and t.requires_grad]
+        grads: list[Optional[torch.Tensor]] = []
+        if leaves and floating:
+            loss = sum((t * torch.linspace(0.5, 1.5, t.numel(), dtype=t.dtype,
+                                           device=t.device).view(t.shape)).sum()
+                       for t in floating)
+            grads = list(torch.autograd.grad(loss, leaves, allow_unused=True))
+        return Outcome(out, grads)
+    except Exception as exc:  # noqa: BLE001  (the caller compares what happened)
+        return Outcome(error=exc)
+
+
+def mismatch(actual: Any, expected: Any) -> str:
+    """Why ``actual`` differs from ``expected`` beyond the dtype's tolerance ("" if not)."""
+    got, want = list(_tensors(actual)), list(_tensors(expected))
+    if len(got) != len(want):
+        return f"{len(got)} tensors, expected {len(want)}"
+    for i, (a, e) in enumerate(zip(got, want)):
+        if a.shape != e.shape or a.dtype != e.dtype:
+            return f"tensor {i}: {a.dtype}{list(a.shape)}, expected {e.dtype}{list(e.shape)}"
+        if e.layout != torch.strided:
+            continue
+        rtol, atol = TOLERANCES.get(e.dtype, (0, 0))
+        try:
+            torch.testing.assert_close(a.detach(), e.detach(), rtol=rtol, atol=atol,
+                                       equal_nan=True)
+        except AssertionError as exc:
+            return f"tensor {i}: " + str(exc).splitlines()[0] + " " + " ".join(
+                str(exc).splitlines()[1:4])
+    if not isinstance(expected, (torch.Tensor, list, tuple)) and not (
+        isinstance(expected, float) and math.isnan(expected)
+    ) and actual != expected:
+        return f"{actual!r}, expected {expected!r}"
+    return ""
+
+
+def compare(case_op: Any, sample: Any, backend: str, options: Optional[dict] = None) -> str:
+    """Run the sample's fused program eagerly and compiled with ``backend``; "" when the
+    compiled run agrees (or both raise), else what went wrong."""
+    program = fused_program(case_op, sample)
+    eager = run(program, sample)
+    torch._dynamo.reset()
+    kwargs = {"options": options} if options else {}
+    compiled = run(torch.compile(program, backend=backend, **kwargs), sample)
+    if eager.error is not None:
+        return "" if compiled.error is not None else "eager raised, compiled did not"
+    if compiled.error is not None:
+        return f"raised {type(compiled.error).__name__}: {str(compiled.error)[:300]}"
+    why = mismatch(compiled.outputs, eager.outputs)
+    if why:
+        return "output " + why
+    for i, (a, e) in enumerate(zip(compiled.grads, eager.grads)):
+        if (a is None) != (e is None):
+            return f"gradient {i}: {'missing' if a is None else 'unexpected'}"
+        if a is not None:
+            why = mismatch(a, e)
+            if why:
+                return f"gradient {i}: {why}"
+    return ""
