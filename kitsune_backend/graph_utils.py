@@ -56,20 +56,38 @@ def is_pure(node: fx.Node) -> bool:
     return overload.overloadpacket.__name__ not in UNDEFINED_CONTENTS
 
 
-def addresses_storage(node: fx.Node) -> bool:
-    """True when the node's meaning depends on where its tensor arguments sit in their
-    storage, not only on their values: ops that take a ``storage_offset`` or a storage
-    (the ``as_strided`` family, ``set_``) and ops that read the offset
-    (``sym_storage_offset``). Such an op sees other memory if its argument is moved."""
+STORAGE_COPYING = frozenset({"slice_scatter", "select_scatter", "diagonal_scatter",
+                             "as_strided_scatter", "copy"})
+"""Ops whose result is a copy of their first argument's whole storage, at the argument's
+storage offset (ATen's ``clone_preserve_strides``), not a tensor of their own."""
+
+
+def storage_addressed_args(node: fx.Node) -> list[fx.Node]:
+    """The arguments a node reads through their storage rather than their elements: the
+    first argument of ops that take a ``storage_offset`` or a storage (the ``as_strided``
+    family, ``set_``) or that read it (``sym_storage_offset``)."""
     overload = op_overload(node)
-    if overload is None:
-        return False
-    if overload.overloadpacket.__name__ in ("sym_storage_offset", "set_"):
-        return True
-    return any(
+    if overload is None or not node.args or not isinstance(node.args[0], fx.Node):
+        return []
+    takes_storage = any(
         a.name == "storage_offset" or "Storage" in str(a.type)
         for a in overload._schema.arguments
     )
+    if takes_storage or overload.overloadpacket.__name__ in ("sym_storage_offset", "set_"):
+        return [node.args[0]]
+    return []
+
+
+def storage_dependent_args(node: fx.Node) -> list[fx.Node]:
+    """The arguments whose storage, not only their elements, the node's result depends on:
+    :func:`storage_addressed_args`, and the first argument of the :data:`STORAGE_COPYING`
+    ops. Moved into another storage, such an argument would give another result (other
+    memory read, or a copy of the other storage)."""
+    overload = op_overload(node)
+    if overload is not None and overload.overloadpacket.__name__ in STORAGE_COPYING:
+        first = node.args[0] if node.args else None
+        return [first] if isinstance(first, fx.Node) else []
+    return storage_addressed_args(node)
 
 
 def is_mutating(node: fx.Node) -> bool:

@@ -48,19 +48,6 @@ EXCLUDED = {
 SAMPLES_PER_OP = 2
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One OpInfo sample: the op's name and variant, and the sample's index."""
-
-    op_name: str
-    variant: str
-    index: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.op_name}.{self.variant}#{self.index}"
-
-
 def op_db() -> list[Any]:
     """PyTorch's OpInfo database (imported on first use: it takes a few seconds)."""
     from torch.testing._internal.common_methods_invocations import op_db as ops
@@ -85,18 +72,6 @@ def samples(op: Any, device: str, dtype: torch.dtype, requires_grad: bool) -> li
         return list(itertools.islice(found, SAMPLES_PER_OP))
     except Exception:  # an OpInfo whose sample generator needs something missing here
         return []
-
-
-def cases(device: str, dtype: torch.dtype, shard: int = 0, shards: int = 1) -> list[Case]:
-    """Every (op, sample) case of the sweep, in shard ``shard`` of ``shards`` (by op name,
-    so a shard's cases do not change when other ops are added)."""
-    found = []
-    for op in swept_ops(device, dtype):
-        if zlib.crc32(op.name.encode()) % shards != shard:
-            continue
-        for index in range(SAMPLES_PER_OP):
-            found.append(Case(op.name, op.variant_test_name, index))
-    return found
 
 
 def _fusable(x: Any) -> bool:
@@ -209,6 +184,11 @@ def compare(case_op: Any, sample: Any, backend: str, options: Optional[dict] = N
     torch._dynamo.reset()
     kwargs = {"options": options} if options else {}
     compiled = run(torch.compile(program, backend=backend, **kwargs), sample)
+    return _difference(compiled, eager)
+
+
+def _difference(compiled: Outcome, eager: Outcome) -> str:
+    """What differs between a compiled run and the eager one ("" when nothing does)."""
     if eager.error is not None:
         return "" if compiled.error is not None else "eager raised, compiled did not"
     if compiled.error is not None:
@@ -224,3 +204,52 @@ def compare(case_op: Any, sample: Any, backend: str, options: Optional[dict] = N
             if why:
                 return f"gradient {i}: {why}"
     return ""
+
+
+@dataclasses.dataclass
+class Report:
+    """The sweep of one shard: cases run, cases whose op reached a generated kernel, cases
+    excused (``aot_eager`` disagrees with eager too) and failures (case id -> what)."""
+
+    run: int = 0
+    fused: int = 0
+    excused: list[str] = dataclasses.field(default_factory=list)
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _kitsune_findings() -> tuple[bool, list[str]]:
+    """(whether a generated kernel holds more than the ``neg`` neighbours, kernels that
+    did not compile) over the compiles since the history was last cleared."""
+    import kitsune_backend
+
+    fused, broken = False, []
+    for session in kitsune_backend.history():
+        for record in session.records:
+            fused |= any(not n.startswith("neg") for k in record.kernels for n in k.nodes)
+            broken += [f"{k.name}: {k.compile_error}" for k in record.kernels if k.compile_error]
+    return fused, broken
+
+
+def sweep(device: str, dtype: torch.dtype, requires_grad: bool, shard: int = 0,
+          shards: int = 1) -> Report:
+    """Every case of the shard through kitsune, against eager (see the module docstring)."""
+    import kitsune_backend
+
+    report = Report()
+    for op in swept_ops(device, dtype):
+        if zlib.crc32(op.name.encode()) % shards != shard:
+            continue
+        for index, sample in enumerate(samples(op, device, dtype, requires_grad)):
+            case = f"{op.name}{'.' + op.variant_test_name if op.variant_test_name else ''}#{index}"
+            kitsune_backend.clear_history()
+            why = compare(op, sample, "kitsune")
+            fused, broken = _kitsune_findings()
+            report.run += 1
+            report.fused += fused
+            if broken and not why:
+                why = "a kernel did not compile: " + "; ".join(broken)
+            if why and compare(op, sample, "aot_eager"):
+                report.excused.append(case)
+            elif why:
+                report.failures[case] = why
+    return report

@@ -8,21 +8,23 @@ Buffers are found by storage: every tensor a node produces whose storage no plac
 constant and no graph output holds is an intermediate; views and ``getitem`` share their
 base's buffer, so a buffer's users are all the nodes that read any alias of it.
 
-An intermediate that an op addresses through its storage (``as_strided`` and its family
-take a ``storage_offset`` counted from the storage's start: see
-:func:`~kitsune_backend.graph_utils.addresses_storage`) keeps a storage of its own, as in
-eager: in the arena, its storage would be the arena, and the op would read other buffers.
+An intermediate whose storage an op depends on (``as_strided`` and its family take a
+``storage_offset`` counted from the storage's start; ``slice_scatter`` and its family copy
+the whole storage: see :func:`~kitsune_backend.graph_utils.storage_dependent_args`) keeps a
+storage of its own, as in eager: in the arena, its storage would be the arena, and the op
+would read other buffers, or copy the whole arena.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from ..graph_utils import addresses_storage, has_symbolic_shapes, iter_tensors
+from ..graph_utils import has_symbolic_shapes, is_view, iter_tensors, storage_dependent_args
 from ..runtime import arena
 from .base import Decline, PassContext, PassResult
 from .streams import StreamState, is_scheduled
@@ -38,7 +40,7 @@ class MemoryPlan:
     arena_bytes: int
 
 
-def _storages(value: Any) -> list[tuple[int, int]]:
+def _raw_storages(value: Any) -> list[tuple[int, int]]:
     """(storage key, storage bytes) of every tensor in ``value``."""
     found = []
     for t in iter_tensors(value):
@@ -50,22 +52,64 @@ def _storages(value: Any) -> list[tuple[int, int]]:
     return found
 
 
-def storages_addressed(gm: fx.GraphModule) -> dict[int, fx.Node]:
-    """Storage key -> the first node that addresses that storage directly."""
+class Storages:
+    """The storage of every node's value, as one key per buffer.
+
+    The recorded values (``meta["val"]``) share a storage where the traced program did,
+    but a pass that merges nodes (common subexpressions) leaves the views of the dropped
+    node pointing at a storage that nothing produces any more. So the storage of a view's
+    value (and of a ``getitem``'s) is also joined to the storage it aliases by the graph's
+    own structure: a view reads its base's buffer, whatever its recorded value says."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self._parent: dict[int, int] = {}
+        for node in gm.graph.nodes:
+            source = self._aliased(node)
+            if source is not None:
+                for (a, _), (b, _) in zip(_raw_storages(source), _raw_storages(node.meta.get("val"))):
+                    root_a, root_b = self._find(a), self._find(b)
+                    if root_a != root_b:
+                        self._parent[root_b] = root_a
+
+    @staticmethod
+    def _aliased(node: fx.Node) -> Any:
+        """The value that ``node``'s value aliases (its first argument's, or the tuple
+        element a ``getitem`` takes), or ``None``."""
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        value = node.args[0].meta.get("val")
+        if node.target is operator.getitem and isinstance(value, (list, tuple)):
+            index = node.args[1]
+            return value[index] if isinstance(index, int) and index < len(value) else None
+        return value if is_view(node) else None
+
+    def _find(self, key: int) -> int:
+        while key in self._parent:
+            key = self._parent[key]
+        return key
+
+    def of(self, value: Any) -> list[tuple[int, int]]:
+        """(buffer key, storage bytes) of every tensor in ``value``."""
+        return [(self._find(key), nbytes) for key, nbytes in _raw_storages(value)]
+
+
+def storages_addressed(gm: fx.GraphModule, storages: Storages) -> dict[int, fx.Node]:
+    """Storage key -> the first node whose result depends on that storage."""
     found: dict[int, fx.Node] = {}
     for node in gm.graph.nodes:
-        if addresses_storage(node):
-            for arg in node.all_input_nodes:
-                for key, _ in _storages(arg.meta.get("val")):
-                    found.setdefault(key, node)
+        for arg in storage_dependent_args(node):
+            for key, _ in storages.of(arg.meta.get("val")):
+                found.setdefault(key, node)
     return found
 
 
 def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]:
     """The intermediates of ``gm`` (see the module docstring), each named after the node
     that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple;
-    and one decline per intermediate kept off the arena because an op addresses its storage."""
-    addressed = storages_addressed(gm)
+    and one decline per intermediate kept off the arena because an op depends on its storage."""
+    storages = Storages(gm)
+    _storages = storages.of
+    addressed = storages_addressed(gm, storages)
     outside: set[int] = set()
     producer: dict[int, fx.Node] = {}
     size: dict[int, int] = {}
@@ -101,7 +145,7 @@ def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]
             op = addressed[key].target
             declines.append(Decline("memory_plan", (
                 f"{buffer_name} keeps a storage of its own, not the arena: {addressed[key].name}"
-                f" ({getattr(op, '__name__', op)}) addresses its storage directly"),
+                f" ({getattr(op, '__name__', op)}) depends on its storage, not only its elements"),
                 buffer_name))
             continue
         buffers.append(arena.Buffer(

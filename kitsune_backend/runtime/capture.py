@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.fx as fx
 
-from ..graph_utils import (addresses_storage, alias_base, has_symbolic_shapes, iter_tensors,
-                           op_overload, written_inputs)
+from ..graph_utils import (alias_base, has_symbolic_shapes, iter_tensors,
+                           op_overload, storage_addressed_args, written_inputs, STORAGE_COPYING)
 from ..passes.base import Decline
 from ..record import CompileRecord
 
@@ -83,19 +83,28 @@ def capture_decline(
                     f"node {node.name} writes into input {value.name}, which is not a "
                     "parameter or buffer: a replay would write into a copy"
                 )
-        if addresses_storage(node):
-            for value in map(alias_base, node.all_input_nodes):
-                if value in index and index[value] not in static:
-                    return (
-                        f"node {node.name} ({node.target}) addresses the storage of input "
-                        f"{value.name}, which is not a parameter or buffer: a replay would "
-                        "read a copy laid out in a storage of its own"
-                    )
+        for value in map(_storage_root, storage_addressed_args(node)):
+            if value in index and index[value] not in static:
+                return (
+                    f"node {node.name} ({node.target}) reads input {value.name} through "
+                    "its storage, and it is not a parameter or buffer: a replay would read "
+                    "a copy laid out in a storage of its own"
+                )
     for node in gm.graph.nodes:
         for t in iter_tensors(node.meta.get("val")):
             if t.device.type != "cuda":
                 return f"node {node.name} makes a {t.device.type} tensor"
     return ""
+
+
+def _storage_root(node: fx.Node) -> fx.Node:
+    """The node whose storage ``node``'s value lives in, through views and the ops that
+    copy a whole storage (:data:`~kitsune_backend.graph_utils.STORAGE_COPYING`)."""
+    node = alias_base(node)
+    while (overload := op_overload(node)) is not None and \
+            overload.overloadpacket.__name__ in STORAGE_COPYING:
+        node = alias_base(node.args[0])
+    return node
 
 
 @contextlib.contextmanager

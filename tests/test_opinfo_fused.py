@@ -1,0 +1,34 @@
+"""PyTorch's OpInfo samples, each op fused between neighbours, through kitsune against eager
+(float32 on the CPU under ``TRITON_INTERPRET=1``, with the memory pool on; float16 and
+bfloat16 on CUDA). See :mod:`tests.opinfo_sweep` for how a case is built and judged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import opinfo_sweep
+
+SHARDS = 6
+
+
+def _check(report: opinfo_sweep.Report) -> None:
+    assert report.run > 0, "the shard ran no case"
+    assert not report.failures, "\n".join(
+        f"{case}: {why}" for case, why in sorted(report.failures.items()))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["forward", "gradients"])
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_opinfo_samples_fused_match_eager(shard, requires_grad):
+    report = opinfo_sweep.sweep("cpu", torch.float32, requires_grad, shard, SHARDS)
+    _check(report)
+    # the neighbours make most cases reach a generated kernel (not only ATen calls)
+    assert report.fused >= 0.25 * report.run, (report.fused, report.run)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["forward", "gradients"])
+def test_opinfo_samples_fused_match_eager_gpu(dtype, requires_grad):
+    _check(opinfo_sweep.sweep("cuda", dtype, requires_grad))
