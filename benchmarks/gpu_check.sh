@@ -6,6 +6,10 @@
 #   PHASE=tests OUT=/some/folder bash benchmarks/gpu_check.sh
 #     install, run the GPU tests only (when tests and timing together near the 10-minute
 #     limit of one call: then time with TESTS_TIMEOUT=0 PHASE=time, which skips the tests)
+#   PHASE=sweep OUT=/some/folder bash benchmarks/gpu_check.sh
+#     install, run the OpInfo fused sweep in float16 and bfloat16 (tests/test_opinfo_fused.py,
+#     its gpu tests) over SWEEP_WORKERS=12 pytest-xdist processes, limit SWEEP_TIMEOUT=480
+#     (the other phases' GPU tests leave it out: it alone fills most of a call)
 #   PHASE=count OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #     install, count every row's kernels under the profiler (and keep the branchy trace),
 #     time the first-step compile of ResNet-18 cold and warm against Inductor
@@ -35,7 +39,8 @@ mkdir -p "$OUT"
 DATE=$(date -u +%Y-%m-%d)
 PHASE=${PHASE:-time}
 TESTS_LIMIT=${TESTS_TIMEOUT:-$([ "$PHASE" = tests ] && echo 540 || echo 240)}
-case "$PHASE" in time|count|tests) ;; *) echo "PHASE must be time, count or tests, not $PHASE" >&2; exit 2;; esac
+case "$PHASE" in time|count|tests|sweep) ;;
+  *) echo "PHASE must be time, count, tests or sweep, not $PHASE" >&2; exit 2;; esac
 RESULTS="$OUT/results_${PHASE}_$DATE.json"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -53,14 +58,29 @@ for name in ("torchvision", "transformers", "matplotlib", "pytest", "hypothesis"
     print(f"{name}: {'yes' if importlib.util.find_spec(name) else 'NOT INSTALLED'}")
 PY
 
+  if ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels (expecttest for the sweep)
+    stamp "carried wheels: $(ls .whl)"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  fi
   stamp "install (pip install -e . --no-deps --no-build-isolation)"
   python3 -m pip install -e . --no-deps --no-build-isolation -q 2>&1 | tail -5
   python3 -c "import torch; print('backend \"kitsune\" registered:', 'kitsune' in torch._dynamo.list_backends(exclude_tags=()))"
 
+  if [ "$PHASE" = sweep ]; then
+    stamp "OpInfo fused sweep, float16 and bfloat16 (pytest -n ${SWEEP_WORKERS:-12})"
+    KITSUNE_TEST_GPU=1 KITSUNE_COMPILE_WORKERS=0 timeout "${SWEEP_TIMEOUT:-480}" python3 -m pytest \
+      -m gpu -q -p no:cacheprovider -n "${SWEEP_WORKERS:-12}" tests/test_opinfo_fused.py \
+      > "$OUT/gpu_sweep.log" 2>&1
+    echo "pytest exit code: $? (full output in gpu_sweep.log)"
+    grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_sweep.log" | tail -20
+    stamp "done"
+    exit 0
+  fi
   if [ "$PHASE" != count ] && [ "$TESTS_LIMIT" != "0" ]; then
     stamp "GPU tests (KITSUNE_TEST_GPU=1 pytest -m gpu)"
     KITSUNE_TEST_GPU=1 timeout "$TESTS_LIMIT" python3 -m pytest -m gpu -q -p no:cacheprovider \
-      > "$OUT/gpu_tests.log" 2>&1
+      --ignore=tests/test_opinfo_fused.py > "$OUT/gpu_tests.log" 2>&1
     echo "pytest exit code: $? (full output in gpu_tests.log)"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -20
   fi

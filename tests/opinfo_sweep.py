@@ -183,8 +183,18 @@ def compare(case_op: Any, sample: Any, backend: str, options: Optional[dict] = N
     eager = run(program, sample)
     torch._dynamo.reset()
     kwargs = {"options": options} if options else {}
-    compiled = run(torch.compile(program, backend=backend, **kwargs), sample)
-    return _difference(compiled, eager)
+    compiled = torch.compile(program, backend=backend, **kwargs)
+    # on CUDA the second call captures the CUDA graph and replays it: check both
+    calls = 2 if _on_cuda(sample) else 1
+    for call in range(calls):
+        why = _difference(run(compiled, sample), eager)
+        if why:
+            return f"call {call + 1}: {why}" if calls > 1 else why
+    return ""
+
+
+def _on_cuda(sample: Any) -> bool:
+    return any(t.is_cuda for t in _tensors((sample.input, sample.args, sample.kwargs)))
 
 
 def _difference(compiled: Outcome, eager: Outcome) -> str:

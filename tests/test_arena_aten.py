@@ -123,16 +123,22 @@ def test_bad_plan_is_caught_before_an_op_writes_over_its_own_input(monkeypatch):
     assert record.runtime_info["arena_aten_nodes"] == 1  # the first mm reads only inputs
 
 
+def matmul_then_cat(x, w):
+    return torch.cat([x @ w, x], 1) @ torch.cat([w, w], 0)
+
+
 def test_without_the_overlap_check_the_bad_plan_gives_wrong_results(monkeypatch):
-    """The check above is what keeps the result right: with it off, mm_1 writes into the
-    buffer it reads and the result differs from eager."""
+    """The check above is what keeps the result right: with it off, the first cat writes
+    over the matmul result it reads. ATen's cat refuses such an ``out=`` (a RuntimeError);
+    a matmul may instead give wrong numbers or, in recent CPU builds, copy on its own, so
+    the case is a cat."""
     monkeypatch.setattr(arena_algo, "assign_offsets", all_at_zero)
     monkeypatch.setattr(arena_binding, "_overlaps", lambda ranges: False)
-    compiled = torch.compile(three_matmuls, backend="kitsune")
+    compiled = torch.compile(matmul_then_cat, backend="kitsune")
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     with pytest.raises((AssertionError, RuntimeError)):
-        assert_close(compiled(x, w), three_matmuls(x, w))
-    assert kitsune_backend.last_compile().records[0].runtime_info["arena_aten_nodes"] == 2
+        assert_close(compiled(x, w), matmul_then_cat(x, w))
+    assert kitsune_backend.last_compile().records[0].runtime_info["arena_aten_nodes"] == 3
 
 
 def test_memory_pool_off_places_no_aten_node():

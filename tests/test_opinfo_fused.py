@@ -10,6 +10,7 @@ import torch
 from tests import opinfo_sweep
 
 SHARDS = 6
+GPU_SHARDS = 8  # run over several processes: benchmarks/gpu_check.sh PHASE=sweep
 
 
 def _check(report: opinfo_sweep.Report) -> None:
@@ -30,5 +31,6 @@ def test_opinfo_samples_fused_match_eager(shard, requires_grad):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["forward", "gradients"])
-def test_opinfo_samples_fused_match_eager_gpu(dtype, requires_grad):
-    _check(opinfo_sweep.sweep("cuda", dtype, requires_grad))
+@pytest.mark.parametrize("shard", range(GPU_SHARDS))
+def test_opinfo_samples_fused_match_eager_gpu(shard, requires_grad, dtype):
+    _check(opinfo_sweep.sweep("cuda", dtype, requires_grad, shard, GPU_SHARDS))

@@ -158,3 +158,20 @@ def test_kernel_that_does_not_compile_runs_as_aten_with_the_reason(monkeypatch):
     reasons = [d.reason for d in record.declines if d.stage == "kernel"]
     assert len(reasons) == 1 and "did not compile" in reasons[0]
     assert "did not compile" in kitsune_backend.explain()
+
+
+@pytest.mark.gpu
+def test_as_strided_of_an_input_is_not_captured_over_a_copy():
+    """Captured graphs read inputs from copies laid out in storages of their own; an op
+    that reads an input through its storage must then not be captured."""
+
+    def f(x):
+        return torch.as_strided(torch.sigmoid(x), (2,), (2,), 1) * 2 + torch.as_strided(x, (2,), (1,), 1)
+
+    base = torch.randn(12, device="cuda")
+    compiled = torch.compile(f, backend="kitsune")
+    for start in (2, 2, 2, 5):
+        x = base[start:start + 6]
+        assert_close(compiled(x), f(x))
+    capture = kitsune_backend.last_compile().forward.runtime_info["capture"]
+    assert capture.startswith("declined") and "through its storage" in capture
