@@ -71,8 +71,20 @@ PY
     stamp "OpInfo fused sweep, float16 and bfloat16 (pytest -n ${SWEEP_WORKERS:-12})"
     KITSUNE_TEST_GPU=1 KITSUNE_COMPILE_WORKERS=0 timeout "${SWEEP_TIMEOUT:-480}" python3 -m pytest \
       -m gpu -q -p no:cacheprovider -n "${SWEEP_WORKERS:-12}" tests/test_opinfo_fused.py \
-      > "$OUT/gpu_sweep.log" 2>&1
+      --junitxml="$OUT/gpu_sweep.xml" > "$OUT/gpu_sweep.log" 2>&1
     echo "pytest exit code: $? (full output in gpu_sweep.log)"
+    python3 - "$OUT/gpu_sweep.xml" <<'PY'
+import collections, re, sys, xml.etree.ElementTree as ET
+totals = collections.defaultdict(lambda: collections.Counter())
+for case in ET.parse(sys.argv[1]).iter("testcase"):
+    kind = re.sub(r"^\w+\[\d+-", "", case.get("name", "")).rstrip("]")
+    for prop in case.iter("property"):
+        value = prop.get("value", "")
+        totals[kind][prop.get("name")] += int(value) if value.isdigit() else len(value.split())
+for kind, counts in sorted(totals.items()):
+    print(f"{kind}: {counts['run']} cases, {counts['fused']} with the op in a generated kernel, "
+          f"{counts['excused']} excused (aot_eager disagrees with eager too)")
+PY
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_sweep.log" | tail -20
     stamp "done"
     exit 0
