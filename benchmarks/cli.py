@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="smoke mode: a couple of iterations, skips slow models; "
                           "not a speed measurement")
-    run.add_argument("--models", default="all",
-                     help="comma list of models (mlp,lenet5,resnet18,branchy,googlenet,gpt2), "
-                          "'all' or 'none'")
+    run.add_argument("--models", default="core",
+                     help="comma list of model names or groups: 'core' (the default: mlp, "
+                          "lenet5, resnet18, branchy, googlenet, gpt2), 'broad' (the "
+                          "torchvision/timm/HuggingFace suite, benchmarks/zoo.py), 'all', "
+                          "or 'none'")
     run.add_argument("--backends", default="all",
                      help="comma list of backends, or 'all' (eager always runs: the reference)")
     run.add_argument("--micro", default="all",
@@ -54,14 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
                           "leaves CUPTI attached, which slows every later call's host side, "
                           "so on a GPU time with 'no' and count in a second process with "
                           "'only', then join them with `merge --counts`")
+    run.add_argument("--cross-check", default="first",
+                     help="models whose rows are also timed call by call (the plain loop: "
+                          "synchronize, CUDA events around one call); a row more than 10%% "
+                          "off it is 'mistimed', a failure. Comma list, 'all', 'none', or "
+                          "'first' (the default: the first two models run)")
     run.add_argument("--budget-s", type=float, default=None,
                      help="skip the rows that would start after this many seconds")
 
-    compare = sub.add_parser("compare", help="fail if a kitsune speedup ratio dropped > 5%%")
-    compare.add_argument("new", help="the new results JSON")
-    compare.add_argument("baseline", help="the committed baseline results JSON")
+    compare = sub.add_parser(
+        "compare", help="fail if a kitsune ratio over reduce-overhead (median of runs) "
+                        "dropped > 5%%")
+    compare.add_argument("new", nargs="+", help="the new results JSON files (one per run)")
+    compare.add_argument("--baseline", nargs="+", required=True,
+                         help="the committed baseline results JSON files (one per run)")
     compare.add_argument("--threshold", type=float, default=0.05,
                          help="largest allowed relative drop of a ratio (default 0.05)")
+    compare.add_argument("--min-runs", type=int, default=3,
+                         help="fewest runs on each side (default 3): ratios are medians")
 
     merge = sub.add_parser("merge", help="join results files of runs of different models")
     merge.add_argument("parts", nargs="+", help="results JSON files")
@@ -107,6 +119,35 @@ def _names(spec: str, known: dict, what: str) -> list:
             raise SystemExit(f"unknown {what} {name!r}; known: {', '.join(known)}")
         chosen.append(known[name])
     return chosen
+
+
+def _models(spec: str) -> tuple[list, bool]:
+    """The workloads ``spec`` names (names and groups, see ``--models``), and whether every
+    one was named by itself (then ``--quick`` runs it even when it would skip it)."""
+    from .suite import BY_NAME, GROUPS
+
+    chosen, explicit = [], True
+    for part in (p.strip() for p in spec.split(",") if p.strip() and p.strip() != "none"):
+        if part in GROUPS:
+            chosen += GROUPS[part]
+            explicit = False
+        elif part in BY_NAME:
+            chosen.append(part)
+        else:
+            raise SystemExit(f"unknown model {part!r}; known: {', '.join(GROUPS)} (groups), "
+                             f"{', '.join(BY_NAME)}")
+    return [BY_NAME[name] for name in dict.fromkeys(chosen)], explicit
+
+
+def _cross_checked(spec: str, chosen: list, quick: bool) -> frozenset[str]:
+    """The model names ``--cross-check`` selects among the ``chosen`` workloads (``first``:
+    none in a ``--quick`` run, whose two calls per row time nothing)."""
+    names = [w.name for w in chosen]
+    if spec == "first":
+        return frozenset() if quick else frozenset(names[:2])
+    if spec == "all":
+        return frozenset(names)
+    return frozenset(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -171,15 +212,16 @@ def _run_micro(args, device, counts, chosen, results, save) -> None:
 
 
 def _run_models(args, device, counts, chosen, results, save) -> None:
-    from . import workloads
     from .measure import RunOptions, measure_workload
 
+    chosen_models, explicit = _models(args.models)
     options = RunOptions(device=device, iters=counts["iters"], warmup=counts["warmup"],
                          rounds=counts["rounds"], trace_path=args.trace,
-                         kernel_counts=args.kernel_counts)
+                         kernel_counts=args.kernel_counts,
+                         cross_check=_cross_checked(args.cross_check, chosen_models,
+                                                                 args.quick))
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
-    explicit = args.models.strip() != "all"
-    for workload in _names(args.models, workloads.BY_NAME, "model"):
+    for workload in chosen_models:
         missing = workload.missing()
         if missing:
             reason = f"needs {missing}, which is not installed"
@@ -202,8 +244,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, format_verdicts
 
     try:
-        new, baseline = report.load(args.new), report.load(args.baseline)
-        verdicts, warnings = compare(new, baseline, args.threshold)
+        new = [report.load(path) for path in args.new]
+        baseline = [report.load(path) for path in args.baseline]
+        verdicts, warnings = compare(new, baseline, args.threshold, args.min_runs)
     except (OSError, ValueError) as exc:
         print(f"compare: cannot compare: {exc}", file=sys.stderr)
         return 2

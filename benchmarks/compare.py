@@ -1,27 +1,34 @@
-"""Regression check: did any kitsune speedup ratio drop against a committed baseline?
+"""Regression check: did any kitsune ratio drop against committed baseline runs?
 
-Only ratios are compared, never absolute times: for models, kitsune's speedup over eager
-measured in the same run; for micro-benchmarks, the fraction of the copy bandwidth measured
-in the same run. A row regresses when its ratio falls by more than ``threshold`` (5%) of
-the baseline's, when it is missing from the new run, or when it now fails or disagrees
-with eager. Smoke runs (``--quick`` or CPU) are not speed measurements and are refused.
+Only ratios are compared, never absolute times: for models, kitsune's speed over Inductor's
+``reduce-overhead`` measured in the same run (``vs_reduce_overhead``: reduce-overhead ms /
+kitsune ms; eager is host-noisy, the reference is what kitsune must beat); for
+micro-benchmarks, the fraction of the copy bandwidth measured in the same run. Each ratio
+is the median over several runs on each side (at least ``min_runs``, 3 by default), so one
+noisy process neither hides nor invents a regression. A row regresses when its median ratio
+falls by more than ``threshold`` (5%) of the baseline's, when it is missing from the new
+runs, or when it now fails, disagrees with eager or was mistimed in any of them. Smoke runs
+(``--quick`` or CPU) are not speed measurements and are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from typing import Any, Optional
 
 DEFAULT_THRESHOLD = 0.05
+DEFAULT_MIN_RUNS = 3
+REFERENCE = "inductor-ro"
 
 
 class NotComparable(ValueError):
-    """The two results files cannot be compared (smoke runs, nothing in common)."""
+    """The results cannot be compared (smoke runs, too few runs, nothing in common)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """One compared row."""
+    """One compared row: the median ratios of both sides."""
 
     key: str
     baseline: float
@@ -34,12 +41,25 @@ class Verdict:
         return None if self.new is None else self.new / self.baseline - 1.0
 
 
-def _ratios(results: dict[str, Any]) -> dict[str, tuple[Optional[float], str]]:
-    """(ratio, status) per kitsune row, keyed ``model/backend`` or ``micro:case/backend``."""
+def _model_ratio(row: dict, reference: dict[str, dict]) -> tuple[Optional[float], str]:
+    """(kitsune row's ratio over reduce-overhead, status) in one run."""
+    ro = reference.get(row["model"])
+    if row["status"] != "ok":
+        return None, row["status"]
+    if ro is None or ro["status"] != "ok" or not ro.get("median_ms") or not row.get("median_ms"):
+        return None, "no reduce-overhead row to compare with"
+    return ro["median_ms"] / row["median_ms"], "ok"
+
+
+def ratios(results: dict[str, Any]) -> dict[str, tuple[Optional[float], str]]:
+    """(ratio, status) per kitsune row of one run, keyed ``model/backend`` or
+    ``micro:case/backend``."""
     found = {}
-    for row in results.get("models", []):
+    models = results.get("models", [])
+    reference = {r["model"]: r for r in models if r["backend"] == REFERENCE}
+    for row in models:
         if row["backend"].startswith("kitsune"):
-            found[f"{row['model']}/{row['backend']}"] = (row.get("speedup"), row["status"])
+            found[f"{row['model']}/{row['backend']}"] = _model_ratio(row, reference)
     for row in results.get("micro", {}).get("rows", []):
         if row["backend"].startswith("kitsune"):
             found[f"micro:{row['case']}/{row['backend']}"] = (
@@ -47,38 +67,52 @@ def _ratios(results: dict[str, Any]) -> dict[str, tuple[Optional[float], str]]:
     return found
 
 
-def _refuse_smoke(results: dict[str, Any], label: str) -> None:
-    meta = results.get("meta", {})
-    if meta.get("quick") or meta.get("device") != "cuda":
-        raise NotComparable(f"the {label} file is a smoke run (quick={meta.get('quick')}, "
-                            f"device={meta.get('device')}), not a speed measurement")
+def median_ratios(runs: list[dict[str, Any]]) -> dict[str, tuple[Optional[float], str]]:
+    """(median ratio, status) per row over ``runs``: the status is the first one that is not
+    ``ok`` (or ``missing`` from some run), the median is over the runs that measured it."""
+    per_run = [ratios(run) for run in runs]
+    merged = {}
+    for key in sorted(set().union(*per_run)):
+        seen = [r.get(key, (None, "missing")) for r in per_run]
+        bad = [status for _, status in seen if status != "ok"]
+        values = [value for value, status in seen if status == "ok" and value]
+        merged[key] = (statistics.median(values) if values else None, bad[0] if bad else "ok")
+    return merged
 
 
-def compare(new: dict[str, Any], baseline: dict[str, Any],
-            threshold: float = DEFAULT_THRESHOLD) -> tuple[list[Verdict], list[str]]:
-    """Every baseline kitsune row checked against ``new``; returns (verdicts, warnings).
+def _refuse(runs: list[dict[str, Any]], label: str, min_runs: int) -> None:
+    if len(runs) < min_runs:
+        raise NotComparable(f"{len(runs)} {label} run(s): the median needs at least {min_runs}")
+    for results in runs:
+        meta = results.get("meta", {})
+        if meta.get("quick") or meta.get("device") != "cuda":
+            raise NotComparable(
+                f"a {label} file is a smoke run (quick={meta.get('quick')}, "
+                f"device={meta.get('device')}), not a speed measurement")
 
-    A verdict with a non-empty ``problem`` is a regression.
-    """
-    _refuse_smoke(new, "new")
-    _refuse_smoke(baseline, "baseline")
+
+def compare(new_runs: list[dict[str, Any]], baseline_runs: list[dict[str, Any]],
+            threshold: float = DEFAULT_THRESHOLD, min_runs: int = DEFAULT_MIN_RUNS,
+            ) -> tuple[list[Verdict], list[str]]:
+    """Every baseline kitsune row checked against the new runs; returns (verdicts,
+    warnings). A verdict with a non-empty ``problem`` is a regression."""
+    _refuse(new_runs, "new", min_runs)
+    _refuse(baseline_runs, "baseline", min_runs)
     warnings = []
-    if new["meta"].get("gpu") != baseline["meta"].get("gpu"):
-        warnings.append(f"different GPUs: new {new['meta'].get('gpu')!r}, baseline "
-                        f"{baseline['meta'].get('gpu')!r}; ratios may not carry over")
-    new_ratios = _ratios(new)
+    gpus = {r["meta"].get("gpu") for r in new_runs + baseline_runs}
+    if len(gpus) > 1:
+        warnings.append(f"different GPUs: {sorted(map(str, gpus))}; ratios may not carry over")
+    new = median_ratios(new_runs)
     verdicts = []
-    for key, (base_ratio, base_status) in sorted(_ratios(baseline).items()):
+    for key, (base_ratio, base_status) in median_ratios(baseline_runs).items():
         if base_status != "ok" or not base_ratio:
             warnings.append(f"{key}: not measured in the baseline ({base_status}); not checked")
             continue
-        ratio, status = new_ratios.get(key, (None, "missing"))
+        ratio, status = new.get(key, (None, "missing"))
         if status == "missing":
             problem = "missing from the new results"
         elif status != "ok":
             problem = f"new run status is {status}"
-        elif ratio is None:
-            problem = "no ratio in the new results"
         elif ratio < base_ratio * (1.0 - threshold):
             problem = f"dropped {100 * (1 - ratio / base_ratio):.1f}% (> {100 * threshold:g}%)"
         else:
@@ -90,7 +124,7 @@ def compare(new: dict[str, Any], baseline: dict[str, Any],
 
 
 def format_verdicts(verdicts: list[Verdict], warnings: list[str]) -> str:
-    """A table of every compared ratio; regressions marked and listed last."""
+    """A table of every compared median ratio; regressions marked."""
     lines = [f"warning: {w}" for w in warnings]
     lines.append(f"{'row':<44} {'baseline':>9} {'new':>9} {'change':>8}  verdict")
     for v in verdicts:

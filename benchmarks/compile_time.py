@@ -136,7 +136,7 @@ def child_main(phase: str, model_name: str, device_name: str, with_inductor: boo
 
     import kitsune_backend
     from benchmarks.backends import kitsune_registered
-    from benchmarks.workloads import BY_NAME
+    from benchmarks.suite import BY_NAME
 
     device = torch.device(device_name)
     workload = BY_NAME[model_name]

@@ -56,6 +56,13 @@ class RunOptions:
     trace_target: tuple[str, str] = ("branchy", "kitsune")
     kernel_counts: str = "yes"
     """Profile each row for its kernel counts: "yes" (after timing), "no", "only" (no timing)."""
+    cross_check: frozenset[str] = frozenset()
+    """Models whose rows are also timed call by call (:data:`CROSS_CHECK_TOLERANCE`)."""
+
+
+CROSS_CHECK_TOLERANCE = 0.10
+"""Largest relative difference allowed between a row's back-to-back time and the plain loop
+(:func:`kitsune_backend.timing.time_each_call`); a larger one makes the row ``mistimed``."""
 
 
 class TrainStep:
@@ -137,7 +144,8 @@ def new_row(workload: Workload, backend: Backend) -> dict[str, Any]:
         "ablation": backend.ablation, "status": "pending", "note": "",
         "max_abs_err": None, "tol_ratio": None, "errors": None, "first_call_s": None,
         "median_ms": None, "p10_ms": None, "p90_ms": None, "samples_ms": None,
-        "speedup": None, "peak_mem_mb": None, "kernels": None, "launches": None,
+        "speedup": None, "vs_reduce_overhead": None, "plain_loop_ms": None,
+        "peak_mem_mb": None, "kernel_ms": None, "kernels": None, "launches": None,
         "graph_launches": None, "cpu_ops": None, "graphs": None, "graph_breaks": None,
         "kitsune_fallbacks": None, "seconds": None,
     }
@@ -179,12 +187,14 @@ def measure_workload(
 
 
 def fill_speedups(rows: list[dict]) -> None:
-    """``speedup`` = eager median / row median, for rows of the same model that were timed."""
-    eager = {r["model"]: r["median_ms"] for r in rows
-             if r["backend"] == "eager" and r["median_ms"]}
-    for row in rows:
-        if row["median_ms"] and row["model"] in eager:
-            row["speedup"] = eager[row["model"]] / row["median_ms"]
+    """``speedup`` = eager median / row median and ``vs_reduce_overhead`` = Inductor
+    reduce-overhead's median / row median, for timed rows of the same model."""
+    for field, reference in (("speedup", "eager"), ("vs_reduce_overhead", "inductor-ro")):
+        base = {r["model"]: r["median_ms"] for r in rows
+                if r["backend"] == reference and r["status"] == "ok" and r["median_ms"]}
+        for row in rows:
+            if row["median_ms"] and row["model"] in base:
+                row[field] = base[row["model"]] / row["median_ms"]
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:
@@ -259,6 +269,22 @@ def _time(row: dict, call: Callable, opts: RunOptions, mem_before: int) -> None:
                samples_ms=stats["samples"])
     if on_cuda:
         row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(opts.device) - mem_before) / 2**20
+    if row["model"] in opts.cross_check:
+        _cross_check(row, call, opts)
+
+
+def _cross_check(row: dict, call: Callable, opts: RunOptions) -> None:
+    """Time ``call`` again, each call alone (the plain loop); a row whose back-to-back time
+    differs by more than :data:`CROSS_CHECK_TOLERANCE` becomes ``mistimed``."""
+    plain = timing.time_each_call(call, min(opts.iters, 30), min(opts.warmup, 3), opts.device)
+    row["plain_loop_ms"] = plain["median"]
+    off = row["median_ms"] / plain["median"] - 1.0
+    if abs(off) > CROSS_CHECK_TOLERANCE and row["status"] == "ok":
+        row["status"] = "mistimed"
+        row["note"] = "; ".join(filter(None, [
+            "" if row["note"] == "reference" else row["note"],
+            f"back-to-back {row['median_ms']:.3f} ms is {100 * off:+.0f}% off the plain "
+            f"loop's {plain['median']:.3f} ms"]))
 
 
 def _check(row: dict, backend: Backend, observation: dict, reference: Optional[dict]) -> None:

@@ -99,20 +99,23 @@ def _check_text(row: dict) -> str:
 
 def format_models(rows: list[dict]) -> str:
     """The model table: one line per (model, backend)."""
-    header = (f"{'model':<10} {'backend':<22} {'check':<8} {'ms/call':>9} {'p10-p90':>15} "
-              f"{'speedup':>8} {'1st call s':>10} {'peak MB':>8} {'kernels':>7} "
-              f"{'launch':>6} {'graphs':>6}  note")
+    width = max([10] + [len(r.get("model", "")) for r in rows])
+    header = (f"{'model':<{width}} {'backend':<22} {'check':<8} {'ms/call':>9} {'p10-p90':>15} "
+              f"{'speedup':>8} {'vs RO':>6} {'loop ms':>8} {'1st call s':>10} {'peak MB':>8} "
+              f"{'kernels':>7} {'GPU ms':>7} {'launch':>6} {'graphs':>6}  note")
     lines = [header, "-" * len(header)]
     for r in rows:
         p10, p90 = r.get("p10_ms"), r.get("p90_ms")
         spread = f"{p10:.3f}-{p90:.3f}" if p10 is not None and p90 is not None else "-"
         note = "" if r.get("note") == "reference" else r.get("note", "")
         lines.append(
-            f"{r.get('model', ''):<10} {r.get('backend', ''):<22} {_check_text(r):<8} "
+            f"{r.get('model', ''):<{width}} {r.get('backend', ''):<22} {_check_text(r):<8} "
             f"{_fmt(r.get('median_ms'), '.3f'):>9} {spread:>15} "
-            f"{_fmt(r.get('speedup'), '.2f'):>8} "
+            f"{_fmt(r.get('speedup'), '.2f'):>8} {_fmt(r.get('vs_reduce_overhead'), '.2f'):>6} "
+            f"{_fmt(r.get('plain_loop_ms'), '.3f'):>8} "
             f"{_fmt(r.get('first_call_s'), '.2f'):>10} {_fmt(r.get('peak_mem_mb'), '.0f'):>8} "
-            f"{_fmt(r.get('kernels'), 'd'):>7} {_fmt(r.get('launches'), 'd'):>6} "
+            f"{_fmt(r.get('kernels'), 'd'):>7} {_fmt(r.get('kernel_ms'), '.3f'):>7} "
+            f"{_fmt(r.get('launches'), 'd'):>6} "
             f"{_fmt(r.get('graphs'), 'd'):>6}  {note}"
         )
     return "\n".join(lines)
@@ -147,7 +150,9 @@ def format_results(results: dict[str, Any]) -> str:
                  f"gpu={meta.get('gpu')} torch={meta.get('torch')} triton={meta.get('triton')} "
                  f"iters={meta.get('iters')} warmup={meta.get('warmup')}")
     lines.append("ms/call: median per call from Python over back-to-back calls; "
-                 "speedup: eager ms / backend ms")
+                 "speedup: eager ms / backend ms; vs RO: reduce-overhead ms / backend ms; "
+                 "loop ms: the plain loop (each call alone, synchronized) where cross-checked; "
+                 "GPU ms: kernel time per call (profiler)")
     for skip in results.get("skipped", []):
         lines.append(f"skipped {skip['what']}: {skip['reason']}")
     if results["models"]:
@@ -162,10 +167,11 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 def failures(results: dict[str, Any]) -> list[str]:
-    """One line per row that errored or disagreed with eager."""
+    """One line per row that errored, disagreed with eager, or whose timing disagreed with
+    the plain loop."""
     bad = []
     for r in results["models"]:
-        if r["status"] in ("error", "mismatch"):
+        if r["status"] in ("error", "mismatch", "mistimed"):
             bad.append(f"{r['model']} / {r['backend']}: {r['status']}: {r['note']}")
     for r in results["micro"]["rows"]:
         if r["status"] in ("error", "mismatch"):
@@ -173,7 +179,7 @@ def failures(results: dict[str, Any]) -> list[str]:
     return bad
 
 
-COUNT_KEYS = ("kernels", "launches", "graph_launches", "cpu_ops")
+COUNT_KEYS = ("kernels", "kernel_ms", "launches", "graph_launches", "cpu_ops")
 """The per-row fields that ``run --kernel-counts`` fills from the profiler."""
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .backends import BY_NAME as BACKENDS
 from .measure import InferCall, TrainStep
-from .workloads import BY_NAME as WORKLOADS
+from .suite import BY_NAME as WORKLOADS
 
 
 def top_kernels(workload: str, backend: str, iters: int, top: int) -> None:

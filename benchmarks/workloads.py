@@ -1,4 +1,6 @@
-"""The benchmarked models: three training steps and three inference calls.
+"""The project's own benchmarked models (the core six: three training steps and three
+inference calls) and the :class:`Workload` type; :mod:`benchmarks.zoo` adds the broad
+suite and :mod:`benchmarks.suite` holds both.
 
 Each :class:`Workload` builds its model from a fixed seed (so every backend starts from the
 same weights) and its inputs from a fixed generator (so every backend sees the same data).
@@ -31,6 +33,8 @@ class Workload:
     requires: tuple[str, ...] = ()
     quick_skip: str = ""
     """Why ``--quick`` (CPU smoke) mode skips this workload; empty: it runs."""
+    group: str = "core"
+    """``"core"`` (the project's own six) or ``"broad"`` (:mod:`benchmarks.zoo`)."""
 
     def missing(self) -> Optional[str]:
         """The first required module that is not installed, or ``None``."""
@@ -84,7 +88,9 @@ def _googlenet() -> nn.Module:
     return torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
 
 
-def _images(batch: int, channels: int, size: int, classes: int = 10):
+def images(batch: int, channels: int, size: int, classes: int = 10):
+    """Inputs of an image classifier: a batch of images and integer labels."""
+
     def make(generator: torch.Generator) -> tuple:
         x = torch.randn(batch, channels, size, size, generator=generator)
         y = torch.randint(0, classes, (batch,), generator=generator)
@@ -100,20 +106,23 @@ def _tensor(*shape: int):
     return make
 
 
-def _tokens(batch: int, tokens: int, vocab: int = 50257):
+def tokens(batch: int, length: int, vocab: int = 50257, with_target: bool = False):
+    """Inputs of a token model: ids (and, for training rows, a dummy target)."""
+
     def make(generator: torch.Generator) -> tuple:
-        return (torch.randint(0, vocab, (batch, tokens), generator=generator),)
+        ids = torch.randint(0, vocab, (batch, length), generator=generator)
+        return (ids, torch.zeros(batch)) if with_target else (ids,)
 
     return make
 
 
 WORKLOADS: tuple[Workload, ...] = (
     Workload("mlp", "train", "MLP 784-256-128-10, batch 64, Adam step",
-             lambda: WithLoss(models.MLP()), _images(64, 1, 28)),
+             lambda: WithLoss(models.MLP()), images(64, 1, 28)),
     Workload("lenet5", "train", "LeNet-5, batch 64 x 1x28x28, Adam step",
-             lambda: WithLoss(models.LeNet5()), _images(64, 1, 28)),
+             lambda: WithLoss(models.LeNet5()), images(64, 1, 28)),
     Workload("resnet18", "train", "ResNet-18, batch 64 x 3x32x32, Adam step",
-             lambda: WithLoss(models.ResNet18()), _images(64, 3, 32),
+             lambda: WithLoss(models.ResNet18()), images(64, 3, 32),
              quick_skip="too slow for the CPU smoke run (minutes per compiled step)"),
     Workload("branchy", "infer", "8 parallel Linear-GELU-LayerNorm-Linear heads on (32, 512)",
              models.BranchyHeads, _tensor(32, 512)),
@@ -121,7 +130,7 @@ WORKLOADS: tuple[Workload, ...] = (
              _googlenet, _tensor(1, 3, 224, 224), requires=("torchvision",),
              quick_skip="too slow for the CPU smoke run"),
     Workload("gpt2", "infer", "GPT-2 small (12 layers, random weights), batch 1 x 128 tokens",
-             GPT2Logits, _tokens(1, 128), requires=("transformers",),
+             GPT2Logits, tokens(1, 128), requires=("transformers",),
              quick_skip="too slow for the CPU smoke run"),
 )
 

@@ -138,6 +138,39 @@ def _time_rounds_cpu(fn: Callable[[], Any], sizes: list[int]) -> list[float]:
     return samples
 
 
+def time_each_call(
+    fn: Callable[[], Any], iters: int = 30, warmup: int = 5, device: Device = None
+) -> dict[str, Any]:
+    """Milliseconds per call of ``fn()``, each call timed alone: synchronize, then (on CUDA)
+    events around the one call and a synchronize after it; on the CPU ``perf_counter``.
+
+    The plain loop a user would write. Slower than back-to-back calls where the host's work
+    for one call would overlap the device's work for the previous one, so it is the check on
+    :func:`time_per_call`, not a replacement. Returns the :func:`summarize` statistics plus
+    ``iters`` and ``samples``.
+    """
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    device = resolve_device(device)
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        synchronize(device)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            began = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - began) * 1e3)
+    return {**summarize(samples), "iters": iters, "samples": samples}
+
+
 def first_call_seconds(fn: Callable[[], Any], device: Device = None) -> tuple[float, Any]:
     """Wall seconds of one synchronized call of ``fn()`` (its compile, the first time), and
     what it returned."""
@@ -154,6 +187,7 @@ def count_kernels(
     """Run ``fn()`` once under the profiler; count what it put on the device.
 
     Returns ``kernels`` (device kernels that ran, those replayed from CUDA graphs included),
+    ``kernel_ms`` (the sum of their durations: kernels on concurrent streams count in full),
     ``launches`` (host launch calls: kernel launches plus graph launches),
     ``graph_launches``, ``copies`` (device memcpy/memset) and ``cpu_ops`` (operator events
     on the host). On the CPU the device counts are ``None``. Warm ``fn`` up first: a first
@@ -185,14 +219,17 @@ def _trace_events(path: str) -> list[dict]:
 
 
 def count_trace_events(events: list[dict], on_device: bool = True) -> dict[str, Optional[int]]:
-    """Count kernels, launches, graph launches, copies and host ops in Chrome trace events."""
-    counts = {"kernels": 0, "launches": 0, "graph_launches": 0, "copies": 0, "cpu_ops": 0}
+    """Count kernels (and sum their milliseconds), launches, graph launches, copies and host
+    ops in Chrome trace events."""
+    counts: dict[str, Any] = {"kernels": 0, "kernel_ms": 0.0, "launches": 0,
+                              "graph_launches": 0, "copies": 0, "cpu_ops": 0}
     for event in events:
         if event.get("ph") != "X":
             continue
         cat, name = event.get("cat", ""), event.get("name", "")
         if cat == "kernel":
             counts["kernels"] += 1
+            counts["kernel_ms"] += float(event.get("dur", 0.0)) / 1e3
         elif cat in ("gpu_memcpy", "gpu_memset"):
             counts["copies"] += 1
         elif cat in ("cuda_runtime", "cuda_driver"):
@@ -203,6 +240,6 @@ def count_trace_events(events: list[dict], on_device: bool = True) -> dict[str, 
         elif cat == "cpu_op":
             counts["cpu_ops"] += 1
     if not on_device:
-        for key in ("kernels", "launches", "graph_launches", "copies"):
+        for key in ("kernels", "kernel_ms", "launches", "graph_launches", "copies"):
             counts[key] = None
     return counts

@@ -4,6 +4,7 @@ failing backend shows up in the results instead of being hidden."""
 import json
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -110,6 +111,39 @@ def test_wrong_and_failing_backends_are_reported_not_hidden(capsys):
     table = report.format_results(results)
     assert "MISMATCH" in table and "ERROR" in table
     assert "2 row(s) failed or mismatched eager" in table
+
+
+class _MisTimedBackend(Backend):
+    """Eager, made 5 ms slower per call once it has been called ``fast_calls`` times: the
+    back-to-back timing (which comes first) sees a model that the plain loop after it does
+    not, the way a timing that never waits for the device sees one."""
+
+    fast_calls = 3 + 1 + 6  # check calls, warm-up, timed calls (RunOptions below)
+
+    def wrap(self, module):
+        calls = []
+
+        def call(*args):
+            calls.append(1)
+            if len(calls) > self.fast_calls:
+                time.sleep(0.005)
+            return module(*args)
+
+        return call
+
+
+def test_the_plain_loop_cross_check_flags_a_mistimed_backend(capsys):
+    options = RunOptions(device=torch.device("cpu"), iters=6, warmup=1, rounds=2,
+                         kernel_counts="no", cross_check=frozenset({"branchy"}))
+    rows = measure_workload(WORKLOADS["branchy"],
+                            [BY_NAME["eager"], _MisTimedBackend("mistimed", "test")], options)
+    status = {r["backend"]: r for r in rows}
+    assert status["mistimed"]["status"] == "mistimed"
+    assert "off the plain loop" in status["mistimed"]["note"]
+    assert status["mistimed"]["plain_loop_ms"] > status["mistimed"]["median_ms"] + 4
+    results = report.new_results({"date": "x", "device": "cpu", "torch": "t", "triton": "t"})
+    results["models"] = rows
+    assert any("mistimed" in line for line in report.failures(results))
 
 
 class _StaleBackend(Backend):
@@ -228,3 +262,32 @@ def test_timing_and_kernel_counts_in_two_runs_are_joined(tmp_path, capsys):
         assert row["median_ms"] > 0, row
     assert all(r["cpu_ops"] > 0 for r in joined_results["models"])
     assert joined_results["meta"]["kernel_counts_from"]["kernel_counts"] == "only"
+
+
+def test_the_broad_suite_has_thirty_workloads_of_every_kind():
+    from benchmarks import suite, zoo
+
+    broad = [w for w in suite.ALL if w.group == "broad"]
+    assert len(broad) >= 30 and len(suite.BY_NAME) == len(suite.ALL)
+    assert {w.kind for w in broad} == {"infer", "train"}
+    assert {"torchvision", "timm", "transformers"} == {r for w in broad for r in w.requires}
+    assert all(w.quick_skip for w in broad)
+    assert cli._models("core")[0] == [w for w in suite.ALL if w.group == "core"]
+    assert cli._models("broad,mlp") == (broad + [suite.BY_NAME["mlp"]], False)
+    assert cli._models("mlp,branchy")[1] is True
+    with pytest.raises(SystemExit, match="unknown model"):
+        cli._models("resnet1000")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5),
+                                torch.nn.Dropout2d(0.2))
+    assert all(m.p == 0.0 for m in zoo.without_randomness(model)[1:])
+
+
+def test_reduce_overhead_rows_mark_a_step_before_every_call(monkeypatch):
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    wrapped = BY_NAME["inductor-ro"].wrap(torch.nn.Identity())
+    for _ in range(3):
+        wrapped(torch.ones(1))
+    assert len(marks) == 3
+    assert not BY_NAME["inductor"].marks_steps and not BY_NAME["kitsune"].marks_steps
