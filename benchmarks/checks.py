@@ -78,9 +78,9 @@ def relative_l2_error(actual: torch.Tensor, expected: torch.Tensor, tol: float
     return float(diff.abs().max()) if diff.numel() else 0.0, relative / tol
 
 
-def _compare_one(key: str, actual: torch.Tensor, expected: torch.Tensor
-                 ) -> tuple[float, float, str]:
-    rule = RULES.get(key) or ("elementwise", *OUTPUT_TOLERANCES.get(expected.dtype, (0.0, 0.0)))
+def _compare_one(key: str, actual: torch.Tensor, expected: torch.Tensor,
+                 rules: dict[str, tuple]) -> tuple[float, float, str]:
+    rule = rules.get(key) or ("elementwise", *OUTPUT_TOLERANCES.get(expected.dtype, (0.0, 0.0)))
     if rule[0] == "relative_l2":
         max_abs, ratio = relative_l2_error(actual, expected, rule[1])
         return max_abs, ratio, f"relative L2 error {ratio * rule[1]:.3g} > {rule[1]:g}"
@@ -89,19 +89,21 @@ def _compare_one(key: str, actual: torch.Tensor, expected: torch.Tensor
                             f"(rtol={rule[1]:g}, atol={rule[2]:g})")
 
 
-def compare_observations(observed: dict[str, Any], reference: dict[str, Any]
+def compare_observations(observed: dict[str, Any], reference: dict[str, Any],
+                         rules: dict[str, tuple] | None = None,
                          ) -> tuple[bool, float, float, str, dict[str, float]]:
-    """Compare every entry of two observations.
+    """Compare every entry of two observations (``rules`` override :data:`RULES` per key).
 
     Returns (ok, max abs error, worst ratio, what failed first, worst ratio per key).
     """
+    rules = {**RULES, **(rules or {})}
     worst_abs, worst_ratio, failed, per_key = 0.0, 0.0, "", {}
     for key, expected in reference.items():
         pairs = _pairs(observed.get(key), expected)
         if pairs is None:
             return False, math.inf, math.inf, f"{key}: different structure", {key: math.inf}
         for index, (a, e) in enumerate(pairs):
-            max_abs, ratio, text = _compare_one(key, a, e)
+            max_abs, ratio, text = _compare_one(key, a, e, rules)
             worst_abs, worst_ratio = max(worst_abs, max_abs), max(worst_ratio, ratio)
             per_key[key] = max(per_key.get(key, 0.0), ratio)
             if ratio > 1.0 and not failed:

@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Optional
 
-QUICK = {"iters": 2, "warmup": 1, "rounds": 2}
-FULL = {"iters": 100, "warmup": 10, "rounds": 10}
+QUICK = {"iters": 2, "warmup": 1}
+FULL = {"iters": 100, "warmup": 10}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "softmax, layer_norm_bf16, ...), 'all' or 'none'")
     run.add_argument("--iters", type=int, help="timed calls per row (default 100; quick 2)")
     run.add_argument("--warmup", type=int, help="untimed calls first (default 10; quick 1)")
-    run.add_argument("--rounds", type=int,
-                     help="timing samples per row, each a group of back-to-back calls "
-                          "(default 10; quick 2)")
     run.add_argument("--json", dest="json_path", help="write the results JSON here")
     run.add_argument("--charts", help="draw the charts PNG here (needs matplotlib)")
     run.add_argument("--trace",
@@ -57,10 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "so on a GPU time with 'no' and count in a second process with "
                           "'only', then join them with `merge --counts`")
     run.add_argument("--cross-check", default="first",
-                     help="models whose rows are also timed call by call (the plain loop: "
-                          "synchronize, CUDA events around one call); a row more than 10%% "
-                          "off it is 'mistimed', a failure. Comma list, 'all', 'none', or "
-                          "'first' (the default: the first two models run)")
+                     help="models whose rows are timed a second time by the host's clock "
+                          "(perf_counter around each call and a synchronize); a row more "
+                          "than 10%% off its CUDA-event time is 'mistimed', a failure. Comma "
+                          "list, 'all', 'none', or 'first' (the default: the first two "
+                          "models run)")
     run.add_argument("--budget-s", type=float, default=None,
                      help="skip the rows that would start after this many seconds")
 
@@ -216,7 +214,7 @@ def _run_models(args, device, counts, chosen, results, save) -> None:
 
     chosen_models, explicit = _models(args.models)
     options = RunOptions(device=device, iters=counts["iters"], warmup=counts["warmup"],
-                         rounds=counts["rounds"], trace_path=args.trace,
+                         trace_path=args.trace,
                          kernel_counts=args.kernel_counts,
                          cross_check=_cross_checked(args.cross_check, chosen_models,
                                                                  args.quick))

@@ -101,7 +101,7 @@ def format_models(rows: list[dict]) -> str:
     """The model table: one line per (model, backend)."""
     width = max([10] + [len(r.get("model", "")) for r in rows])
     header = (f"{'model':<{width}} {'backend':<22} {'check':<8} {'ms/call':>9} {'p10-p90':>15} "
-              f"{'speedup':>8} {'vs RO':>6} {'loop ms':>8} {'1st call s':>10} {'peak MB':>8} "
+              f"{'speedup':>8} {'vs RO':>6} {'host ms':>8} {'1st call s':>10} {'peak MB':>8} "
               f"{'kernels':>7} {'GPU ms':>7} {'launch':>6} {'graphs':>6}  note")
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -149,9 +149,9 @@ def format_results(results: dict[str, Any]) -> str:
     lines.append(f"kitsune benchmark  {meta.get('date')}  device={meta.get('device')} "
                  f"gpu={meta.get('gpu')} torch={meta.get('torch')} triton={meta.get('triton')} "
                  f"iters={meta.get('iters')} warmup={meta.get('warmup')}")
-    lines.append("ms/call: median per call from Python over back-to-back calls; "
+    lines.append("ms/call: median of calls each synchronized and timed alone (CUDA events); "
                  "speedup: eager ms / backend ms; vs RO: reduce-overhead ms / backend ms; "
-                 "loop ms: the plain loop (each call alone, synchronized) where cross-checked; "
+                 "host ms: the same loop on the host's clock, where cross-checked; "
                  "GPU ms: kernel time per call (profiler)")
     for skip in results.get("skipped", []):
         lines.append(f"skipped {skip['what']}: {skip['reason']}")

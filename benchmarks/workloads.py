@@ -35,6 +35,8 @@ class Workload:
     """Why ``--quick`` (CPU smoke) mode skips this workload; empty: it runs."""
     group: str = "core"
     """``"core"`` (the project's own six) or ``"broad"`` (:mod:`benchmarks.zoo`)."""
+    check_rules: tuple[tuple[str, tuple], ...] = ()
+    """Comparison rules that replace :data:`benchmarks.checks.RULES` for this workload."""
 
     def missing(self) -> Optional[str]:
         """The first required module that is not installed, or ``None``."""
@@ -88,13 +90,14 @@ def _googlenet() -> nn.Module:
     return torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
 
 
-def images(batch: int, channels: int, size: int, classes: int = 10):
-    """Inputs of an image classifier: a batch of images and integer labels."""
+def images(batch: int, channels: int, size: int, classes: int = 10, labels: bool = True):
+    """Inputs of an image classifier: a batch of images (and integer labels)."""
 
     def make(generator: torch.Generator) -> tuple:
         x = torch.randn(batch, channels, size, size, generator=generator)
-        y = torch.randint(0, classes, (batch,), generator=generator)
-        return x, y
+        if not labels:
+            return (x,)
+        return x, torch.randint(0, classes, (batch,), generator=generator)
 
     return make
 

@@ -9,7 +9,10 @@ skips them all: even one compiled step of these takes minutes under the Triton i
 
 Training rows switch dropout and stochastic depth off (:func:`without_randomness`): every
 row is checked against eager before it is timed, and random masks drawn by two backends
-never agree.
+never agree. Their first-step gradients are compared at 3% relative L2
+(:data:`TRAIN_RULES`), not the core's 1%: BatchNorm over small batches amplifies reordered
+sums (MobileNetV2 b8 on the H200, TF32 off: Inductor reduce-overhead 1.46% from eager,
+kitsune 1.03%).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn as nn
 from .workloads import WithLoss, Workload, images, tokens
 
 QUICK_SKIP = "broad-suite model: minutes per compiled step on the CPU smoke run"
+TRAIN_RULES = (("step1_grads", ("relative_l2", 3e-2)),)
 
 
 def _torchvision(name: str, **kwargs) -> Callable[[], nn.Module]:
@@ -112,8 +116,9 @@ def _vision(name: str, make: Callable[[], nn.Module], requires: str, batches: di
             f"{name}-{kind}-b{batch}", kind,
             f"{description or name}, batch {batch} x 3x{size}x{size}"
             + (", Adam step" if kind == "train" else ""),
-            model, images(batch, 3, size, classes=1000), requires=(requires,),
-            quick_skip=QUICK_SKIP, group="broad"))
+            model, images(batch, 3, size, classes=1000, labels=kind == "train"),
+            requires=(requires,), quick_skip=QUICK_SKIP, group="broad",
+            check_rules=TRAIN_RULES if kind == "train" else ()))
     return rows
 
 
@@ -130,7 +135,7 @@ def _text(name: str, family: str, batches: dict[str, int], seq: int = 128,
             f"{name} (HuggingFace config, random weights), batch {batch} x {seq} tokens"
             + (", Adam step" if kind == "train" else ""),
             model, make_inputs, requires=("transformers",), quick_skip=QUICK_SKIP,
-            group="broad"))
+            group="broad", check_rules=TRAIN_RULES if kind == "train" else ()))
     return rows
 
 

@@ -139,25 +139,29 @@ def _time_rounds_cpu(fn: Callable[[], Any], sizes: list[int]) -> list[float]:
 
 
 def time_each_call(
-    fn: Callable[[], Any], iters: int = 30, warmup: int = 5, device: Device = None
+    fn: Callable[[], Any], iters: int = 30, warmup: int = 5, device: Device = None,
+    clock: str = "events",
 ) -> dict[str, Any]:
-    """Milliseconds per call of ``fn()``, each call timed alone: synchronize, then (on CUDA)
-    events around the one call and a synchronize after it; on the CPU ``perf_counter``.
+    """Milliseconds per call of ``fn()``, each call timed alone: the plain loop a user
+    writes. Before each call the device is synchronized; ``clock="events"`` (on CUDA) puts
+    CUDA events on the current stream around the one call and waits for the second;
+    ``clock="wall"`` (and any CPU run) reads ``perf_counter`` around the call and a
+    synchronize after it, so work left running on other streams counts too.
 
-    The plain loop a user would write. Slower than back-to-back calls where the host's work
-    for one call would overlap the device's work for the previous one, so it is the check on
-    :func:`time_per_call`, not a replacement. Returns the :func:`summarize` statistics plus
-    ``iters`` and ``samples``.
+    Returns the :func:`summarize` statistics plus ``iters``, ``samples`` and ``clock``.
     """
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    if clock not in ("events", "wall"):
+        raise ValueError(f"clock must be 'events' or 'wall', not {clock!r}")
     device = resolve_device(device)
+    clock = clock if device.type == "cuda" else "wall"
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(iters):
         synchronize(device)
-        if device.type == "cuda":
+        if clock == "events":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -167,8 +171,9 @@ def time_each_call(
         else:
             began = time.perf_counter()
             fn()
+            synchronize(device)
             samples.append((time.perf_counter() - began) * 1e3)
-    return {**summarize(samples), "iters": iters, "samples": samples}
+    return {**summarize(samples), "iters": iters, "samples": samples, "clock": clock}
 
 
 def first_call_seconds(fn: Callable[[], Any], device: Device = None) -> tuple[float, Any]:

@@ -48,8 +48,8 @@ def test_first_call_seconds_returns_the_result():
 
 def test_count_trace_events_classifies_events():
     events = [
-        {"ph": "X", "cat": "kernel", "name": "triton_poi_fused_add_0"},
-        {"ph": "X", "cat": "kernel", "name": "ampere_sgemm"},
+        {"ph": "X", "cat": "kernel", "name": "triton_poi_fused_add_0", "dur": 3.5},
+        {"ph": "X", "cat": "kernel", "name": "ampere_sgemm", "dur": 10.0},
         {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoD"},
         {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel"},
         {"ph": "X", "cat": "cuda_driver", "name": "cuLaunchKernel"},
@@ -59,8 +59,8 @@ def test_count_trace_events_classifies_events():
         {"ph": "s", "cat": "ac2g", "name": "flow"},
     ]
     counts = timing.count_trace_events(events)
-    assert counts == {"kernels": 2, "launches": 3, "graph_launches": 1, "copies": 1,
-                      "cpu_ops": 1}
+    assert counts == {"kernels": 2, "kernel_ms": 0.0135, "launches": 3, "graph_launches": 1,
+                      "copies": 1, "cpu_ops": 1}
 
 
 def test_count_kernels_on_cpu_counts_host_ops_only(tmp_path):
@@ -91,3 +91,12 @@ def test_cuda_timing_and_kernel_counts_including_graph_replay():
     replay = timing.count_kernels(graph.replay)
     assert replay["graph_launches"] == 1
     assert replay["kernels"] == 2, "kernels replayed from a CUDA graph are counted one by one"
+
+
+def test_time_each_call_times_every_call_alone_on_cpu():
+    calls = []
+    stats = timing.time_each_call(lambda: calls.append(1), iters=5, warmup=2, device="cpu")
+    assert len(calls) == 7 and len(stats["samples"]) == 5
+    assert stats["clock"] == "wall"
+    with pytest.raises(ValueError, match="clock"):
+        timing.time_each_call(lambda: None, clock="sundial")

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+import torch.fx as fx
 
 import kitsune_backend
 from tests.helpers import assert_close, random_like_model_input
@@ -206,3 +207,30 @@ def test_caller_outputs_are_the_user_outputs(monkeypatch):
         torch.compile(fn, backend="kitsune")(x)
     indices, count = seen["inference"]
     assert indices == tuple(range(count))
+
+
+def test_cpu_constants_do_not_stop_capture_but_cpu_values_of_inputs_do():
+    """A CPU tensor that depends on no input (torchvision's Swin builds its shift-window
+    mask from ``torch.tensor`` constants) holds the same value at every replay; one made
+    from an input would be baked in at capture."""
+
+    class WithConstant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("c", torch.tensor(2.0))
+
+        def forward(self, x):
+            return x + self.c, x.cpu()
+
+    gm = fx.symbolic_trace(WithConstant())
+    (x,) = fake_cuda((4,))
+    values = {"x": x, "c": torch.tensor(2.0), "add": x, "cpu": torch.empty(4)}
+    for node in gm.graph.nodes:
+        if node.name in values:
+            node.meta["val"] = values[node.name]
+    reason = capture_decline(gm, [x], ())
+    assert "node cpu makes a cpu tensor that depends on the inputs" in reason
+    gm.graph.erase_node(next(n for n in gm.graph.nodes if n.op == "output"))
+    gm.graph.erase_node(next(n for n in gm.graph.nodes if n.name == "cpu"))
+    gm.graph.output(next(n for n in gm.graph.nodes if n.name == "add"))
+    assert capture_decline(gm, [x], ()) == ""

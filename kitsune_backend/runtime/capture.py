@@ -90,11 +90,27 @@ def capture_decline(
                     "its storage, and it is not a parameter or buffer: a replay would read "
                     "a copy laid out in a storage of its own"
                 )
+    varying = _varying(gm)
     for node in gm.graph.nodes:
         for t in iter_tensors(node.meta.get("val")):
-            if t.device.type != "cuda":
-                return f"node {node.name} makes a {t.device.type} tensor"
+            if t.device.type != "cuda" and node in varying:
+                return (f"node {node.name} makes a {t.device.type} tensor that depends on the "
+                        "inputs: a replay would reuse the value seen at capture")
     return ""
+
+
+def _varying(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes whose value can change from call to call: inputs, random ops, and what
+    depends on them. A CPU tensor outside this set (a constant, ``lift_fresh_copy`` of one,
+    a scalar folded from them) holds the same value at capture and at every replay, so the
+    value a GPU op took from it at capture stays right."""
+    found: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        overload = op_overload(node)
+        random = overload is not None and torch.Tag.nondeterministic_seeded in overload.tags
+        if node.op == "placeholder" or random or any(i in found for i in node.all_input_nodes):
+            found.add(node)
+    return found
 
 
 def _storage_root(node: fx.Node) -> fx.Node:
