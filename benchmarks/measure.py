@@ -284,12 +284,16 @@ def _time(row: dict, call: Callable, opts: RunOptions, mem_before: int) -> None:
 def _cross_check(row: dict, call: Callable, opts: RunOptions) -> None:
     """Time ``call`` again by the host's clock (``perf_counter`` around the call and a
     synchronize: work on any stream counts); a row whose time differs by more than
-    :data:`CROSS_CHECK_TOLERANCE` (beyond :data:`CROSS_CHECK_SLACK_MS`) is ``mistimed``."""
+    :data:`CROSS_CHECK_TOLERANCE` (beyond :data:`CROSS_CHECK_SLACK_MS`) is ``mistimed``,
+    unless the host clock's median lies within the row's own p10-p90 spread (a noisy row,
+    an eager training step say, is not a mistimed one)."""
     wall = timing.time_each_call(call, min(opts.iters, 30), min(opts.warmup, 3), opts.device,
                                  clock="wall")
     row["plain_loop_ms"] = wall["median"]
     gap = abs(row["median_ms"] - wall["median"]) - CROSS_CHECK_SLACK_MS
-    if gap > CROSS_CHECK_TOLERANCE * wall["median"] and row["status"] == "ok":
+    within_spread = row["p10_ms"] <= wall["median"] <= row["p90_ms"]
+    if gap > CROSS_CHECK_TOLERANCE * wall["median"] and not within_spread \
+            and row["status"] == "ok":
         off = row["median_ms"] / wall["median"] - 1.0
         row["status"] = "mistimed"
         row["note"] = "; ".join(filter(None, [
