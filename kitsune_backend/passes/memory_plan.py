@@ -103,44 +103,57 @@ def storages_addressed(gm: fx.GraphModule, storages: Storages) -> dict[int, fx.N
     return found
 
 
+@dataclasses.dataclass
+class _Scan:
+    """What one walk over the graph found, per buffer key (see :class:`Storages`)."""
+
+    outside: set[int] = dataclasses.field(default_factory=set)
+    producer: dict[int, fx.Node] = dataclasses.field(default_factory=dict)
+    size: dict[int, int] = dataclasses.field(default_factory=dict)
+    users: dict[int, list[fx.Node]] = dataclasses.field(default_factory=dict)
+    name: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+def _scan(gm: fx.GraphModule, storages: Storages) -> _Scan:
+    """Every storage's producer, size, readers and name; the storages of inputs, constants
+    and outputs (``outside``: never in the arena)."""
+    found = _Scan()
+    for node in gm.graph.nodes:
+        value = node.meta.get("val")
+        if node.op in ("placeholder", "get_attr"):
+            found.outside |= {key for key, _ in storages.of(value)}
+        elif node.op == "output":
+            for arg in node.all_input_nodes:
+                found.outside |= {key for key, _ in storages.of(arg.meta.get("val"))}
+        if not is_scheduled(node):
+            if node.op == "call_function" and isinstance(value, torch.Tensor):
+                for key, _ in storages.of(value):
+                    if key in found.producer and key not in found.name:
+                        found.name[key] = node.name  # the getitem (or first view) naming it
+            continue
+        for i in node.all_input_nodes:
+            for key, _ in storages.of(i.meta.get("val")):
+                found.users.setdefault(key, []).append(node)
+        for key, nbytes in storages.of(value):
+            if key not in found.producer:
+                found.producer[key], found.size[key] = node, nbytes
+                if isinstance(value, torch.Tensor):
+                    found.name[key] = node.name
+    return found
+
+
 def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]:
     """The intermediates of ``gm`` (see the module docstring), each named after the node
     that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple;
     and one decline per intermediate kept off the arena because an op depends on its storage."""
     storages = Storages(gm)
-    _storages = storages.of
     addressed = storages_addressed(gm, storages)
-    outside: set[int] = set()
-    producer: dict[int, fx.Node] = {}
-    size: dict[int, int] = {}
-    users: dict[int, list[fx.Node]] = {}
-    name: dict[int, str] = {}
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
-            outside |= {key for key, _ in _storages(node.meta.get("val"))}
-        elif node.op == "output":
-            for arg in node.all_input_nodes:
-                outside |= {key for key, _ in _storages(arg.meta.get("val"))}
-        if not is_scheduled(node):
-            if node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor):
-                for key, _ in _storages(node.meta.get("val")):
-                    if key in producer and key not in name:
-                        name[key] = node.name  # the getitem (or first view) naming it
-            continue
-        for i in node.all_input_nodes:
-            for key, _ in _storages(i.meta.get("val")):
-                users.setdefault(key, []).append(node)
-        single = isinstance(node.meta.get("val"), torch.Tensor)
-        for index, (key, nbytes) in enumerate(_storages(node.meta.get("val"))):
-            if key not in producer:
-                producer[key], size[key] = node, nbytes
-                if single:
-                    name[key] = node.name
+    scan = _scan(gm, storages)
     buffers, declines = [], []
-    for index, key in enumerate(producer):
-        if key in outside or size[key] <= 0:
+    for index, (key, producer) in enumerate(scan.producer.items()):
+        if key in scan.outside or scan.size[key] <= 0:
             continue
-        buffer_name = name.get(key, f"{producer[key].name}.{index}")
+        buffer_name = scan.name.get(key, f"{producer.name}.{index}")
         if key in addressed:
             op = addressed[key].target
             declines.append(Decline("memory_plan", (
@@ -148,12 +161,8 @@ def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]
                 f" ({getattr(op, '__name__', op)}) depends on its storage, not only its elements"),
                 buffer_name))
             continue
-        buffers.append(arena.Buffer(
-            name=buffer_name,
-            size=size[key],
-            producer=producer[key],
-            users=tuple(u for u in dict.fromkeys(users.get(key, [])) if u is not producer[key]),
-        ))
+        users = tuple(u for u in dict.fromkeys(scan.users.get(key, [])) if u is not producer)
+        buffers.append(arena.Buffer(buffer_name, scan.size[key], producer, users))
     return buffers, declines
 
 

@@ -75,6 +75,13 @@ def capture_decline(
             return f"node {node.name} ({overload}) synchronizes with the host"
     if has_symbolic_shapes(gm):
         return "symbolic shapes: a CUDA graph fixes every shape"
+    return _copied_input_decline(gm, placeholders, static) or _host_value_decline(gm)
+
+
+def _copied_input_decline(gm: fx.GraphModule, placeholders: list[fx.Node],
+                          static: Sequence[int]) -> str:
+    """Why replays reading copies of the inputs (not parameters or buffers) would go wrong:
+    a node writes into one, or reads one through its storage ("" when neither)."""
     index = {n: i for i, n in enumerate(placeholders)}
     for node in gm.graph.nodes:
         for value in map(alias_base, written_inputs(node)):
@@ -90,6 +97,12 @@ def capture_decline(
                     "its storage, and it is not a parameter or buffer: a replay would read "
                     "a copy laid out in a storage of its own"
                 )
+    return ""
+
+
+def _host_value_decline(gm: fx.GraphModule) -> str:
+    """Why a replay would reuse a host value seen at capture: a CPU tensor that depends on
+    the inputs ("" when every CPU tensor is a constant)."""
     varying = _varying(gm)
     for node in gm.graph.nodes:
         for t in iter_tensors(node.meta.get("val")):
