@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -121,6 +122,32 @@ def format_models(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SLOWER_THAN_REFERENCE = 0.95
+"""A kitsune row below this ratio over reduce-overhead is "slower" (more than 5%)."""
+
+
+def versus_reduce_overhead(rows: list[dict]) -> dict[str, Any]:
+    """kitsune (all features on) against Inductor reduce-overhead over the timed models:
+    ``models`` compared, ``geomean`` of the ratios (reduce-overhead ms / kitsune ms),
+    ``slower`` (model -> ratio, below :data:`SLOWER_THAN_REFERENCE`)."""
+    ratios = {r["model"]: r["vs_reduce_overhead"] for r in rows
+              if r["backend"] == "kitsune" and r.get("status") == "ok"
+              and r.get("vs_reduce_overhead")}
+    geomean = math.exp(sum(map(math.log, ratios.values())) / len(ratios)) if ratios else None
+    slower = {m: v for m, v in ratios.items() if v < SLOWER_THAN_REFERENCE}
+    return {"models": len(ratios), "geomean": geomean, "slower": slower}
+
+
+def format_versus(rows: list[dict]) -> str:
+    """One line for :func:`versus_reduce_overhead` ("" when nothing compares)."""
+    found = versus_reduce_overhead(rows)
+    if not found["models"]:
+        return ""
+    slower = ", ".join(f"{m} {v:.2f}x" for m, v in sorted(found["slower"].items())) or "none"
+    return (f"kitsune vs reduce-overhead over {found['models']} model(s): geomean "
+            f"{found['geomean']:.2f}x; more than 5% slower: {slower}")
+
+
 def format_micro(micro: dict[str, Any]) -> str:
     """The micro-benchmark table, with the copy bandwidth it is measured against."""
     copy = micro.get("copy_gbps")
@@ -157,6 +184,8 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"skipped {skip['what']}: {skip['reason']}")
     if results["models"]:
         lines += ["", format_models(results["models"])]
+        versus = format_versus(results["models"])
+        lines += [versus] if versus else []
     if results["micro"]["rows"]:
         lines += ["", format_micro(results["micro"])]
     bad = failures(results)

@@ -192,3 +192,17 @@ def test_merge_joins_runs_of_different_models(tmp_path, capsys):
     (tmp_path / "c.json").write_text(json.dumps(_results(gpu="other")))
     assert cli.main(["merge", paths[0], str(tmp_path / "c.json"), "--out", str(out)]) == 2
     assert "different devices" in capsys.readouterr().err
+
+
+def test_the_summary_gives_the_geomean_over_reduce_overhead_and_the_slower_models():
+    from benchmarks import report
+
+    rows = _results(ratios={("a", "kitsune"): 2.0, ("b", "kitsune"): 0.5,
+                            ("c", "kitsune"): 0.96, ("c", "kitsune-no-streams"): 0.1})["models"]
+    for row in rows:
+        row["vs_reduce_overhead"] = 1.0 / row["median_ms"] if row["backend"] != "inductor-ro" \
+            else 1.0
+    found = report.versus_reduce_overhead(rows)
+    assert found["models"] == 3 and found["slower"] == {"b": 0.5}
+    assert found["geomean"] == pytest.approx((2.0 * 0.5 * 0.96) ** (1 / 3))
+    assert "more than 5% slower: b 0.50x" in report.format_versus(rows)
