@@ -11,17 +11,14 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 QUICK = {"iters": 2, "warmup": 1}
 FULL = {"iters": 100, "warmup": 10}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run_parser(sub: Any) -> None:
+    """The ``run`` subcommand's arguments."""
     run = sub.add_parser("run", help="measure models and micro-benchmarks under every backend")
     run.add_argument("--device", choices=("cuda", "cpu"), default=None,
                      help="default: cuda when available, else cpu")
@@ -61,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "models run)")
     run.add_argument("--budget-s", type=float, default=None,
                      help="skip the rows that would start after this many seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_run_parser(sub)
 
     compare = sub.add_parser(
         "compare", help="fail if a kitsune ratio over reduce-overhead (median of runs) "
