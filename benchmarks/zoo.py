@@ -106,7 +106,7 @@ def _hf(family: str) -> Callable[[], nn.Module]:
 
 
 def _vision(name: str, make: Callable[[], nn.Module], requires: str, batches: dict[str, int],
-            size: int = 224, description: str = "") -> list[Workload]:
+            size: int = 224) -> list[Workload]:
     """Inference rows (``infer``: batch 1 and a throughput batch) and a training row."""
     rows = []
     for kind_batch, batch in batches.items():
@@ -114,7 +114,7 @@ def _vision(name: str, make: Callable[[], nn.Module], requires: str, batches: di
         model = (lambda m=make: WithLoss(without_randomness(m()))) if kind == "train" else make
         rows.append(Workload(
             f"{name}-{kind}-b{batch}", kind,
-            f"{description or name}, batch {batch} x 3x{size}x{size}"
+            f"{name}, batch {batch} x 3x{size}x{size}"
             + (", Adam step" if kind == "train" else ""),
             model, images(batch, 3, size, classes=1000, labels=kind == "train"),
             requires=(requires,), quick_skip=QUICK_SKIP, group="broad",

@@ -67,14 +67,14 @@ def storage_addressed_args(node: fx.Node) -> list[fx.Node]:
     first argument of ops that take a ``storage_offset`` or a storage (the ``as_strided``
     family, ``set_``) or that read it (``sym_storage_offset``)."""
     overload = op_overload(node)
-    if overload is None or not node.args or not isinstance(node.args[0], fx.Node):
+    if overload is None:
         return []
     takes_storage = any(
         a.name == "storage_offset" or "Storage" in str(a.type)
         for a in overload._schema.arguments
     )
     if takes_storage or overload.overloadpacket.__name__ in ("sym_storage_offset", "set_"):
-        return [node.args[0]]
+        return _first_node_arg(node)
     return []
 
 
@@ -85,9 +85,13 @@ def storage_dependent_args(node: fx.Node) -> list[fx.Node]:
     memory read, or a copy of the other storage)."""
     overload = op_overload(node)
     if overload is not None and overload.overloadpacket.__name__ in STORAGE_COPYING:
-        first = node.args[0] if node.args else None
-        return [first] if isinstance(first, fx.Node) else []
+        return _first_node_arg(node)
     return storage_addressed_args(node)
+
+
+def _first_node_arg(node: fx.Node) -> list[fx.Node]:
+    first = node.args[0] if node.args else None
+    return [first] if isinstance(first, fx.Node) else []
 
 
 def is_mutating(node: fx.Node) -> bool:

@@ -17,9 +17,10 @@ import dataclasses
 import itertools
 import math
 import zlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
+from torch.utils._pytree import tree_leaves, tree_map_only
 
 from tests.helpers import TOLERANCES
 
@@ -99,29 +100,15 @@ def fused_program(op: Any, sample: Any) -> Callable:
     return f
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a nest of lists, tuples and dicts."""
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
-def _fresh(value: Any) -> Any:
-    """A copy of ``value`` with every tensor cloned (leaves keep ``requires_grad``)."""
-    if isinstance(value, torch.Tensor):
-        copy = value.detach().clone()
-        return copy.requires_grad_(value.requires_grad) if value.is_leaf else copy
-    if isinstance(value, list):
-        return [_fresh(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_fresh(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _fresh(v) for k, v in value.items()}
-    return value
+def _fresh_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A clone of ``t`` (a leaf keeps its ``requires_grad``)."""
+    copy = t.detach().clone()
+    return copy.requires_grad_(t.requires_grad) if t.is_leaf else copy
 
 
 @dataclasses.dataclass
@@ -136,7 +123,8 @@ class Outcome:
 def run(fn: Callable, sample: Any) -> Outcome:
     """Call ``fn`` on a fresh copy of the sample; with inputs that need gradients, also
     backpropagate the sum of every floating output (weighted, so no gradient is uniform)."""
-    x, args, kwargs = _fresh((sample.input, sample.args, sample.kwargs))
+    x, args, kwargs = tree_map_only(torch.Tensor, _fresh_tensor,
+                                    (sample.input, sample.args, sample.kwargs))
     leaves = [t for t in _tensors((x, args, kwargs)) if t.requires_grad and t.is_leaf]
     try:
         out = fn(x, args, kwargs)
