@@ -15,8 +15,8 @@ from .errors import (
     KitsunePluginError,
     KitsuneUnsupportedError,
 )
-from .inspect import clear_history, explain, history, last_compile
-from .passes.base import Decline, PassContext, PassResult
+from .inspection import clear_history, explain, history, last_compile
+from .ir import Decline, PassContext, PassResult
 from .plugins import PluginPass, register_pass, unregister_pass
 
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from torch._dynamo.backends.common import aot_autograd
 from .codegen.precompile import warm_pool
 from .compiler import compile_graph
 from .config import Config, resolve
-from .decompositions import decomposition_table
+from .passes.decompositions import decomposition_table
 from .session import CompileSession, new_session
 
 

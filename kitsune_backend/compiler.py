@@ -1,4 +1,5 @@
-"""Compile one AOT graph: run the pipeline, build the runtime, fall back if anything fails."""
+"""Compile one AOT graph: run the pipeline (:mod:`kitsune_backend.pipeline`), fall back to the
+input graph if anything fails."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from .config import Config
 from .debug_dump import dump_record
 from .errors import KitsuneConfigError, KitsuneError
 from .graph_utils import copy_graph_module
-from .passes.base import Decline, PassContext
+from .ir import Decline, PassContext, RuntimeReport
 from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
-from .runtime import build_runtime
 from .runtime.executor import ScheduleRunner
 from .session import CompileSession
 
@@ -57,11 +57,11 @@ def caller_output_indices(kind: str, gm: fx.GraphModule) -> tuple[int, ...]:
 def _optimize(
     gm: fx.GraphModule, ctx: PassContext, record: CompileRecord, original: fx.GraphModule
 ) -> Callable:
-    """Pipeline then runtime; on failure the original graph (unless strict, then raise)."""
+    """The pipeline's callable; on failure the original graph (unless strict, then raise)."""
     try:
-        run_pipeline(gm, ctx, record)
+        runner = run_pipeline(gm, ctx, record)
         record.kernels = list(ctx.kernels)
-        return build_runtime(gm, ctx, record)
+        return runner
     except KitsuneConfigError:
         raise
     except Exception as exc:
@@ -100,6 +100,7 @@ def compile_graph(
         example_inputs=example_inputs,
         static_input_indices=static_input_indices(kind),
         caller_output_indices=caller_output_indices(kind, gm),
+        runtime_report=RuntimeReport(record.runtime_info, record.other_declines),
     )
     try:
         runner = _optimize(gm, ctx, record, original)

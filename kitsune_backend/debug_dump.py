@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import torch.fx as fx
 
-from . import inspect, repro
-from .passes.base import Decline
+from . import inspection, repro
+from .ir import Decline
 from .record import CompileRecord
 from .session import HISTORY
 
@@ -76,10 +76,10 @@ def _session_label(record: CompileRecord) -> str:
 
 
 def _write_graphs(record: CompileRecord, folder: str) -> None:
-    for index, (stage, code) in enumerate(inspect.graphs(record).items()):
+    for index, (stage, code) in enumerate(inspection.graphs(record).items()):
         stem = f"{index:02d}_{_file_safe(stage)}"
         _write(folder, stem + ".py", code)
-        _write(folder, stem + ".dot", inspect.graph_dot(record, stage))
+        _write(folder, stem + ".dot", inspection.graph_dot(record, stage))
 
 
 def _write_reports(record: CompileRecord, folder: str) -> None:
@@ -89,7 +89,7 @@ def _write_reports(record: CompileRecord, folder: str) -> None:
     ))
     _write(folder, "declines.txt", "\n".join(str(d) for d in record.declines))
     _write(folder, "stats.json", json.dumps(record.stats, indent=2, default=str))
-    _write(folder, "explain.txt", inspect.explain(record))
+    _write(folder, "explain.txt", inspection.explain(record))
     _write(folder, "config.json", json.dumps(dataclasses.asdict(record.config), indent=2))
     if record.fallback_reason:
         _write(folder, "fallback.txt", record.fallback_traceback or record.fallback_reason)

@@ -27,7 +27,7 @@ import importlib.metadata
 from typing import Optional
 
 from .errors import KitsunePluginError
-from .passes.base import PassFn
+from .ir import PassFn
 
 ENTRY_POINT_GROUP = "kitsune_backend.passes"
 STAGES = ("pre_fusion", "post_fusion")

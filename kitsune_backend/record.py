@@ -1,6 +1,6 @@
 """The compile record: what every stage of one compiled graph produced, kept for inspection.
 
-Users (through :mod:`kitsune_backend.inspect`), the debug dump and the tests all read
+Users (through :mod:`kitsune_backend.inspection`), the debug dump and the tests all read
 these same objects. A record holds snapshots, not live graphs: a snapshot is the readable
 code of the graph plus one :class:`NodeSnapshot` per node, cheap to keep and enough to draw.
 """
@@ -13,15 +13,8 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .passes.base import Decline
-
-# node.meta keys that passes set and snapshots keep (the pass that sets each is beside it).
-META_KEYS = (
-    "kitsune_region",  # fusion: name of the fused region (its kernel: the node target)
-    "kitsune_stream",  # streams: stream index, 0 = caller's stream
-    "kitsune_wait",  # streams: events (producer node names) waited for before the node
-    "kitsune_offset",  # memory_plan: byte offset of the node's output in the arena
-)
+from .graph_utils import launches_kernel
+from .ir import META_KEYS, Decline, KernelRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +39,8 @@ class NodeSnapshot:
 
 @dataclasses.dataclass
 class PassRecord:
-    """One pass run: where and how long, what it said, and the graph after it."""
+    """One stage (or plugin pass) run: its stage and phase, how long it took, what it said,
+    and the graph after it."""
 
     stage: str
     name: str
@@ -57,24 +51,7 @@ class PassRecord:
     stats: dict[str, Any]
     graph_code: str
     nodes: list[NodeSnapshot]
-    error: str = ""
-
-
-@dataclasses.dataclass
-class KernelRecord:
-    """A generated kernel: its name, the FX nodes it came from, and its source; ``kernel``
-    is the callable itself, whose ``compile_error`` says why it runs as ATen ops, if it
-    failed to compile at its first launch."""
-
-    name: str
-    nodes: list[str]
-    source: str
-    kernel: Any = dataclasses.field(default=None, repr=False, compare=False)
-
-    @property
-    def compile_error(self) -> str:
-        """Why the kernel did not compile ("" when it did, or has not launched yet)."""
-        return getattr(self.kernel, "compile_error", "")
+    phase: str = "graph"
 
 
 @dataclasses.dataclass
@@ -88,7 +65,7 @@ class CompileRecord:
     passes: list[PassRecord] = dataclasses.field(default_factory=list)
     kernels: list[KernelRecord] = dataclasses.field(default_factory=list)
     other_declines: list[Decline] = dataclasses.field(default_factory=list)  # plugins, runtime
-    runtime_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    runtime_info: dict[str, Any] = dataclasses.field(default_factory=dict)  # live, per call
     fallback_reason: str = ""
     fallback_traceback: str = ""
     compile_seconds: float = 0.0
@@ -172,8 +149,6 @@ def _layout_and_value(value: Any) -> tuple[Optional[tuple[Any, ...]], Optional[s
 
 def snapshot(gm: fx.GraphModule) -> tuple[str, list[NodeSnapshot]]:
     """The readable code and node snapshots of ``gm`` as it stands now."""
-    from .graph_utils import launches_kernel
-
     nodes = []
     for node in gm.graph.nodes:
         shape, dtype = _shape_and_dtype(node.meta.get("val"))

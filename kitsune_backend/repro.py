@@ -2,8 +2,8 @@
 
 :func:`repro_source` writes a standalone script from a record and its input graph: the
 graph's FX Python code as a module, one :class:`InputSpec` per tensor input (the recorded
-shape, strides, dtype and device) and the config. Running the script calls :func:`main`,
-which rebuilds the FX graph from that code, makes random inputs from a fixed seed, runs the
+shape, strides, dtype and device) and the config. Running the script calls
+:func:`kitsune_backend.repro_run.main`, which rebuilds the FX graph from that code, makes random inputs from a fixed seed, runs the
 graph eagerly and through kitsune's graph compiler, and compares every output and every
 input the graph mutates. It exits 0 when they match and 1 when kitsune fell back to the
 ATen graph or a result differs.
@@ -15,13 +15,10 @@ import dataclasses
 import importlib
 import math
 import pprint
-import traceback
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .errors import KitsuneError
 from .record import CompileRecord, NodeSnapshot
@@ -116,54 +113,6 @@ def save_constants(input_gm: fx.GraphModule, path: str) -> None:
     torch.save(found, path)
 
 
-def main(
-    module_class: Callable[[], torch.nn.Module],
-    inputs: Sequence[Any],
-    kind: str,
-    options: dict[str, Any],
-    constants: Optional[str] = None,
-    seed: int = 0,
-) -> int:
-    """Run a repro: eager against kitsune on the same random inputs; prints what it finds and
-    returns the exit status (0: match, 1: fallback or mismatch)."""
-    # imported here: the compiler imports this module (through the debug dump)
-    from .compiler import compile_graph
-    from .config import Config
-    from .session import new_session
-
-    module = module_class()
-    if constants is not None:
-        for target, value in torch.load(constants, weights_only=False).items():
-            _set_attribute(module, target, value)
-    generator = torch.Generator().manual_seed(seed)
-    args = [spec.make(generator) if isinstance(spec, InputSpec) else spec for spec in inputs]
-    gm = fx.symbolic_trace(module)
-    fake_args = _fake_propagate(gm, args)
-    expected_args, expected = _run_seeded(lambda a: module(*a), args, seed)
-    config = Config().replace(**options)
-    session = new_session(config)
-    compiled = compile_graph(gm, fake_args, config, kind, session)
-    record = session.records[-1]
-    print(f"kitsune compiled graph {record.name!r} ({len(record.input_nodes)} nodes)")
-    if record.fallback_reason:
-        print("kitsune FELL BACK to the ATen graph:", record.fallback_reason)
-        print(record.fallback_traceback)
-        return 1
-    try:
-        actual_args, actual = _run_seeded(lambda a: compiled(list(a)), args, seed)
-    except Exception:
-        print("kitsune's compiled graph RAISED:")
-        traceback.print_exc()
-        return 1
-    problems = _compare("output", actual, expected) + _compare("input", actual_args, expected_args)
-    if problems:
-        print("MISMATCH between kitsune and eager:")
-        print("\n".join("  " + p for p in problems))
-        return 1
-    print(f"OK: kitsune matches eager ({_count_tensors(expected)} output tensors)")
-    return 0
-
-
 def _spec_source(node: NodeSnapshot, example: Any) -> str:
     if node.shape is not None and node.dtype not in (None, "tuple") and node.stride is not None:
         spec = InputSpec(_hints(node.shape), _hints(node.stride), node.dtype, node.device or "cpu")
@@ -225,64 +174,6 @@ def _import_object(name: str, value: Any) -> str:
     return f"from {module} import {qualname}" + ("" if name == qualname else f" as {name}")
 
 
-def _fake_propagate(gm: fx.GraphModule, args: Sequence[Any]) -> list[Any]:
-    """Give every node ``meta["val"]`` and return fake inputs, as AOTAutograd hands them."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    fakes = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
-    return fakes
-
-
-def _run_seeded(fn: Callable[[list], Any], args: Sequence[Any], seed: int) -> tuple[list, Any]:
-    """Run ``fn`` on fresh copies of ``args`` (same strides) after seeding every RNG."""
-    copies = [_clone(a) for a in args]
-    torch.manual_seed(seed)
-    return copies, fn(list(copies))
-
-
-def _clone(value: Any) -> Any:
-    if not isinstance(value, torch.Tensor):
-        return value
-    copy = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
-    return copy.copy_(value)
-
-
-def _compare(what: str, actual: Any, expected: Any, path: str = "") -> list[str]:
-    where = f"{what}{path}"
-    if isinstance(expected, (list, tuple)):
-        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
-            return [f"{where}: expected a sequence of {len(expected)}, got {type(actual).__name__}"]
-        found = []
-        for index, (a, e) in enumerate(zip(actual, expected)):
-            found += _compare(what, a, e, f"{path}[{index}]")
-        return found
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(actual, torch.Tensor):
-            return [f"{where}: expected a tensor, got {type(actual).__name__}"]
-        rtol, atol = TOLERANCES.get(expected.dtype, (0.0, 0.0))
-        try:
-            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
-        except AssertionError as exc:
-            return [f"{where}: " + " ".join(str(exc).split())]
-        return []
-    return [] if actual == expected else [f"{where}: expected {expected!r}, got {actual!r}"]
-
-
-def _count_tensors(value: Any) -> int:
-    if isinstance(value, (list, tuple)):
-        return sum(_count_tensors(v) for v in value)
-    return int(isinstance(value, torch.Tensor))
-
-
-def _set_attribute(module: torch.nn.Module, target: str, value: Any) -> None:
-    *path, leaf = target.split(".")
-    for part in path:
-        if not hasattr(module, part):
-            module.add_module(part, torch.nn.Module())
-        module = getattr(module, part)
-    setattr(module, leaf, value)
-
-
 _TEMPLATE = '''"""kitsune repro of graph {name!r}: run it with ``python repro.py``.
 
 It rebuilds the FX graph below, makes random inputs (fixed seed) with the recorded shapes,
@@ -295,7 +186,8 @@ import os
 
 {imports}
 
-from kitsune_backend.repro import InputSpec, main
+from kitsune_backend.repro import InputSpec
+from kitsune_backend.repro_run import main
 
 
 class Repro(torch.nn.Module):

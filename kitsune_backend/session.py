@@ -1,7 +1,7 @@
 """Compile sessions: one per graph Dynamo hands kitsune, holding its forward/backward records.
 
 The history of sessions is explicit and bounded (the last ``HISTORY_LIMIT``), read through
-:mod:`kitsune_backend.inspect` and emptied by :func:`clear_history`.
+:mod:`kitsune_backend.inspection` and emptied by :func:`clear_history`.
 """
 
 from __future__ import annotations

@@ -29,9 +29,10 @@ from triton.runtime.driver import driver  # noqa: E402
 from kitsune_backend.codegen import compile_worker, precompile  # noqa: E402
 from kitsune_backend.codegen.kernel import FusedKernel  # noqa: E402
 from kitsune_backend.config import Config  # noqa: E402
-from kitsune_backend.decompositions import decomposition_table  # noqa: E402
+from kitsune_backend.passes.decompositions import decomposition_table  # noqa: E402
+from kitsune_backend.codegen import lowering  # noqa: E402
 from kitsune_backend.passes import fusion  # noqa: E402
-from kitsune_backend.passes.base import PassContext  # noqa: E402
+from kitsune_backend.ir import PassContext  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -77,6 +78,7 @@ def build_kernels(cache_dir: str) -> list[FusedKernel]:
                       graph_name="t", example_inputs=inputs)
     fusion.why_not_on = lambda device: ""  # the kernels are for the (fake) GPU
     fusion.fuse(gm, ctx)
+    lowering.generate_kernels(gm, ctx)
     return [n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)]
 
 

@@ -10,8 +10,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 import kitsune_backend
-from kitsune_backend.runtime import arena as arena_algo
-from kitsune_backend.runtime import arena_binding
+from kitsune_backend.passes import arena_planning as arena_algo
+from kitsune_backend.binding import arena as arena_binding
+from kitsune_backend.runtime.arena import Arena, InArena
 from kitsune_backend.runtime.aten_out import (
     WRITTEN_INTO,
     AtenInArena,
@@ -50,7 +51,7 @@ def test_matmuls_and_cat_write_into_the_arena_and_match_eager():
         args = fresh_inputs()
         assert_close(compiled(*args), matmuls_between_regions(*args))
     record = kitsune_backend.last_compile().records[0]
-    info = record.runtime_info
+    info = record.stats
     # mm, bmm, baddbmm, cat (twice) and the mm after them are planned intermediates.
     assert info["arena_aten_nodes"] == 6, info
     assert info["arena_aten_left"] == {}, info
@@ -96,8 +97,8 @@ def test_training_forward_and_backward_place_aten_nodes_and_match_eager():
     for _ in range(2):
         step_matches_eager(model, twin, compiled, torch.randn(8, 16))
     session = kitsune_backend.last_compile()
-    assert session.forward.runtime_info["arena_aten_nodes"] >= 2, session.forward.runtime_info
-    assert session.backward.runtime_info["arena_aten_nodes"] >= 2, session.backward.runtime_info
+    assert session.forward.stats["arena_aten_nodes"] >= 2, session.forward.stats
+    assert session.backward.stats["arena_aten_nodes"] >= 2, session.backward.stats
 
 
 def three_matmuls(x, w):
@@ -116,11 +117,11 @@ def test_bad_plan_is_caught_before_an_op_writes_over_its_own_input(monkeypatch):
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     assert_close(compiled(x, w), three_matmuls(x, w))
     record = kitsune_backend.last_compile().records[0]
-    left = record.runtime_info["arena_aten_left"]
+    left = record.stats["arena_aten_left"]
     assert left == {"aten.mm: its arena view would overlap a buffer it reads (bad memory plan)": 1}
     declines = [d for d in record.declines if d.stage == "arena"]
     assert [d.node for d in declines] == ["mm_1"]
-    assert record.runtime_info["arena_aten_nodes"] == 1  # the first mm reads only inputs
+    assert record.stats["arena_aten_nodes"] == 1  # the first mm reads only inputs
 
 
 def matmul_then_cat(x, w):
@@ -138,14 +139,14 @@ def test_without_the_overlap_check_the_bad_plan_gives_wrong_results(monkeypatch)
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     with pytest.raises((AssertionError, RuntimeError)):
         assert_close(compiled(x, w), matmul_then_cat(x, w))
-    assert kitsune_backend.last_compile().records[0].runtime_info["arena_aten_nodes"] == 3
+    assert kitsune_backend.last_compile().records[0].stats["arena_aten_nodes"] == 3
 
 
 def test_memory_pool_off_places_no_aten_node():
     compiled = torch.compile(three_matmuls, backend="kitsune", options={"memory_pool": False})
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     assert_close(compiled(x, w), three_matmuls(x, w))
-    info = kitsune_backend.last_compile().records[0].runtime_info
+    info = kitsune_backend.last_compile().records[0].stats
     assert info.get("arena_aten_nodes", 0) == 0
 
 
@@ -192,7 +193,7 @@ def test_meta_check_refuses_a_layout_the_op_would_not_produce():
 
 
 def test_wrapper_calls_the_out_overload_with_views_made_once():
-    arena = arena_binding.Arena(4096, CPU)
+    arena = Arena(4096, CPU)
     spec = torch.empty(3, 4)
     wrapped = AtenInArena("mm", aten.mm.out, ("out",), arena, [512], [spec])
     a, b = torch.randn(3, 5), torch.randn(5, 4)
@@ -222,7 +223,7 @@ def test_embedding_and_clone_are_written_into_the_arena():
     record = kitsune_backend.last_compile().records[0]
     code = record.graph_after("memory_plan")
     assert "aten.embedding.default" in code and "aten.clone.default" in code
-    info = record.runtime_info
+    info = record.stats
     assert info["arena_aten_nodes"] >= 4, info  # embedding, mm, clone, mm
     assert info["arena_aten_left"] == {}, info
 
@@ -230,7 +231,7 @@ def test_embedding_and_clone_are_written_into_the_arena():
 def test_arena_made_in_inference_mode_is_written_outside_it():
     """The first call under inference_mode must not leave an inference-tensor arena that
     out= overloads refuse to write later (outside inference mode)."""
-    arena = arena_binding.Arena(4096, CPU)
+    arena = Arena(4096, CPU)
     wrapped = AtenInArena("mm", aten.mm.out, ("out",), arena, [0], [torch.empty(3, 4)])
     a, b = torch.randn(3, 5), torch.randn(5, 4)
     with torch.inference_mode():
@@ -256,7 +257,7 @@ def test_cnn_training_matches_eager_with_library_calls_left_on_the_allocator():
     compiled = torch.compile(twin, backend="kitsune", options={"strict": True})
     step_matches_eager(model, twin, compiled, torch.randn(2, 1, 28, 28))
     session = kitsune_backend.last_compile()
-    backward = session.backward.runtime_info
+    backward = session.backward.stats
     assert backward["arena_aten_nodes"] >= 2, backward  # the matmuls of the fc layers
     # fused kernels with a gradient (graph output) and an intermediate among their outputs
     assert backward["arena_kernels"] >= 1, backward
@@ -280,8 +281,8 @@ def test_fused_kernel_with_an_unplanned_output_gets_a_fresh_tensor_for_it():
             out[1].fill_(2.0)
             return tuple(out)
 
-    arena = arena_binding.Arena(1024, CPU)
-    wrapped = arena_binding.InArena(TwoOutputs(), arena, [None, 256])
+    arena = Arena(1024, CPU)
+    wrapped = InArena(TwoOutputs(), arena, [None, 256])
     (a0, a1), (b0, b1) = wrapped(), wrapped()
     assert a1.data_ptr() == b1.data_ptr() == arena.tensor.data_ptr() + 256
     assert a0.data_ptr() != b0.data_ptr()  # a graph output: never shared between calls

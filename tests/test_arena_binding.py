@@ -5,7 +5,7 @@ import torch
 
 import kitsune_backend
 from kitsune_backend.codegen.kernel import FusedKernel
-from kitsune_backend.runtime.arena_binding import Arena, InArena
+from kitsune_backend.runtime.arena import Arena, InArena
 from tests.conftest import DEVICES
 from tests.helpers import assert_close
 
@@ -26,7 +26,7 @@ def test_fused_outputs_live_in_the_arena_and_match_eager(device):
         x, w = torch.randn(8, 16, device=device), torch.randn(16, 16, device=device)
         assert_close(compiled(x, w), chain_of_regions(x, w))
     record = kitsune_backend.last_compile().forward
-    info = record.runtime_info
+    info = record.stats
     assert info["arena_kernels"] >= 2, info
     assert 0 < info["arena_bytes"] <= record.stats["bytes_intermediates"]
     placed = [n for n in record.nodes_after("memory_plan") if "kitsune_offset" in n.extra]
@@ -37,7 +37,7 @@ def test_memory_pool_off_places_nothing():
     compiled = torch.compile(chain_of_regions, backend="kitsune", options={"memory_pool": False})
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     assert_close(compiled(x, w), chain_of_regions(x, w))
-    assert kitsune_backend.last_compile().forward.runtime_info.get("arena_kernels", 0) == 0
+    assert kitsune_backend.last_compile().forward.stats.get("arena_kernels", 0) == 0
 
 
 def test_arena_views_are_where_the_plan_says():

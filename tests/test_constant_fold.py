@@ -20,7 +20,7 @@ def _compile(fn):
 
 def _cleanup(session):
     record = session.forward
-    code = "\n".join(line for line in record.graph_after("cleanup").splitlines()
+    code = "\n".join(line for line in record.graph_after("constant_fold").splitlines()
                      if not line.strip().startswith("#"))  # source comments name the ops
     return record.stats.get("constants_folded", 0), code
 

@@ -229,7 +229,7 @@ def test_gpt2_shaped_block_makes_no_cycle():
 def test_region_ids_are_never_reused(monkeypatch):
     """Merges remove regions; a new region must still get an id no region ever had (the
     cycle search tells regions apart by id)."""
-    import kitsune_backend.codegen.grouping as grouping
+    import kitsune_backend.passes.grouping as grouping
 
     made = []
     real = grouping.new_region

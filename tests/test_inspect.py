@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import kitsune_backend
-from kitsune_backend import dot, inspect
+from kitsune_backend import dot, inspection
 from kitsune_backend.models import MLP
 from kitsune_backend.record import NodeSnapshot
 
 from tests.helpers import assert_close
 
-STAGES = ["cleanup", "fusion", "streams", "memory_plan"]
+STAGES = ["decompose", "cleanup", "cse", "constant_fold", "fusion", "matmul_bias", "streams",
+          "memory_plan", "kernels", "precompile", "arena", "streams_code", "capture"]
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_forward_and_backward_are_recorded_separately(trained):
     assert kitsune_backend.history() == [trained]
     for record in (trained.forward, trained.backward):
         assert record.stages == STAGES
-        assert list(inspect.graphs(record)) == ["input", *STAGES]
+        assert list(inspection.graphs(record)) == ["input", *STAGES]
         assert all(p.seconds >= 0 for p in record.passes)
         stats = record.stats
         for key in ("nodes_in", "nodes_out", "kernels", "fused_regions", "streams_used",
@@ -89,7 +90,7 @@ def test_last_compile_without_any_compile_is_a_clear_error():
 
 def test_networkx_graph_matches_the_recorded_graph(trained):
     record = trained.forward
-    graph = inspect.graph_networkx(record, "memory_plan")
+    graph = inspection.graph_networkx(record, "memory_plan")
     nodes = record.nodes_after("memory_plan")
     assert set(graph.nodes) == {n.name for n in nodes}
     assert graph.number_of_edges() == sum(len(n.inputs) for n in nodes)
@@ -99,7 +100,7 @@ def test_networkx_graph_matches_the_recorded_graph(trained):
 
 def test_dot_text_names_every_node_and_edge(trained):
     record = trained.forward
-    text = inspect.graph_dot(record, "input")
+    text = inspection.graph_dot(record, "input")
     assert text.startswith('digraph "forward after input" {') and text.rstrip().endswith("}")
     for node in record.input_nodes:
         assert f'"{node.name}" [label="{node.name}' in text
@@ -155,7 +156,7 @@ def test_dot_escapes_any_names(pairs):
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")
 def test_svg_through_graphviz(trained, tmp_path):
     path = tmp_path / "forward.svg"
-    svg = inspect.graph_svg(trained.forward, "memory_plan", path=str(path))
+    svg = inspection.graph_svg(trained.forward, "memory_plan", path=str(path))
     assert "<svg" in svg and path.read_text() == svg
     odd = [NodeSnapshot('q"uote\\back\nline', "call_function", "t", (), None, None, {})]
     assert "<svg" in dot.to_svg(dot.to_dot(odd, title='a "title"'))
@@ -164,9 +165,9 @@ def test_svg_through_graphviz(trained, tmp_path):
 def test_svg_without_graphviz_is_a_clear_error(trained, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no dot program
     with pytest.raises(dot.GraphvizNotFoundError, match="Graphviz's 'dot' program"):
-        inspect.graph_svg(trained.forward)
+        inspection.graph_svg(trained.forward)
 
 
 def test_unknown_stage_lists_the_stages(trained):
     with pytest.raises(KeyError, match="memory_plan"):
-        inspect.graph_dot(trained.forward, "no_such_pass")
+        inspection.graph_dot(trained.forward, "no_such_pass")

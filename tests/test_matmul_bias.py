@@ -19,7 +19,7 @@ from kitsune_backend.codegen.kernel import FusedKernel
 from kitsune_backend.codegen.matmul import MatmulTile, matmul_bias_source
 from kitsune_backend.codegen.source import TensorSpec
 from kitsune_backend.errors import KitsuneConfigError
-from kitsune_backend.passes.base import PassContext
+from kitsune_backend.ir import PassContext
 from kitsune_backend.passes.matmul_bias import _choose, matmul_and_bias
 from tests.conftest import DEVICES
 from tests.test_fusion_ops import HALF_TYPES, check, rand

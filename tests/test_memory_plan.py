@@ -5,7 +5,7 @@ import torch
 
 from kitsune_backend.passes.memory_plan import find_buffers, plan_memory
 from kitsune_backend.passes.streams import assign_streams
-from kitsune_backend.runtime import arena
+from kitsune_backend.passes import arena_planning as arena
 from tests.test_streams import branchy_graph, context, trace
 from tests.test_streams_algo import order_graph
 
@@ -30,9 +30,9 @@ def test_multi_stream_plan_respects_happens_before():
     gm, inputs = branchy_graph()
     ctx = context(inputs, num_streams=4)
     result = planned(gm, ctx)
-    plan = ctx.state["streams"].plan
+    plan = ctx.stream_plan
     reach = nx.transitive_closure_dag(order_graph(plan))
-    mem = ctx.state["memory_plan"]
+    mem = ctx.memory_plan
     assert arena.check_plan(mem.buffers, mem.offsets, lambda a, b: reach.has_edge(a, b)) == []
     assert result.stats["bytes_planned"] <= result.stats["bytes_intermediates"]
     # the four branches run concurrently, so their first buffers cannot share bytes

@@ -4,7 +4,7 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kitsune_backend.runtime import arena, chains
+from kitsune_backend.passes import arena_planning as arena, stream_planning as chains
 from tests.test_streams_algo import dags, order_graph
 
 

@@ -1,4 +1,4 @@
-"""Max-pool forward/backward decompositions (:mod:`kitsune_backend.pool_decompositions`):
+"""Max-pool forward/backward decompositions (:mod:`kitsune_backend.passes.maxpool_decompositions`):
 eager-exact values and indices (ties, NaN, -inf, padding, ceil_mode, 3-D inputs, half
 types), gradients, the fused structure in a LeNet-style graph, declines that keep ATen."""
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kitsune_backend
-from kitsune_backend import pool_decompositions as pd
+from kitsune_backend.passes import maxpool_decompositions as pd
 from kitsune_backend.models import LeNet5
 from tests.helpers import assert_close
 

@@ -22,7 +22,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from kitsune_backend.codegen import compile_pool, precompile
 from kitsune_backend.config import Config, resolve
 from kitsune_backend.errors import KitsuneConfigError
-from kitsune_backend.passes.base import PassContext
+from kitsune_backend.ir import PassContext
+from kitsune_backend.codegen.lowering import generate_kernels
+from kitsune_backend.codegen.precompile import precompile_kernels
 from kitsune_backend.passes.fusion import fuse
 from tests.test_codegen import fused
 from tests.test_fusion_ops import rand
@@ -186,12 +188,14 @@ def test_a_single_kernel_compiles_at_its_launch(tmp_path, monkeypatch):
     assert report.declines() == []
 
 
-def test_fusion_pass_reports_precompile_under_the_interpreter(tmp_path):
+def test_precompile_stage_reports_the_interpreter(tmp_path):
     x = rand(4, 8)
     gm = make_fx(lambda x: torch.relu(x * 2) + 1, tracing_mode="fake")(x)
     ctx = PassContext(config=Config(kernel_cache_dir=str(tmp_path), compile_workers=2),
                       graph_name="t", example_inputs=(x,))
-    result = fuse(gm, ctx)
+    fuse(gm, ctx)
+    generate_kernels(gm, ctx)
+    result = precompile_kernels(gm, ctx)
     assert result.stats["kernels_precompiled"] == 0 and result.stats["precompile_workers"] == 0
     assert any("TRITON_INTERPRET=1" in note for note in result.notes)
     _, (kernel,) = fused(lambda x: torch.relu(x * 2) + 1, x, cache_dir=str(tmp_path))

@@ -12,10 +12,11 @@ from kitsune_backend.config import Config
 from kitsune_backend.models import BranchyHeads, MLP, RunningStats
 from kitsune_backend.passes.streams import assign_streams
 from kitsune_backend.record import CompileRecord, PassRecord, snapshot
-from kitsune_backend.runtime.capture import COPY_OUT_MAX_BYTES, capture_decline, copy_out_indices
+from kitsune_backend.binding.capture import capture_decline
+from kitsune_backend.runtime.capture import COPY_OUT_MAX_BYTES, copy_out_indices
 from kitsune_backend.runtime.executor import ScheduleRunner
 from kitsune_backend.runtime.schedule_code import cross_stream_values
-from kitsune_backend.runtime.schedule_plot import render_schedule, schedule_layout
+from tests.schedule_plot import render_schedule, schedule_layout
 from tests.test_streams import branchy, branchy_graph, context, trace
 
 
@@ -57,7 +58,7 @@ def multi_stream_runner(num_streams=4):
     gm, inputs = branchy_graph()
     ctx = context(inputs, num_streams=num_streams)
     assign_streams(gm, ctx)
-    plan = ctx.state["streams"].plan
+    plan = ctx.stream_plan
     ops = FakeOps(plan)
     return gm, plan, ops, ScheduleRunner(gm, plan, ops)
 
@@ -107,8 +108,8 @@ def test_compiled_on_cpu_matches_eager_and_says_why_not_captured(model_fn, shape
     compiled(x).sum().backward()
     session = kitsune_backend.session.HISTORY[-1]
     for record in session.records:
-        assert record.runtime_info["executor"] == "graph"
-        assert record.runtime_info["capture"].startswith("declined: CPU tensors")
+        assert record.stats["executor"] == "graph"
+        assert record.stats["capture"].startswith("declined: CPU tensors")
         reasons = [d.reason for d in record.declines]
         assert any("CPU tensors" in r for r in reasons)
         assert not record.fallback_reason

@@ -173,5 +173,5 @@ def test_as_strided_of_an_input_is_not_captured_over_a_copy():
     for start in (2, 2, 2, 5):
         x = base[start:start + 6]
         assert_close(compiled(x), f(x))
-    capture = kitsune_backend.last_compile().forward.runtime_info["capture"]
+    capture = kitsune_backend.last_compile().forward.stats["capture"]
     assert capture.startswith("declined") and "through its storage" in capture

@@ -6,7 +6,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from kitsune_backend.config import Config
-from kitsune_backend.passes.base import PassContext
+from kitsune_backend.ir import PassContext
 from kitsune_backend.passes.streams import assign_streams, kernel_dag
 
 
@@ -52,7 +52,7 @@ def test_branches_go_to_separate_streams_with_events():
     cat = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.cat.default)
     assert cat.meta["kitsune_stream"] == 0 and len(cat.meta["kitsune_wait"]) == 3
     assert result.stats["events"] == 3  # side streams start after the fork: only cat waits
-    assert ctx.state["streams"].plan.joins == []
+    assert ctx.stream_plan.joins == []
 
 
 def test_merged_down_to_num_streams():
@@ -108,7 +108,7 @@ def test_plan_is_the_same_for_the_same_graph():
 
 
 def test_cost_model_counts_matmul_and_conv_flops():
-    from kitsune_backend.runtime.cost import LAUNCH_US, node_bytes, node_cost_us, node_flops
+    from kitsune_backend.passes.stream_cost import LAUNCH_US, node_bytes, node_cost_us, node_flops
 
     mm, _ = trace(lambda a, b: a @ b, (64, 128), (128, 32))
     node = next(n for n in mm.graph.nodes if n.target == torch.ops.aten.mm.default)

@@ -4,7 +4,7 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kitsune_backend.runtime import chains
+from kitsune_backend.passes import stream_planning as chains
 
 
 @st.composite

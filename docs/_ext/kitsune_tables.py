@@ -3,8 +3,12 @@
 * ``.. kitsune-config-table::`` every :class:`kitsune_backend.config.Config` field with its
   type, default, environment variable and docstring;
 * ``.. kitsune-modes-table::`` every ``torch.compile`` mode and the settings it implies;
-* ``.. kitsune-pipeline-table::`` every pipeline stage, in order, with the reason for its
-  position.
+* ``.. kitsune-pipeline-table::`` every pipeline stage, in order, with its phase and the
+  reason for its position;
+* ``.. kitsune-architecture-table::`` every stage with the function that runs it and the
+  context fields it reads and sets;
+* ``.. kitsune-phases-diagram::`` a picture of the three phases, their stages, and the data
+  each stage hands on.
 """
 
 from __future__ import annotations
@@ -79,16 +83,64 @@ class ModesTable(_TableDirective):
 class PipelineTable(_TableDirective):
     """The pipeline's stages in order, with the reason for each position."""
 
-    header = ("#", "Stage", "Kind", "Why it runs here")
-    widths = "4 16 16 64"
+    header = ("#", "Stage", "Phase", "Kind", "Why it runs here")
+    widths = "4 14 10 12 60"
 
     def rows(self) -> list[tuple[str, ...]]:
         """One row per stage of ``pipeline.PIPELINE``."""
         return [
-            (str(index), f"``{stage.name}``",
-             "built-in pass" if stage.fn is not None else "plugin slot", stage.why_here)
+            (str(index), f"``{stage.name}``", stage.phase,
+             "built-in stage" if stage.fn is not None else "plugin slot", stage.why_here)
             for index, stage in enumerate(pipeline.PIPELINE, start=1)
         ]
+
+
+def _fields(names: tuple[str, ...]) -> str:
+    return ", ".join(f"``{name}``" for name in names) or "-"
+
+
+class ArchitectureTable(_TableDirective):
+    """Each stage's function, and the context fields it requires and ensures."""
+
+    header = ("Stage", "Phase", "Function", "Requires", "Ensures")
+    widths = "14 10 46 15 15"
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """One row per stage of ``pipeline.PIPELINE``."""
+        return [
+            (f"``{stage.name}``", stage.phase,
+             f":func:`{stage.fn.__module__}.{stage.fn.__name__}`" if stage.fn is not None
+             else "plugin passes (:mod:`kitsune_backend.plugins`)",
+             _fields(stage.requires), _fields(stage.ensures))
+            for stage in pipeline.PIPELINE
+        ]
+
+
+def phases_diagram() -> str:
+    """The three phases as text: each stage in order, with the fields it hands on."""
+    lines = ["Dynamo FX graph", "  |  AOTAutograd: functionalized ATen forward / backward graphs",
+             "  v"]
+    for phase in pipeline.PHASES:
+        lines.append(f"[{phase} phase]")
+        for stage in (s for s in pipeline.PIPELINE if s.phase == phase):
+            kind = "" if stage.fn is not None else " (plugin passes)"
+            reads = f" reads {', '.join(stage.requires)};" if stage.requires else ""
+            sets = f" sets {', '.join(stage.ensures)}" if stage.ensures else ""
+            lines.append(f"  {stage.name:<14}{kind}{reads}{sets}".rstrip(" ;"))
+        lines.append("  v")
+    lines.append("ctx.runner: the callable AOTAutograd calls")
+    return "\n".join(lines)
+
+
+class PhasesDiagram(SphinxDirective):
+    """The picture of the phases (:func:`phases_diagram`) as a literal block."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        """One literal block."""
+        text = phases_diagram()
+        return [nodes.literal_block(text, text)]
 
 
 def setup(app):
@@ -96,4 +148,6 @@ def setup(app):
     app.add_directive("kitsune-config-table", ConfigTable)
     app.add_directive("kitsune-modes-table", ModesTable)
     app.add_directive("kitsune-pipeline-table", PipelineTable)
+    app.add_directive("kitsune-architecture-table", ArchitectureTable)
+    app.add_directive("kitsune-phases-diagram", PhasesDiagram)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -3,7 +3,7 @@
 import torch
 
 import kitsune_backend
-from kitsune_backend import inspect
+from kitsune_backend import inspection
 from kitsune_backend.dot import GraphvizNotFoundError
 from kitsune_backend.models import MLP
 
@@ -14,7 +14,7 @@ compiled(torch.randn(8, 16)).sum().backward()
 session = kitsune_backend.last_compile()
 forward, backward = session.forward, session.backward
 
-for stage, code in inspect.graphs(forward).items():  # "input", then every pass
+for stage, code in inspection.graphs(forward).items():  # "input", then every pass
     print(f"---- forward after {stage}")
     print(code)
 
@@ -23,9 +23,9 @@ for decline in backward.declines:  # every "no", with the stage that said it
 
 print(backward.stats)  # nodes_in, nodes_out, kernels, fused_regions, streams_used, ...
 
-dot_text = inspect.graph_dot(forward, "memory_plan")  # Graphviz DOT, no extra packages
-graph = inspect.graph_networkx(forward, "memory_plan")  # a networkx.DiGraph
+dot_text = inspection.graph_dot(forward, "memory_plan")  # Graphviz DOT, no extra packages
+graph = inspection.graph_networkx(forward, "memory_plan")  # a networkx.DiGraph
 try:
-    inspect.graph_svg(forward, "memory_plan", path="forward.svg")
+    inspection.graph_svg(forward, "memory_plan", path="forward.svg")
 except GraphvizNotFoundError as exc:  # SVG needs Graphviz's `dot` program
     print(exc)

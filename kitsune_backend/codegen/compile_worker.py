@@ -130,8 +130,8 @@ def warm_up(target: Optional[list]) -> str:
     """Pay Triton's first-compile costs in this worker before its first request: the hash
     of Triton's own files (``triton_key``, about half a second, once per process) and, for
     ``target`` (``[backend, arch, warp_size]``, the parent's device), one tiny compile into
-    a throwaway cache (the compiler's own set-up: MLIR, LLVM, ptxas). Measured on the H100
-    host: a worker's first kernel took 0.7-1.0 s, later ones 0.16-0.37 s.
+    a throwaway cache (the compiler's own set-up: MLIR, LLVM, ptxas), which makes a
+    worker's first kernel several times slower than its later ones.
 
     Returns '' when done, else why not (never raises: the first request pays instead)."""
     global tl

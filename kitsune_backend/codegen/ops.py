@@ -3,9 +3,9 @@
 Five families: pointwise ops (one output element from the same element of each input);
 ``cat`` and gathers (``index`` by integer tensors: each output element from one element
 of one input, see :mod:`kitsune_backend.codegen.spaces`); constant and index sources,
-computed in place (:mod:`kitsune_backend.codegen.constants`); reductions
+computed in place (:mod:`kitsune_backend.codegen.index_sources`); reductions
 (``sum``/``mean``/``amax``/``amin`` over some dims; ``var``/``var_mean`` reach the fusion
-pass already decomposed into these, see :mod:`kitsune_backend.decompositions`); and
+pass already decomposed into these, see :mod:`kitsune_backend.passes.decompositions`); and
 identity views (reshapes that keep the logical element order, folded into index math).
 
 Every value inside a kernel lives in a *compute dtype*: float16/bfloat16/float32 compute in
@@ -23,7 +23,8 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import is_view
-from . import constants
+from . import index_sources
+from .node_kinds import is_identity_view, literal, packet
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -59,21 +60,6 @@ def compute_dtype(dtype: torch.dtype) -> str:
     if dtype in (torch.float16, torch.bfloat16):
         return "tl.float32"
     return TL_DTYPES[dtype]
-
-
-def literal(value: Any) -> str:
-    """A Python scalar as Triton source (infinities and NaN included)."""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return 'float("nan")'
-        if math.isinf(value):
-            return 'float("inf")' if value > 0 else '-float("inf")'
-        return repr(value)
-    if isinstance(value, int):
-        return repr(value)
-    raise TypeError(f"no Triton literal for {value!r}")
 
 
 NAN = "propagate_nan=tl.PropagateNan.ALL"
@@ -242,35 +228,6 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
 REDUCTIONS = {aten.sum: "sum", aten.mean: "mean", aten.amax: "amax", aten.amin: "amin"}
 """Reduction overload packets and the accumulator each uses."""
 
-IDENTITY_VIEWS = {
-    aten.view, aten.reshape, aten._unsafe_view, aten.squeeze, aten.unsqueeze,
-    aten.alias, aten.detach,
-}
-"""Views that keep the logical (row-major) element order: inside a region they cost nothing."""
-
-
-def is_identity_view(node: fx.Node) -> bool:
-    """A view that keeps every element where it is: the :data:`IDENTITY_VIEWS`, and an
-    ``expand`` or ``slice`` that leaves its input's shape as it is."""
-    op = packet(node)
-    if op in IDENTITY_VIEWS:
-        return True
-    if op in (aten.expand, aten.slice) and isinstance(node.args[0], fx.Node):
-        source = node.args[0].meta.get("val")
-        value = node.meta.get("val")
-        return (isinstance(source, torch.Tensor) and isinstance(value, torch.Tensor)
-                and tuple(source.shape) == tuple(value.shape))
-    return False
-
-
-def packet(node: fx.Node) -> Optional[Any]:
-    """The overload packet (``aten.add``) of an ATen/prims call, or ``None``."""
-    target = node.target
-    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-        return None
-    return target.overloadpacket
-
-
 def classify(node: fx.Node) -> tuple[Optional[str], str]:
     """``("pointwise"|"reduction"|"view"|"source", "")`` for a fusable node (cats and
     gathers count as pointwise), else ``(None, why not)``."""
@@ -293,8 +250,8 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return _check_cat(node)
     if op is aten.index:
         return _check_gather(node)
-    if op in constants.SOURCES:
-        why = constants.problem(node)
+    if op in index_sources.SOURCES:
+        why = index_sources.problem(node)
         return (None, f"{name}: {why}") if why else ("source", "")
     if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
         return None, f"{name} is a random op"
@@ -343,7 +300,7 @@ def _check_gather(node: fx.Node) -> tuple[Optional[str], str]:
     for dim, index in enumerate(indices):
         if index.meta["val"].dtype not in (torch.int64, torch.int32):
             return None, f"index by a {index.meta['val'].dtype} tensor (a mask: data-dependent shape)"
-        bounds = constants.value_range(index)
+        bounds = index_sources.value_range(index)
         size = value.shape[dim]
         if bounds is None:
             return None, (f"index {index.name} comes from data: eager raises on an "

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import torch.fx as fx
 
-from . import constants, ops
+from . import index_sources, ops
 from .indexing import broadcast_strides, collapse, offset_expr, strip_leading, uses
 from .region import shape_of
 from .spaces import Space, contiguous_strides
@@ -82,7 +82,7 @@ class PointwiseBody:
         if arg not in self.inputs:
             strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
             offset = self.block_offset(space, collapse(target, strides))
-            value = constants.expression(arg, offset, ops.compute_dtype(arg.meta["val"].dtype))
+            value = index_sources.expression(arg, offset, ops.compute_dtype(arg.meta["val"].dtype))
         else:
             spec = _spec(arg)
             strides = broadcast_strides(*strip_leading(spec.shape, spec.stride), target)
@@ -117,7 +117,7 @@ class PointwiseBody:
         """``aten.index(base, indices)``: a load of kernel input ``base`` at the offsets the
         index values (broadcast to the result) give; negative indices count from the end.
         Fusion only takes gathers whose indices are proven in range at compile time
-        (:func:`kitsune_backend.codegen.constants.value_range`); the mask is a guard."""
+        (:func:`kitsune_backend.codegen.index_sources.value_range`); the mask is a guard."""
         base = node.args[0]
         spec = _spec(base)
         computed = base not in self.inputs  # an inlined source: its own contiguous layout
@@ -135,7 +135,7 @@ class PointwiseBody:
                 terms.append(f"{wrapped} * {spec.stride[dim]}")
         offset = " + ".join(terms) or f"{space.index} * 0"  # a block, like the mask
         if computed:
-            return constants.expression(base, offset, ops.compute_dtype(spec.dtype))
+            return index_sources.expression(base, offset, ops.compute_dtype(spec.dtype))
         mask = " & ".join(bounds)
         value = f"tl.load(in{self.inputs[base]} + ({offset}), mask={mask})"
         if ops.TL_DTYPES[spec.dtype] != ops.compute_dtype(spec.dtype):

@@ -1,8 +1,8 @@
-"""Compile a graph's generated kernels in parallel worker processes, at compile time.
+"""precompile: compile a graph's generated kernels in parallel worker processes, at compile
+time.
 
 Without this, Triton compiles each generated kernel at its first launch, one after another,
-inside the first call (about 0.3-0.5 s each; Triton's compile holds the GIL, so threads do
-not help). :func:`precompile` instead asks Triton, for each kernel, for the exact compile
+inside the first call (Triton's compile holds the GIL, so threads do not help). :func:`precompile` instead asks Triton, for each kernel, for the exact compile
 request its first launch would make, hands the requests to the worker processes of
 :mod:`kitsune_backend.codegen.compile_pool`, and waits. Each worker runs that request's
 ``triton.compile``, which fills Triton's disk cache under the key the first launch looks up,
@@ -30,11 +30,13 @@ import time
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.fx as fx
 
 from ..config import Config
-from ..passes.base import Decline
+from ..ir import Decline, PassContext, PassResult
 from . import cache
 from .compile_pool import pool
+from .kernel import FusedKernel
 
 STAGE = "precompile"
 _HOOK_LOCK = threading.Lock()
@@ -138,8 +140,8 @@ def target_list(target: Any) -> list:
 
 def _warm_up_triton() -> None:
     """Triton's first-use costs in this process, paid while AOTAutograd traces: the hash of
-    Triton's own files (``triton_key``: it reads all of ``libtriton``, 0.56 s on the CPU
-    here; hashlib lets other threads run meanwhile), its CUDA driver utilities and the
+    Triton's own files (``triton_key``: it reads all of ``libtriton``; hashlib lets other
+    threads run meanwhile), its CUDA driver utilities and the
     compiler backend's hash (it asks ptxas for its version). Every compile request and every
     first launch needs them."""
     from triton.compiler.compiler import make_backend
@@ -148,6 +150,24 @@ def _warm_up_triton() -> None:
 
     triton_key()
     make_backend(driver.active.get_current_target()).hash()
+
+
+def precompile_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Compile the graph's generated kernels on the worker processes now, rather than one
+    by one at their first launch (the graph is unchanged)."""
+    kernels = {id(n.target): n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)}
+    if not kernels:
+        return PassResult()
+    report = precompile(list(kernels.values()), ctx.config, _kernel_device(ctx))
+    return PassResult(notes=report.notes(), declines=report.declines(), stats=report.stats())
+
+
+def _kernel_device(ctx: PassContext) -> Optional[torch.device]:
+    """The graph's device: the first CUDA input's (CPU scalars may sit beside it), else any."""
+    for value in ctx.example_inputs:
+        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+            return value.device
+    return ctx.device
 
 
 def precompile(kernels: Sequence[Any], config: Config,

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from . import constants, ops
+from . import index_sources, ops
 from .heuristics import LaunchConfig
 from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, split_dims,
                        strip_leading, uses)
@@ -259,7 +259,7 @@ class _Writer(PointwiseBody):
             offset = self.offset(context, target, strides)
             var = self.fresh("x")
             dtype = ops.compute_dtype(arg.meta["val"].dtype)
-            self.line(f"{var} = {constants.expression(arg, offset, dtype)}  # {arg.name}")
+            self.line(f"{var} = {index_sources.expression(arg, offset, dtype)}  # {arg.name}")
             scope[key] = var
             return var
         spec = TensorSpec.of(arg)

@@ -1,5 +1,6 @@
-"""cleanup: dead code and duplicate computations out, canonical ATen names, shape/dtype
-metadata on every node, input-independent values computed once (constant folding)."""
+"""The cleanup stages: dead code out and canonical ATen names with shape/dtype metadata on
+every node (``cleanup``), duplicate computations merged (``cse``), input-independent values
+computed once (``constant_fold``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .base import PassContext, PassResult
+from ..ir import PassContext, PassResult
 from .constant_fold import fold_constants
 from .cse import eliminate_common_subexpressions
 
@@ -22,20 +23,17 @@ CANONICAL = {
 
 
 def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Remove dead nodes, rename aliases of ATen ops to one canonical overload, merge
-    duplicate pure computations (:mod:`kitsune_backend.passes.cse`), fill in
-    ``meta["val"]`` where a node lacks it (by fake-tensor propagation), and compute values
-    that depend on no input once, into buffers (:mod:`kitsune_backend.passes.constant_fold`).
+    """Remove dead nodes, rename aliases of ATen ops to one canonical overload, and fill in
+    ``meta["val"]`` where a node lacks it (by fake-tensor propagation).
 
     Before::
 
         a = aten.add(x, 1); b = aten.mul(x, 2)       # b has no users
-        c = aten.add(x, 1)                           # the same value as a
-        v = aten._unsafe_view(a, [4]); return (v, c)
+        v = aten._unsafe_view(a, [4]); return v
 
     After::
 
-        a = aten.add(x, 1); v = aten.view(a, [4]); return (v, a)
+        a = aten.add(x, 1); v = aten.view(a, [4]); return v
     """
     result = PassResult()
     renamed = 0
@@ -43,21 +41,58 @@ def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if node.op == "call_function" and node.target in CANONICAL:
             node.target = CANONICAL[node.target]
             renamed += 1
-    merged = eliminate_common_subexpressions(gm)
-    before = len(gm.graph.nodes)
-    gm.graph.eliminate_dead_code()
-    removed = before - len(gm.graph.nodes)
+    removed = _remove_dead_code(gm)
     missing = [n for n in gm.graph.nodes if n.op != "output" and "val" not in n.meta]
     if missing:
         _propagate_fake_values(gm, ctx)
         result.notes.append(f"filled metadata of {len(missing)} node(s) by fake propagation")
-    folded = fold_constants(gm) if ctx.config.constant_folding else 0
-    result.changed = bool(renamed or removed or merged or missing or folded)
-    result.notes.append(f"removed {removed} dead node(s), merged {merged} duplicate(s), "
-                        f"renamed {renamed} alias op(s), folded {folded} constant(s)")
-    result.stats.update(dead_nodes_removed=removed, duplicates_merged=merged,
-                        constants_folded=folded)
+    result.changed = bool(renamed or removed or missing)
+    result.notes.append(f"removed {removed} dead node(s), renamed {renamed} alias op(s)")
+    result.stats.update(dead_nodes_removed=removed)
     return result
+
+
+def merge_duplicates(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Merge duplicate pure computations (:mod:`kitsune_backend.passes.cse`), then remove
+    the nodes left dead.
+
+    Before::
+
+        a = aten.add(x, 1); c = aten.add(x, 1); return (a, c)
+
+    After::
+
+        a = aten.add(x, 1); return (a, a)
+    """
+    merged = eliminate_common_subexpressions(gm)
+    removed = _remove_dead_code(gm) if merged else 0
+    return PassResult(changed=bool(merged), stats={"duplicates_merged": merged},
+                      notes=[f"merged {merged} duplicate(s), removed {removed} dead node(s)"])
+
+
+def fold_constants_stage(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Compute values that depend on no input once, into buffers
+    (:mod:`kitsune_backend.passes.constant_fold`), unless ``constant_folding`` is off.
+
+    Before::
+
+        r = aten.arange(4); m = aten.lt(r, 2); y = aten.where(m, x, 0)
+
+    After::
+
+        m = self._kitsune_constant_0; y = aten.where(m, x, 0)
+    """
+    if not ctx.config.constant_folding:
+        return PassResult(notes=["constant folding is off (constant_folding=False)"])
+    folded = fold_constants(gm)
+    return PassResult(changed=bool(folded), stats={"constants_folded": folded},
+                      notes=[f"folded {folded} constant(s)"])
+
+
+def _remove_dead_code(gm: fx.GraphModule) -> int:
+    before = len(gm.graph.nodes)
+    gm.graph.eliminate_dead_code()
+    return before - len(gm.graph.nodes)
 
 
 def _propagate_fake_values(gm: fx.GraphModule, ctx: PassContext) -> None:

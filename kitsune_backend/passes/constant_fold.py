@@ -1,4 +1,4 @@
-"""Constant folding (part of the cleanup pass): values that depend on no input are computed
+"""Constant folding (the constant_fold stage): values that depend on no input are computed
 once, at compile time, and read from a buffer.
 
 GPT-2 is the case that needs it: its attention mask is built from ``arange``s on every call
@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from ..codegen import constants
+from ..codegen import index_sources
 from ..graph_utils import alias_base, is_pure, is_view, written_inputs
 
 FOLD_MAX_ELEMENTS = 1 << 18
@@ -109,7 +109,7 @@ def _kept(gm: fx.GraphModule, values: dict[fx.Node, torch.Tensor]) -> list[fx.No
             base = node
             while is_view(base) and base.args[0] in values:
                 base = base.args[0]
-            if base not in kept and not constants.inlinable(base):
+            if base not in kept and not index_sources.inlinable(base):
                 kept.append(base)
     return kept
 

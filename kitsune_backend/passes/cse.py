@@ -1,4 +1,4 @@
-"""Common-subexpression elimination on ATen graphs (part of the cleanup pass).
+"""Common-subexpression elimination on ATen graphs (the cse stage).
 
 Two nodes that call the same pure ATen op on the same arguments compute the same value, so
 the later one is dropped and its users read the first. GPT-2 is the case that needs it:

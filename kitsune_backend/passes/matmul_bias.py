@@ -1,4 +1,4 @@
-"""Matmul plus a lone bias add as one generated kernel (part of the fusion stage).
+"""matmul_bias: a matmul plus a lone bias add as one generated kernel.
 
 The decomposition table splits ``addmm`` into ``mm`` plus a pointwise bias add, so that the
 add fuses into the kernel after the matmul (a GELU, a residual add, a layer norm). Where
@@ -9,51 +9,44 @@ three launches per layer. Here such an ``add(mm(a, b), bias)`` becomes one gener
 
 * ``"auto"`` (default): on CUDA, the kernel's tiles and cuBLAS's ``mm`` plus the add are
   timed on operands of the real layouts, cold in L2 as a model's weights are
-  (:mod:`kitsune_backend.passes.matmul_timing`), and the kernel is used when it takes at
-  most ``SLACK`` times cuBLAS's time. Compiling and timing costs about a second per new
-  layout (once per process; GPT-2 has one), so matmuls of fewer than ``MIN_ROWS`` rows,
-  where cuBLAS wins, are not timed. Off CUDA nothing can be timed, so the add stays.
+  (:mod:`kitsune_backend.codegen.matmul_timing`), and the kernel is used when it takes at
+  most ``SLACK`` times cuBLAS's time. Each new layout is compiled and timed once per
+  process; matmuls of fewer than ``MIN_ROWS`` rows, where cuBLAS wins, are not timed. Off
+  CUDA nothing can be timed, so the add stays.
 * ``"always"``: the kernel is used wherever the pattern fits (the fastest tile on CUDA,
   the heuristic's on the CPU); ``"never"``: the add always stays.
 
-``addmm`` itself is not used instead: cuBLASLt's bias-epilogue GEMM gives up split-K, and
-on the H100 it made GPT-2 12% slower (1.70 against 1.52 ms per call).
+``addmm`` itself is not used instead: cuBLASLt's bias-epilogue GEMM gives up split-K.
+
+The chosen pairs become one :class:`~kitsune_backend.codegen.plans.KernelPlan` node each;
+the ``kernels`` stage generates them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
 import torch.fx as fx
 
-from ..codegen.kernel import FusedKernel
-from ..codegen.matmul import MATMUL_DTYPES, MatmulTile, matmul_bias_source, precision, tiles
-from ..codegen.source import KernelSource, TensorSpec
-from ..record import KernelRecord
-from .base import Decline, PassContext
-from .matmul_timing import time_choices
+from ..codegen.matmul import (MATMUL_DTYPES, MatmulTile, matmul_bias_name, matmul_bias_source,
+                              precision, tiles)
+from ..codegen.matmul_timing import time_choices
+from ..codegen.plans import KernelPlan
+from ..codegen.source import TensorSpec
+from ..ir import META_REGION, Decline, PassContext, PassResult
 
 aten = torch.ops.aten
 
+STAGE = "matmul_bias"
+
 MIN_ROWS = 16
 """``auto`` does not time a matmul of fewer rows: ``tl.dot`` needs tiles of at least 16, and
-on GoogLeNet's classifier (1 x 1024 x 1000) the kernel took 26.8 us against cuBLAS's
-7.2 us, after about a second of compiling and timing."""
+cuBLAS's matrix-vector kernels win there."""
 
 SLACK = 1.05
 """The generated kernel is used when it takes at most this times cuBLAS's ``mm`` plus the
 bias add: one or two launches fewer are worth a few percent."""
-
-
-@dataclasses.dataclass
-class Folded:
-    """What :func:`fold_lone_bias_adds` did: the adds it folded, its notes and declines."""
-
-    adds: set[str] = dataclasses.field(default_factory=set)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    declines: list[Decline] = dataclasses.field(default_factory=list)
 
 
 def matmul_and_bias(add: fx.Node) -> Optional[tuple[fx.Node, fx.Node]]:
@@ -82,11 +75,10 @@ def _fits(mm: fx.Node, bias: fx.Node, add: fx.Node) -> bool:
     return tuple(v.shape) in ((out.shape[1],), (1, out.shape[1])) and total.shape == out.shape
 
 
-def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[str],
-                        stage: str) -> Folded:
-    """Replace each add named in ``add_names`` (bias adds that fusion left alone) that
-    :func:`matmul_and_bias` accepts by one generated matmul-plus-bias kernel, where the
-    ``matmul_kernels`` option and (on CUDA) the timing allow. Identical ones share a kernel.
+def fold_matmul_bias(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Replace each add of ``ctx.lone_ops`` (bias adds that fusion left alone) that
+    :func:`matmul_and_bias` accepts by one matmul-plus-bias kernel plan, where the
+    ``matmul_kernels`` option and (on CUDA) the timing allow.
 
     Before::
 
@@ -96,40 +88,37 @@ def fold_lone_bias_adds(gm: fx.GraphModule, ctx: PassContext, add_names: list[st
 
         kitsune_mm_bias_0 = kitsune_mm_bias_0(x, w, b); return kitsune_mm_bias_0
     """
-    done = Folded()
-    mode = ctx.config.matmul_kernels
+    result = PassResult()
     nodes = {n.name: n for n in gm.graph.nodes}
-    pairs = [(nodes[name], matmul_and_bias(nodes[name])) for name in add_names if name in nodes]
+    pairs = [(nodes[name], matmul_and_bias(nodes[name])) for name in ctx.lone_ops or ()
+             if name in nodes]
     pairs = [(add, pair) for add, pair in pairs if pair is not None]
     if not pairs:
-        return done
-    if mode == "never":
-        done.declines.append(Decline(stage, (
+        return result
+    if ctx.config.matmul_kernels == "never":
+        result.declines.append(Decline(STAGE, (
             f"{len(pairs)} bias add(s) kept after their mm: option matmul_kernels='never'")))
-        return done
-    kernels: dict[tuple, FusedKernel] = {}
+        return result
+    folded = 0
     for add, (mm, bias) in pairs:
         specs = [TensorSpec.of(n) for n in (*mm.args, bias, add)]
         dot_precision = precision(specs[0].dtype)
-        choice, why = _choose(specs, dot_precision, add.meta["val"].device, ctx, mode)
+        device = add.meta["val"].device
+        choice, why = _choose(specs, dot_precision, device, ctx, ctx.config.matmul_kernels)
         if choice is None:
-            done.declines.append(Decline(stage, f"bias add kept after {mm.name}: {why}", add.name))
+            result.declines.append(Decline(STAGE, f"bias add kept after {mm.name}: {why}",
+                                           add.name))
             continue
-        key = (tuple((s.shape, s.stride, s.dtype) for s in specs), choice)
-        kernel = kernels.get(key)
-        if kernel is None:
-            generated = matmul_bias_source((mm.name, add.name), *specs, choice, dot_precision)
-            kernel = kernels[key] = _kernel(generated, ctx, add)
-            done.notes.append(f"{kernel.__name__}: {mm.name} + bias as one generated "
-                              f"kernel ({why})")
-        name = _replace(gm, mm, add, bias, kernel, f"kitsune_mm_bias_{len(done.adds)}")
-        ctx.kernels.append(KernelRecord(kernel.__name__, [mm.name, add.name], kernel.source,
-                                       kernel))
-        ctx.state.setdefault(stage, {"regions": {}})["regions"][name] = [mm.name, add.name]
-        done.adds.add(add.name)
-    if done.adds:
+        name = _replace(gm, mm, add, bias, _plan(specs, choice, dot_precision, mm, add),
+                        f"kitsune_mm_bias_{folded}")
+        result.notes.append(f"{name}: {mm.name} + bias as one generated kernel ({why})")
+        ctx.regions[name] = [mm.name, add.name]
+        folded += 1
+    if folded:
         gm.graph.lint()
-    return done
+        result.changed = True
+        result.stats["matmul_bias_kernels"] = folded
+    return result
 
 
 def _choose(specs: list[TensorSpec], dot_precision: str, device: torch.device,
@@ -160,24 +149,27 @@ def _choose(specs: list[TensorSpec], dot_precision: str, device: torch.device,
     return None, f"the generated matmul is slower: {said}"
 
 
-def _kernel(generated: KernelSource, ctx: PassContext, add: fx.Node) -> FusedKernel:
-    """The callable for ``generated``; its ATen fallback is ``mm`` then the add."""
+def _plan(specs: list[TensorSpec], tile: MatmulTile, dot_precision: str, mm: fx.Node,
+          add: fx.Node) -> KernelPlan:
+    """The kernel plan of ``add(mm(a, b), bias)``; its ATen ops are ``mm`` then the add."""
     graph = fx.Graph()
     a, b, bias = (graph.placeholder(f"in{i}") for i in range(3))
     product = graph.call_function(aten.mm.default, (a, b))
     graph.output((graph.call_function(aten.add.Tensor, (product, bias)),))
-    return FusedKernel(generated, graph, ctx.config.cache_dir,
-                       device=add.meta["val"].device)
+    names = (mm.name, add.name)
+    return KernelPlan(matmul_bias_name(specs[0], specs[1]), graph,
+                      lambda _config: matmul_bias_source(names, *specs, tile, dot_precision),
+                      list(names), add.meta["val"].device, tunable=False)
 
 
 def _replace(gm: fx.GraphModule, mm: fx.Node, add: fx.Node, bias: fx.Node,
-             kernel: FusedKernel, name: str) -> str:
-    """Put a call of ``kernel`` named ``name`` in place of ``mm`` and ``add``; the call's
+             plan: KernelPlan, name: str) -> str:
+    """Put a call of ``plan`` named ``name`` in place of ``mm`` and ``add``; the call's
     name (FX makes it unique)."""
     with gm.graph.inserting_before(add):
-        call = gm.graph.create_node("call_function", kernel, (*mm.args, bias), name=name)
+        call = gm.graph.create_node("call_function", plan, (*mm.args, bias), name=name)
     call.meta["val"] = add.meta["val"]
-    call.meta["kitsune_region"] = call.name
+    call.meta[META_REGION] = call.name
     add.replace_all_uses_with(call)
     gm.graph.erase_node(add)
     gm.graph.erase_node(mm)

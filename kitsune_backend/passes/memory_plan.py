@@ -1,8 +1,8 @@
 """memory_plan: an offset in one pooled arena for every intermediate.
 
-The offsets come from :mod:`kitsune_backend.runtime.arena` (plain data, testable alone); the
+The offsets come from :mod:`kitsune_backend.passes.arena_planning` (plain data, testable alone); the
 order that decides which buffers may share bytes is the stream plan's happens-before, which
-this pass reads from ``ctx.state["streams"]``.
+this pass reads from ``ctx.stream_plan``.
 
 Buffers are found by storage: every tensor a node produces whose storage no placeholder, no
 constant and no graph output holds is an intermediate; views and ``getitem`` share their
@@ -25,19 +25,9 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import has_symbolic_shapes, is_view, iter_tensors, storage_dependent_args
-from ..runtime import arena
-from .base import Decline, PassContext, PassResult
-from .streams import StreamState, is_scheduled
-
-
-@dataclasses.dataclass
-class MemoryPlan:
-    """The arena of one graph: a :class:`~kitsune_backend.runtime.arena.Buffer` and an
-    offset per intermediate storage, and the arena's size."""
-
-    buffers: list[arena.Buffer]
-    offsets: dict[Any, int]
-    arena_bytes: int
+from . import arena_planning as arena
+from ..ir import META_OFFSET, Buffer, Decline, MemoryPlan, PassContext, PassResult
+from .streams import is_scheduled
 
 
 def _raw_storages(value: Any) -> list[tuple[int, int]]:
@@ -142,7 +132,7 @@ def _scan(gm: fx.GraphModule, storages: Storages) -> _Scan:
     return found
 
 
-def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]:
+def find_buffers(gm: fx.GraphModule) -> tuple[list[Buffer], list[Decline]]:
     """The intermediates of ``gm`` (see the module docstring), each named after the node
     that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple;
     and one decline per intermediate kept off the arena because an op depends on its storage."""
@@ -162,7 +152,7 @@ def find_buffers(gm: fx.GraphModule) -> tuple[list[arena.Buffer], list[Decline]]
                 buffer_name))
             continue
         users = tuple(u for u in dict.fromkeys(scan.users.get(key, [])) if u is not producer)
-        buffers.append(arena.Buffer(buffer_name, scan.size[key], producer, users))
+        buffers.append(Buffer(buffer_name, scan.size[key], producer, users))
     return buffers, declines
 
 
@@ -180,25 +170,23 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
         a: 0; b: 4096   # b is written while a is read, so they cannot share
     """
+    ctx.memory_plan = MemoryPlan(buffers=[], offsets={}, arena_bytes=0)  # until planned
     if not ctx.config.memory_pool:
         off = Decline("memory_plan", "memory pool is off (memory_pool=False)")
         return PassResult(declines=[off])
     if has_symbolic_shapes(gm):
         return PassResult(declines=[Decline("memory_plan", "symbolic shapes: sizes unknown")])
-    state: StreamState | None = ctx.state.get("streams")
-    if state is None:
-        return PassResult(declines=[Decline("memory_plan", "no stream plan to order buffers by")])
     buffers, declines = find_buffers(gm)
-    plan = state.plan
+    plan = ctx.stream_plan
     clash = arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
     offsets, arena_bytes = arena.assign_offsets(buffers, clash)
     by_name = {n.name: n for n in gm.graph.nodes}
     for node in gm.graph.nodes:
-        node.meta.pop("kitsune_offset", None)
+        node.meta.pop(META_OFFSET, None)
     for b in buffers:
         if b.name in by_name:
-            by_name[b.name].meta["kitsune_offset"] = offsets[b.name]
-    ctx.state["memory_plan"] = MemoryPlan(buffers, offsets, arena_bytes)
+            by_name[b.name].meta[META_OFFSET] = offsets[b.name]
+    ctx.memory_plan = MemoryPlan(buffers, offsets, arena_bytes)
     total = sum(b.size for b in buffers)
     stats = {
         "bytes_planned": arena_bytes,

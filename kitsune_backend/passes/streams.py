@@ -1,14 +1,13 @@
 """streams: give each kernel a CUDA stream; cross-stream edges get events.
 
-The algorithm lives in :mod:`kitsune_backend.runtime.chains` (plain DAGs, testable alone);
+The algorithm lives in :mod:`kitsune_backend.passes.stream_planning` (plain DAGs, testable alone);
 this pass builds the kernel DAG of the graph, asks a cost model whether concurrency can pay,
-and writes the answer on the nodes and into ``ctx.state["streams"]`` for the memory plan and
+and writes the answer on the nodes and into ``ctx.stream_plan`` for the memory plan and
 the runtime.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 
 import networkx as nx
@@ -16,21 +15,12 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import alias_base, has_symbolic_shapes, is_mutating, is_view, launches_kernel
-from ..runtime import chains
-from ..runtime.cost import EVENT_US, LAUNCH_US, node_cost_us
-from .base import Decline, PassContext, PassResult
+from ..ir import META_STREAM, META_WAIT, Decline, PassContext, PassResult
+from . import stream_planning
+from .stream_cost import EVENT_US, LAUNCH_US, node_cost_us
 
 MIN_GAIN_US = 5.0  # below this estimated saving, one stream is kept
 MIN_GAIN_FRACTION = 0.05
-
-
-@dataclasses.dataclass
-class StreamState:
-    """What the stream pass hands on: the plan (over FX nodes) and the DAG it was made from."""
-
-    plan: chains.StreamPlan
-    dag: nx.DiGraph
-    cost: dict[fx.Node, float]
 
 
 def is_scheduled(node: fx.Node) -> bool:
@@ -106,15 +96,15 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     dag, order = kernel_dag(gm)
     symbolic = has_symbolic_shapes(gm)
     cost = {n: 1.0 if symbolic else node_cost_us(n) for n in order}
-    single = chains.single_stream_plan(dag, order)
+    single = stream_planning.single_stream_plan(dag, order)
     reason = _decline_reason(ctx, symbolic)
     plan = single
     stats: dict = {"kernel_nodes": len(order)}
     if not reason:
-        multi = chains.plan_streams(dag, order, cost, ctx.config.num_streams, EVENT_US)
+        multi = stream_planning.plan_streams(dag, order, cost, ctx.config.num_streams, EVENT_US)
         t_single = sum(cost.values())
         t_multi = max(
-            max((e for _, e in chains.simulate(multi, dag, cost, EVENT_US).values()), default=0),
+            max((e for _, e in stream_planning.simulate(multi, dag, cost, EVENT_US).values()), default=0),
             sum(c - LAUNCH_US for c in cost.values()),  # bandwidth/compute is shared
         )
         stats.update(est_one_stream_us=round(t_single, 1), est_streams_us=round(t_multi, 1))
@@ -128,12 +118,12 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         else:
             plan = multi
     for node in gm.graph.nodes:
-        node.meta.pop("kitsune_stream", None)
-        node.meta.pop("kitsune_wait", None)
+        node.meta.pop(META_STREAM, None)
+        node.meta.pop(META_WAIT, None)
     for node in order:
-        node.meta["kitsune_stream"] = plan.stream[node]
-        node.meta["kitsune_wait"] = [u.name for u in plan.waits[node]]
-    ctx.state["streams"] = StreamState(plan=plan, dag=dag, cost=cost)
+        node.meta[META_STREAM] = plan.stream[node]
+        node.meta[META_WAIT] = [u.name for u in plan.waits[node]]
+    ctx.stream_plan = plan
     stats.update(
         streams_used=plan.streams_used,
         events=plan.events,

@@ -1,5 +1,3 @@
-"""What runs a compiled graph: streams, the memory arena, CUDA graph capture and replay."""
-
-from .build import build_runtime
-
-__all__ = ["build_runtime"]
+"""What runs at each call of a compiled graph: the schedule on its streams, the arena, CUDA
+graph capture and replay. Built by the runtime stages of the pipeline
+(:mod:`kitsune_backend.binding`)."""

@@ -28,7 +28,7 @@ Two ops whose out= overload is generated but which are one direct write anyway a
 through stand-ins (:data:`WRITTEN_INTO`): ``clone`` as ``copy_`` into the view, ``embedding``
 as ``index_select.out`` into a 2-D view of it (what ATen's embedding itself runs).
 
-On CUDA, arena offsets are multiples of 256 bytes (:data:`kitsune_backend.runtime.arena.ALIGNMENT`)
+On CUDA, arena offsets are multiples of 256 bytes (:data:`kitsune_backend.passes.arena_planning.ALIGNMENT`)
 and the arena comes from the caching allocator, so every view is aligned the way cuBLAS
 wants; GEMM outputs are contiguous, the layout cuBLAS writes in place.
 """

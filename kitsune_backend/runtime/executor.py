@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import torch.fx as fx
 
-from .chains import StreamPlan
+from ..ir import StreamPlan
 from .schedule_code import StreamOps, instrument
 
 

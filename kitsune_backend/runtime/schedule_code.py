@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import copy_graph_module
-from .chains import StreamPlan
+from ..ir import StreamPlan
 
 DEBUG_SLEEP_CYCLES = 200_000  # up to ~0.1 ms per segment with stream_debug_delays
 

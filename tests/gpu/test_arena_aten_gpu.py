@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import kitsune_backend
 from kitsune_backend.models import MLP, BranchyHeads, SmallCNN
-from kitsune_backend.runtime import arena_binding
+from kitsune_backend.binding import arena as arena_binding
 from tests.gpu.test_runtime_gpu import DEV, compile_with, deterministic  # noqa: F401 (autouse)
 from tests.helpers import assert_close
 from tests.test_arena_aten import BmmMlp, matmuls_between_regions, step_matches_eager
@@ -35,7 +35,7 @@ def test_matmuls_between_regions_on_cuda():
             torch.randn(2, 16, 16, device=DEV), torch.randn(2, 4, 16, device=DEV),
         )
         assert_close(compiled(*args), matmuls_between_regions(*args))
-    info = last_session().records[0].runtime_info
+    info = last_session().records[0].stats
     print("matmuls_between_regions", info)
     assert info["arena_aten_nodes"] >= 5, info
 
@@ -59,10 +59,10 @@ def test_training_with_aten_in_arena_matches_eager(name):
                            f"{name} step {step}")
     session = last_session()
     for record in session.records:
-        print(name, record.name, record.runtime_info)
-    assert session.forward.runtime_info["arena_aten_nodes"] >= 1
-    assert session.backward.runtime_info["arena_aten_nodes"] >= 1
-    assert session.backward.runtime_info.get("cuda_graph_instances", 0) >= 1
+        print(name, record.name, record.stats)
+    assert session.forward.stats["arena_aten_nodes"] >= 1
+    assert session.backward.stats["arena_aten_nodes"] >= 1
+    assert session.backward.stats.get("cuda_graph_instances", 0) >= 1
 
 
 def _peak_mb(model, x, **options):

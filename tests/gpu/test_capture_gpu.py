@@ -23,6 +23,6 @@ def test_a_window_mask_built_from_cpu_constants_is_captured():
     for _ in range(4):
         x = torch.randn(2, 8, 16, device="cuda")
         assert_close(compiled(x), masked_attention(x))
-    info = kitsune_backend.last_compile().forward.runtime_info
+    info = kitsune_backend.last_compile().forward.stats
     assert info["capture"].startswith("replay"), info["capture"]
     assert info["cuda_graph_instances"] >= 1

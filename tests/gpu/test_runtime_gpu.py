@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 import kitsune_backend  # noqa: E402
 from kitsune_backend.backend import kitsune  # noqa: E402
 from kitsune_backend.models import MLP, BranchyHeads, SmallCNN  # noqa: E402
-from kitsune_backend.runtime.schedule_plot import render_schedule  # noqa: E402
+from tests.schedule_plot import render_schedule  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -112,13 +112,13 @@ def test_streams_bitwise_equal_to_one_stream_under_debug_delays(name, captured):
                 assert torch.equal(out, e), f"{name} rep {rep}: differs from one stream"
         record = forward_record()
         assert record.stats["streams_used"] > 1, record.declines
-        assert record.runtime_info["executor"] == "streams"
+        assert record.stats["executor"] == "streams"
         assert_close(out, model(inputs[-1]))
     if name == "branchy":  # at least the first matmul of every head writes into the arena
-        assert record.runtime_info["arena_aten_nodes"] >= 8, record.runtime_info
+        assert record.stats["arena_aten_nodes"] >= 8, record.stats
     if captured:
-        assert record.runtime_info["cuda_graph_instances"] >= 1, record.declines
-        assert record.runtime_info.get("uncaptured_calls", 0) == 1  # the warm-up only
+        assert record.stats["cuda_graph_instances"] >= 1, record.declines
+        assert record.stats.get("uncaptured_calls", 0) == 1  # the warm-up only
     print(name, "captured" if captured else "uncaptured", record.stats)
 
 
@@ -131,13 +131,13 @@ def test_replay_equals_eager_and_outputs_survive_the_next_call():
         for xi in x[:3]:  # warm-up, capture, replay
             assert_close(compiled(xi), model(xi))
         record = forward_record()
-        assert record.runtime_info["cuda_graph_instances"] == 1
+        assert record.stats["cuda_graph_instances"] == 1
         out_a = compiled(x[3])
         out_b = compiled(x[4])  # out_a is still held: must not be overwritten
         torch.cuda.synchronize()
         assert_close(out_a, model(x[3]))
         assert_close(out_b, model(x[4]))
-        assert record.runtime_info["cuda_graph_instances"] == 2
+        assert record.stats["cuda_graph_instances"] == 2
         view = out_b[:, :10]  # a view alone also keeps the memory reserved
         del out_a, out_b
         out_c = compiled(x[5])
@@ -146,7 +146,7 @@ def test_replay_equals_eager_and_outputs_survive_the_next_call():
         del view, out_c
         for _ in range(5):
             compiled(x[0])
-        assert record.runtime_info["cuda_graph_instances"] == 2
+        assert record.stats["cuda_graph_instances"] == 2
 
 
 def test_small_outputs_are_copies_so_held_ones_need_no_second_instance():
@@ -160,9 +160,9 @@ def test_small_outputs_are_copies_so_held_ones_need_no_second_instance():
         for out, xi in zip(held, x):
             assert_close(out, model(xi))
     record = forward_record()
-    assert record.runtime_info["outputs_copied_out"] == 1
-    assert record.runtime_info["cuda_graph_instances"] == 1
-    assert record.runtime_info.get("uncaptured_calls", 0) == 1  # the warm-up only
+    assert record.stats["outputs_copied_out"] == 1
+    assert record.stats["cuda_graph_instances"] == 1
+    assert record.stats.get("uncaptured_calls", 0) == 1  # the warm-up only
 
 
 # Run in a child process: before the fix, the replay read freed memory and the illegal
@@ -220,7 +220,7 @@ def test_dropout_gives_fresh_masks_each_replay():
     with torch.no_grad():
         masks = [(compiled(x) == 0).clone() for _ in range(6)]
     record = forward_record()
-    assert record.runtime_info.get("cuda_graph_instances", 0) >= 1, record.declines
+    assert record.stats.get("cuda_graph_instances", 0) >= 1, record.declines
     for a, b in zip(masks[2:], masks[3:]):
         assert not torch.equal(a, b)
     frac = masks[-1].float().mean().item()
@@ -265,16 +265,16 @@ def test_training_through_captured_graphs_matches_eager(name):
     _train(model, twin, batch)
     session = kitsune_backend.session.HISTORY[-1]
     for record in session.records:
-        print(name, record.name, record.runtime_info, [str(d) for d in record.other_declines])
+        print(name, record.name, record.stats, [str(d) for d in record.other_declines])
     forward = session.forward
-    assert forward.runtime_info.get("cuda_graph_instances", 0) >= 1, forward.declines
-    backward = session.backward.runtime_info
+    assert forward.stats.get("cuda_graph_instances", 0) >= 1, forward.declines
+    backward = session.backward.stats
     assert backward.get("cuda_graph_instances", 0) >= 1, session.backward.declines
     assert backward["inputs_read_in_place"] > 0  # saved activations are not copied
     # _train keeps the last loss while the next step runs: the loss is handed out as a
     # copy, so the forward needs one instance (and the backward reads that one's outputs).
-    assert forward.runtime_info["outputs_copied_out"] == 1
-    assert forward.runtime_info["cuda_graph_instances"] == 1
+    assert forward.stats["outputs_copied_out"] == 1
+    assert forward.stats["cuda_graph_instances"] == 1
     assert backward["cuda_graph_instances"] == 1
     if name == "mlp":  # weights saved for backward (as transposed views) are not copied:
         assert backward["inputs_copied"] <= 3  # only labels, the input and the loss grad

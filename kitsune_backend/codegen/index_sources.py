@@ -5,7 +5,7 @@
 index. Inside a region they are never loaded: a kernel computes them where they are used
 (a literal of the right dtype, or ``start + step * index``), so they launch nothing.
 They belong to no region; every region that reads one inlines it
-(see :func:`kitsune_backend.codegen.grouping.find_regions`).
+(see :func:`kitsune_backend.passes.grouping.find_regions`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from ..graph_utils import is_view
+from .node_kinds import is_identity_view, literal
 
 aten = torch.ops.aten
 
@@ -58,8 +61,6 @@ def inlinable(node: fx.Node) -> bool:
 def _root(node: fx.Node) -> tuple[Optional[fx.Node], bool]:
     """The node a view chain starting at ``node`` views, and whether a view that moves
     elements (not a reshape) lies on the way."""
-    from ..graph_utils import is_view
-    from .ops import is_identity_view  # ops imports this module
 
     reordered = False
     while node.op == "call_function" and (is_identity_view(node) or is_view(node)):
@@ -123,7 +124,6 @@ def expression(node: fx.Node, offset: str, tl_dtype: str) -> str:
         value = value if step == 1 else f"{value} * {step}"
         value = value if start == 0 else f"({value} + {start})"
         return value if tl_dtype == "tl.int64" else f"{value}.to({tl_dtype})"
-    from .ops import literal
 
     return f"tl.full(({offset}).shape, {literal(fill_value(node))}, {tl_dtype})"
 
@@ -137,7 +137,6 @@ def value_range(node: Any) -> Optional[tuple[int, int]]:
     Python ints.
     Gathers use it: an index a kernel cannot prove in range stays an ATen ``index``, which
     raises on a bad index as eager does (a masked load would silently read nothing)."""
-    from ..graph_utils import is_view
 
     if isinstance(node, bool) or not isinstance(node, (int, fx.Node)):
         return None

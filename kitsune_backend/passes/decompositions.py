@@ -1,4 +1,4 @@
-"""The ATen decompositions AOTAutograd applies before kitsune sees a graph.
+"""decompose: the ATen decompositions AOTAutograd applies before kitsune sees a graph.
 
 Composite ops whose pieces kitsune can fuse are broken into those pieces (softmax into
 amax/sub/exp/sum/div, layer_norm into var_mean and pointwise ops, ...), so the fusion pass
@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.fx as fx
 from torch._decomp import get_decompositions
 
-from . import pool_decompositions
+from ..ir import PassContext, PassResult
+from . import maxpool_decompositions
 
 aten = torch.ops.aten
 
@@ -75,14 +77,10 @@ def var_correction(x: torch.Tensor, dim=None, *, correction=None, keepdim: bool 
 def addmm_as_mm_and_bias(bias, mat1, mat2, *, beta=1, alpha=1):
     """``addmm`` as ``mm`` plus a pointwise bias add, which fusion then merges into the
     kernel after the matmul (Inductor does the same). ATen's ``addmm`` first copies the
-    broadcast bias into the output and then runs a beta=1 GEMM: two kernels, and on the H100
-    cuBLAS picked slower kernels for GPT-2's layers that way (measured with
-    ``python -m benchmarks.top_kernels gpt2 kitsune inductor-ro``). Even where no pointwise
-    op follows (GPT-2's QKV projection, whose add then is a kernel of its own), putting the
-    add back into an ``addmm`` made GPT-2 slower on the H100: 1.70 ms per call against
-    1.52 ms, although the GEMM alone timed faster as ``addmm``; so the add stays, and the
-    fusion stage makes such an ``mm`` and its add one generated kernel where that is not
-    slower (:mod:`kitsune_backend.passes.matmul_bias`)."""
+    broadcast bias into the output and then runs a beta=1 GEMM: two kernels. Where no
+    pointwise op follows, the add stays too (an ``addmm`` would give up split-K), and the
+    matmul_bias stage makes such an ``mm`` and its add one generated kernel where that is
+    not slower (:mod:`kitsune_backend.passes.matmul_bias`)."""
     out = aten.mm.default(mat1, mat2)
     if alpha != 1:
         out = out * alpha
@@ -155,7 +153,17 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.var.correction] = var_correction
     table[aten.nll_loss_backward.default] = nll_loss_backward_as_where
     table[aten.cumsum.default] = cumsum_as_masked_sum
-    table[aten.max_pool2d_with_indices.default] = pool_decompositions.max_pool2d_with_indices
+    table[aten.max_pool2d_with_indices.default] = maxpool_decompositions.max_pool2d_with_indices
     table[aten.max_pool2d_with_indices_backward.default] = (
-        pool_decompositions.max_pool2d_with_indices_backward)
+        maxpool_decompositions.max_pool2d_with_indices_backward)
     return table
+
+
+def report_decompositions(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """The decompose stage's record. The decompositions themselves ran inside AOTAutograd's
+    trace (:func:`decomposition_table` is handed to it), before the graph reached kitsune:
+    this stage only says how many ops the table covers; the graph is unchanged."""
+    table = decomposition_table()
+    return PassResult(notes=[f"AOTAutograd applied kitsune's table of {len(table)} "
+                             "decompositions while it traced this graph"],
+                      stats={"decompositions": len(table)})

@@ -22,53 +22,13 @@ call, when every side stream waits for the caller's stream (the inputs are ready
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import networkx as nx
 
+from ..ir import StreamPlan
+
 Node = Hashable
-
-
-@dataclasses.dataclass
-class StreamPlan:
-    """The schedule of one DAG: a stream per node, the waits, the joins and vector clocks.
-
-    ``waits[v]`` lists the producers whose events ``v`` waits for (on ``v``'s stream, before
-    it runs); ``joins`` lists the last node of each side stream that the caller's stream
-    waits for at the end; ``clock[v][t]`` is the last position of stream ``t`` known to have
-    finished before ``v`` finishes (``v`` itself included).
-    """
-
-    order: list[Node]
-    stream: dict[Node, int]
-    position: dict[Node, int]
-    waits: dict[Node, list[Node]]
-    joins: list[Node]
-    clock: dict[Node, tuple[int, ...]]
-    chains: list[list[Node]]
-    num_streams: int
-
-    @property
-    def events(self) -> int:
-        """How many waits between nodes (the fork and the final joins not counted)."""
-        return sum(len(w) for w in self.waits.values())
-
-    @property
-    def streams_used(self) -> int:
-        """How many distinct streams carry work."""
-        return len(set(self.stream.values())) or 1
-
-    def happens_before(self, a: Node, b: Node) -> bool:
-        """True when ``a`` is certain to finish before ``b`` starts (``a != b``)."""
-        if a == b:
-            return False
-        return self.clock[b][self.stream[a]] >= self.position[a]
-
-    def recorded(self) -> set[Node]:
-        """The nodes that record an event (someone waits for them, or the caller joins them)."""
-        found = {u for w in self.waits.values() for u in w}
-        return found | set(self.joins)
 
 
 def critical_path(dag: nx.DiGraph, order: Sequence[Node], cost: Mapping[Node, float]) -> list[Node]:

@@ -1,11 +1,10 @@
 """Timing a generated matmul-plus-bias kernel against cuBLAS, the way a model runs them.
 
-A model's weights are cold in L2 (GPT-2's are 500 MB), and a small-M GEMM's speed depends
-on how well it streams them: timed on one operand set, hot in L2, cuBLASLt's bias-epilogue
-GEMM looked faster than ``mm`` plus the add, while inside GPT-2 it was 14 us per layer
-slower. So each candidate runs over enough copies of random operands to fill twice the L2
+A model's weights are cold in L2, and a small-M GEMM's speed depends on how well it
+streams them: timed on one operand set, hot in L2, a GEMM can look faster than it is inside
+the model. So each candidate runs over enough copies of random operands to fill twice the L2
 cache, back to back, and the best of ``ROUNDS`` rounds counts. Results are kept per layout
-for the process: GPT-2's twelve QKV projections are timed once. Only device time counts
+for the process: a model's repeated layers are timed once. Only device time counts
 (:func:`_per_call_us`): timed from the host, cuBLAS's two launches looked twice as slow
 as they are inside a CUDA graph.
 """

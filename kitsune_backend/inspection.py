@@ -8,7 +8,7 @@ for training, ``inference`` otherwise). A record holds the graph after every pas
     session = kitsune_backend.last_compile()
     print(kitsune_backend.explain(session))          # passes, times, notes, declines, stats
     print(session.forward.graph_after("fusion"))     # readable FX code after one pass
-    svg = kitsune_backend.inspect.graph_svg(session.forward, "fusion")
+    svg = kitsune_backend.inspection.graph_svg(session.forward, "fusion")
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def history() -> list[CompileSession]:
 
 def explain(target: Union[CompileSession, CompileRecord, None] = None) -> str:
     """A readable summary of a session (default: the last) or of one of its records:
-    for each graph its summary stats, every pass with its stage, time and notes, and the
+    for each graph its summary stats, every stage by phase with its time and notes, and the
     reason behind every decline."""
     target = target if target is not None else last_compile()
     if isinstance(target, CompileRecord):
@@ -98,11 +98,16 @@ def _explain_record(record: CompileRecord) -> list[str]:
     ]
     if record.fallback_reason:
         lines.append(f"    FELL BACK to the ATen graph: {record.fallback_reason}")
+    phase = ""
     for p in record.passes:
+        if p.phase != phase:
+            phase = p.phase
+            total = sum(q.seconds for q in record.passes if q.phase == phase)
+            lines.append(f"    {phase} phase ({total * 1e3:.1f} ms)")
         where = p.name if p.name == p.stage else f"{p.stage}/{p.name}"
         changed = "changed" if p.changed else "       "
         notes = "; ".join(p.notes)
-        lines.append(f"    {where:<28} {p.seconds * 1e3:8.2f} ms  {changed}  {notes}".rstrip())
+        lines.append(f"      {where:<26} {p.seconds * 1e3:8.2f} ms  {changed}  {notes}".rstrip())
     lines.extend(_grouped_declines(record))
     return lines
 

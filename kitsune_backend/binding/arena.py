@@ -1,6 +1,6 @@
-"""Fused kernels and ATen library calls write their outputs into the planned arena.
+"""arena: fused kernels and ATen library calls write their outputs into the planned arena.
 
-The memory plan gave every intermediate an offset in one arena (``ctx.state["memory_plan"]``),
+The memory plan gave every intermediate an offset in one arena (``ctx.memory_plan``),
 sharing bytes only between buffers whose lifetimes the stream/event order separates.
 Generated kernels take ``out=``, so for every fused-kernel node with planned intermediates
 among its outputs, the runtime calls the kernel with views of one arena tensor at those
@@ -11,83 +11,22 @@ keep allocating through PyTorch's caching allocator, each with a reason.
 
 The node's target is replaced in place, so the uncaptured schedule, the multi-stream code
 (:mod:`~kitsune_backend.runtime.schedule_code`) and CUDA graph capture all run the same calls.
-
-The arena is allocated at the first call (compiles can run under a fake-tensor mode), once
-per compiled graph, and lives as long as the graph: replays of captured CUDA graphs, which
-run in stream order on the caller's stream, and uncaptured calls all use it in turn.
+The arena itself, and the kernel wrapper, are :mod:`kitsune_backend.runtime.arena`.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.fx as fx
 
 from ..codegen.kernel import FusedKernel
 from ..graph_utils import is_mutating, launches_kernel
-from ..passes.base import Decline
-from .arena import Buffer
-from .aten_out import AtenInArena, direct_out, meta_mismatch, op_name
-
-
-class Arena:
-    """One byte buffer on a device, allocated at first use."""
-
-    def __init__(self, nbytes: int, device: torch.device) -> None:
-        self.nbytes = nbytes
-        self.device = device
-        self.tensor: Optional[torch.Tensor] = None
-
-    def view(self, offset: int, shape: Sequence[int], stride: Sequence[int],
-             dtype: torch.dtype) -> torch.Tensor:
-        """A tensor of ``shape``/``stride``/``dtype`` starting ``offset`` bytes in.
-
-        Made outside inference mode even when the first call runs in it: ATen's out=
-        overloads refuse to write an inference tensor outside inference mode, and later
-        calls may run there."""
-        span = 1 + sum((s - 1) * st for s, st in zip(shape, stride)) if all(shape) else 0
-        nbytes = span * dtype.itemsize
-        if offset + nbytes > self.nbytes:
-            raise ValueError(f"arena placement [{offset}, {offset + nbytes}) past its end")
-        with torch.inference_mode(False):
-            if self.tensor is None:
-                self.tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
-            raw = self.tensor[offset:offset + max(nbytes, dtype.itemsize)]
-            return raw.view(dtype).as_strided(tuple(shape), tuple(stride))
-
-
-class InArena:
-    """A fused kernel called with ``out=`` views of the arena (made once, reused). An output
-    without an offset (``None``: a graph output, or one nothing reads) gets a fresh tensor
-    each call, as the kernel would allocate it itself."""
-
-    def __init__(self, kernel: FusedKernel, arena: Arena, offsets: list[Optional[int]]) -> None:
-        self.kernel = kernel
-        self.arena = arena
-        self.offsets = offsets
-        self.__name__ = self.__qualname__ = kernel.__name__ + "_in_arena"
-        self.__module__ = "kitsune_backend.kernels"
-        self._views: Optional[tuple[Optional[torch.Tensor], ...]] = None
-        self._fresh = [i for i, offset in enumerate(offsets) if offset is None]
-
-    def __call__(self, *args: Any) -> Any:
-        """Run the kernel into its arena views (and fresh tensors for unplaced outputs)."""
-        if self._views is None:
-            self._views = tuple(
-                None if offset is None
-                else self.arena.view(offset, spec.shape, spec.stride, spec.dtype)
-                for offset, spec in zip(self.offsets, self.kernel.generated.outputs)
-            )
-        if not self._fresh:
-            return self.kernel(*args, out=self._views)
-        out = list(self._views)
-        specs = self.kernel.generated.outputs
-        for i in self._fresh:
-            s = specs[i]
-            out[i] = torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=self.arena.device)
-        return self.kernel(*args, out=out)
+from ..ir import Buffer, Decline, PassContext, PassResult
+from ..runtime.arena import Arena, InArena
+from ..runtime.aten_out import AtenInArena, direct_out, meta_mismatch, op_name
 
 
 def _output_names(node: fx.Node, count: int) -> list[Optional[str]]:
@@ -157,24 +96,29 @@ def _place_aten(
     return AtenInArena(node.name, out_op, out_names, arena, [offsets[n] for n in names], specs), ""
 
 
-def bind_arena(
-    gm: fx.GraphModule,
-    offsets: dict[str, int],
-    arena_bytes: int,
-    device: torch.device,
-    buffers: Sequence[Buffer],
-) -> tuple[dict[str, Any], list[Decline]]:
+def bind_arena(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Point every node with planned outputs at the arena, in place: fused kernels
-    (:class:`InArena`, their unplanned outputs allocated per call) and ATen ops with a
-    direct out= overload whose outputs are all planned (:class:`AtenInArena`).
+    (:class:`~kitsune_backend.runtime.arena.InArena`, their unplanned outputs allocated per
+    call) and ATen ops with a direct out= overload whose outputs are all planned
+    (:class:`~kitsune_backend.runtime.aten_out.AtenInArena`). The memory plan stage leaves an
+    empty plan when ``memory_pool`` is off: then nothing changes.
 
-    Returns what it did, for ``record.runtime_info`` (fused kernels and ATen nodes placed,
-    ATen nodes left on the allocator counted by op and reason, the arena's size), and one
-    decline per ATen node left on the allocator.
+    Its stats: the fused kernels and ATen nodes placed, the ATen nodes left on the allocator
+    (counted by "op: reason"; each also a decline), the arena's size.
+
+    Before::
+
+        kitsune_fused_relu_neg_0 = kitsune_fused_relu_neg_0(x)     # meta kitsune_offset 0
+
+    After::
+
+        kitsune_fused_relu_neg_0 = kitsune_fused_relu_neg_0_in_arena(x)
     """
-    arena = Arena(arena_bytes, device)
-    sizes = {b.name: b.size for b in buffers}
-    reads = _reads(buffers)
+    plan = ctx.memory_plan
+    if not plan.arena_bytes:
+        return PassResult()
+    arena = Arena(plan.arena_bytes, torch.device(ctx.device))
+    offsets, sizes, reads = plan.offsets, {b.name: b.size for b in plan.buffers}, _reads(plan.buffers)
     kernels = aten = 0
     left: dict[str, int] = {}
     declines = []
@@ -203,12 +147,11 @@ def bind_arena(
         reason = f"{op_name(target)}: {reason}"
         left[reason] = left.get(reason, 0) + 1
         declines.append(Decline("arena", "left on the allocator: " + reason, node.name))
-    if kernels or aten:
-        gm.recompile()
-    info = {
+    stats = {
         "arena_kernels": kernels,
         "arena_aten_nodes": aten,
         "arena_aten_left": left,
-        "arena_bytes": arena_bytes if kernels or aten else 0,
+        "arena_bytes": plan.arena_bytes if kernels or aten else 0,
     }
-    return info, declines
+    notes = [f"{kernels} fused kernel(s) and {aten} ATen node(s) write into the arena"]
+    return PassResult(changed=bool(kernels or aten), notes=notes, declines=declines, stats=stats)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..record import CompileRecord
+from kitsune_backend.record import CompileRecord
 
 
 def schedule_layout(record: CompileRecord) -> list[dict[str, Any]]:
@@ -69,7 +69,7 @@ def render_schedule(record: CompileRecord, path: str | os.PathLike) -> str:
     ax.set_yticklabels([f"stream {s}" + (" (caller)" if s == 0 else "") for s in range(lanes)])
     ax.invert_yaxis()
     ax.set_xlabel("issue step")
-    capture = record.runtime_info.get("capture", "")
+    capture = record.stats.get("capture", "")
     ax.set_title(f"{record.name}: {lanes} stream(s); capture: {capture}"[:120], fontsize=9)
     fig.tight_layout()
     fig.savefig(os.fspath(path))

@@ -1,7 +1,7 @@
 """Region formation: which FX nodes go into which fusion region.
 
 One walk over the graph in order. Constant and index sources join no region: every region
-that reads one computes it (:mod:`kitsune_backend.codegen.constants`). A fusable node
+that reads one computes it (:mod:`kitsune_backend.codegen.index_sources`). A fusable node
 (pointwise, cat, gather, reduction, identity view) joins the region of one of its inputs
 (reduction regions first, then the newest) when the region's shape rule allows it
 (:meth:`Region.why_not`), no in-place or random op lies between them, and the join makes
@@ -26,9 +26,9 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import is_mutating
-from ..passes.base import Decline
-from . import constants, ops
-from .region import Region, new_region, supported_tensor
+from ..ir import Decline
+from ..codegen import index_sources, ops
+from ..codegen.region import Region, new_region, supported_tensor
 
 STAGE = "fusion"
 
@@ -75,7 +75,7 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
         if is_barrier(node):
             segment += 1
         grouping.segment[node] = segment
-        if constants.inlinable(node):
+        if index_sources.inlinable(node):
             continue  # a source (or a view of one): computed inside each region reading it
         kind, why = ops.classify(node)
         if kind is None:
@@ -167,7 +167,7 @@ def _merge_siblings(grouping: Grouping) -> None:
     readers: dict[fx.Node, list[Region]] = {}
     for region in grouping.regions:
         for node in sorted(region.external, key=grouping.index.__getitem__):
-            if not constants.inlinable(node):  # a shared constant saves no read
+            if not index_sources.inlinable(node):  # a shared constant saves no read
                 readers.setdefault(node, []).append(region)
     merged: set[int] = set()
     for group in readers.values():
@@ -238,7 +238,7 @@ def _reaches(grouping: Grouping, targets: set, starts, first_node: fx.Node) -> b
             seen.add(other.id)
             stack.extend(other.external)
         else:
-            if item in seen or index[item] < first or constants.inlinable(item):
+            if item in seen or index[item] < first or index_sources.inlinable(item):
                 continue  # a kernel computes a source: its template is no input
             seen.add(item)
             stack.extend(item.all_input_nodes)
@@ -262,7 +262,7 @@ def schedule(grouping: Grouping, kept: list[Region], nodes: list[fx.Node]) -> li
 
     def inputs(unit: object) -> set[fx.Node]:
         if isinstance(unit, Region):
-            return {a for a in unit.external if not constants.inlinable(a)}
+            return {a for a in unit.external if not index_sources.inlinable(a)}
         return set(unit.all_input_nodes)
 
     def first(unit: object) -> fx.Node:

@@ -1,0 +1,63 @@
+"""kernels: every :class:`~kitsune_backend.codegen.plans.KernelPlan` in the graph becomes a
+generated kernel.
+
+For each plan node, the plan's Triton source is generated, loaded through the kernel
+cache, and a :class:`~kitsune_backend.codegen.kernel.FusedKernel` replaces the plan as the
+node's target. Plans whose generated code is the same (:func:`same_kernel_key`) share one
+kernel, so it is compiled and loaded once.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..ir import KernelRecord, PassContext, PassResult
+from .kernel import FusedKernel
+from .plans import KernelPlan
+from .source import KernelSource
+
+
+def generate_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Put a generated kernel in place of each kernel plan; ``ctx.kernels`` gets a
+    :class:`~kitsune_backend.ir.KernelRecord` per plan.
+
+    Before::
+
+        kitsune_fused_mul_add_0 = <KernelPlan kitsune_fused_mul_add_0: mul, add>(x, y)
+
+    After::
+
+        kitsune_fused_mul_add_0 = <FusedKernel kitsune_fused_mul_add_0: mul, add>(x, y)
+    """
+    ctx.kernels = []
+    kernels: dict[tuple, FusedKernel] = {}  # by same_kernel_key
+    for node in gm.graph.nodes:
+        plan = node.target
+        if not isinstance(plan, KernelPlan):
+            continue
+        generated = plan.generate(None)
+        key = same_kernel_key(generated)
+        kernel = kernels.get(key)
+        if kernel is None:
+            tune = plan.tunable and ctx.config.autotune
+            kernel = kernels[key] = FusedKernel(
+                generated, plan.aten_graph, ctx.config.cache_dir, autotune=tune,
+                variant=plan.generate if tune else None, device=plan.device)
+        node.target = kernel
+        ctx.kernels.append(KernelRecord(kernel.__name__, plan.nodes, kernel.source, kernel))
+    shared = len(ctx.kernels) - len(kernels)
+    notes = [f"{len(kernels)} kernel(s) generated for {len(ctx.kernels)} plan(s)"
+             + (f"; {shared} plan(s) reuse an identical kernel" if shared else "")]
+    return PassResult(changed=bool(ctx.kernels), notes=notes,
+                      stats={"kernels_generated": len(kernels), "kernels_shared": shared})
+
+
+def same_kernel_key(generated: KernelSource) -> tuple:
+    """What makes two generated kernels interchangeable: the code without its comments
+    (which name the FX nodes) and with the kernel's name taken out, the exact layouts it
+    was generated for, and its launch."""
+    code = [line.split("  # ")[0] for line in generated.source.splitlines()
+            if not line.startswith("#")]
+    layouts = tuple((s.shape, s.stride, s.dtype) for s in (*generated.inputs, *generated.outputs))
+    return ("\n".join(code).replace(generated.name, "KERNEL"), layouts, generated.grid,
+            generated.config, generated.columns)
