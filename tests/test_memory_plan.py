@@ -6,8 +6,7 @@ import torch
 from kitsune_backend.passes.memory_plan import find_buffers, plan_memory
 from kitsune_backend.passes.streams import assign_streams
 from kitsune_backend.runtime import arena
-from tests.test_streams import branchy_graph, context, trace
-from tests.test_streams_algo import order_graph
+from tests.helpers_graphs import branchy_graph, context, order_graph, trace
 
 
 def planned(gm, ctx):

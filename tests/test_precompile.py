@@ -24,8 +24,8 @@ from kitsune_backend.config import Config, resolve
 from kitsune_backend.errors import KitsuneConfigError
 from kitsune_backend.passes.base import PassContext
 from kitsune_backend.passes.fusion import fuse
-from tests.test_codegen import fused
-from tests.test_fusion_ops import rand
+from tests.helpers import rand
+from tests.helpers_graphs import fused
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,8 @@ under CUDA graph capture and in training; peak memory is printed (a benchmark nu
 Run on the GPU machine with
 ``KITSUNE_TEST_GPU=1 python -m pytest -m gpu -s tests/gpu/test_arena_aten_gpu.py``.
 Bitwise comparisons between stream counts need deterministic cuBLAS: the workspace config
-is set here before CUDA starts, cuDNN is deterministic and TF32 is off.
+is set by ``tests/helpers_gpu.py`` (imported here) before CUDA starts, cuDNN is
+deterministic and TF32 is off.
 """
 
 import copy
@@ -16,9 +17,9 @@ import torch.nn.functional as F
 import kitsune_backend
 from kitsune_backend.models import MLP, BranchyHeads, SmallCNN
 from kitsune_backend.runtime import arena_binding
-from tests.gpu.test_runtime_gpu import DEV, compile_with, deterministic  # noqa: F401 (autouse)
 from tests.helpers import assert_close
-from tests.test_arena_aten import BmmMlp, matmuls_between_regions, step_matches_eager
+from tests.helpers_cases import BmmMlp, matmuls_between_regions, step_matches_eager
+from tests.helpers_gpu import DEV, compile_with, deterministic  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.gpu
 
