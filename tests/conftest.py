@@ -39,3 +39,15 @@ def fresh_dynamo():
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+"""Parametrise a test with ``@pytest.mark.parametrize("device", DEVICES)``: ``cuda`` runs
+under ``-m gpu``."""
+
+
+@pytest.fixture
+def no_tf32():
+    """Full fp32 convolutions and matmuls on CUDA, so eager and compiled differ only by
+    fusion (cuDNN allows TF32 by default). Nothing changes on the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

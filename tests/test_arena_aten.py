@@ -7,7 +7,6 @@ import hypothesis.strategies as st
 import pytest
 import torch
 import torch.fx as fx
-import torch.nn as nn
 
 import kitsune_backend
 from kitsune_backend.passes import arena_planning as arena_algo
@@ -22,19 +21,10 @@ from kitsune_backend.runtime.aten_out import (
     out_variant,
 )
 from tests.helpers import assert_close
+from tests.helpers_cases import BmmMlp, matmuls_between_regions, step_matches_eager
 
 aten = torch.ops.aten
 CPU = torch.device("cpu")
-
-
-def matmuls_between_regions(x, w, b3, bias):
-    """mm, bmm, baddbmm and cat between fused regions, every result an intermediate."""
-    a = torch.softmax(x * 2 + 1, dim=-1)
-    b = torch.tanh(a @ w) * 3 - 1
-    c = torch.bmm(b.view(2, 4, 16), b3)
-    d = torch.baddbmm(bias, torch.sigmoid(c) + 1, b3)
-    e = torch.cat([d.view(8, 16), a], dim=1)
-    return torch.relu(e @ torch.cat([w, w], dim=0)).sum(-1)
 
 
 def fresh_inputs():
@@ -57,36 +47,6 @@ def test_matmuls_and_cat_write_into_the_arena_and_match_eager():
     assert info["arena_aten_left"] == {}, info
     assert info["arena_kernels"] >= 2, info
     assert 0 < info["arena_bytes"] <= record.stats["bytes_intermediates"]
-
-
-class BmmMlp(nn.Module):
-    """Linear layers and a batched matmul: the backward graph has mm/bmm of its own."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 32)
-        self.fc2 = nn.Linear(32, 16)
-        self.mix = nn.Parameter(torch.randn(4, 16, 16) / 4)
-
-    def forward(self, x):
-        h = torch.nn.functional.gelu(self.fc1(x))
-        h = torch.tanh(self.fc2(h))
-        h = torch.bmm(h.view(4, -1, 16), self.mix).view(-1, 16)
-        return torch.log_softmax(h * 2, dim=-1)
-
-
-def step_matches_eager(model, twin, compiled, x, msg=""):
-    """One forward and backward of ``model`` and of ``compiled`` (the compiled ``twin``) on
-    ``x`` with the same random output gradient: the outputs and the parameter gradients
-    match. The gradients are cleared after."""
-    expected, actual = model(x), compiled(x)
-    assert_close(actual, expected, msg)
-    grad = torch.randn_like(expected)
-    expected.backward(grad)
-    actual.backward(grad)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert_close(q.grad, p.grad, msg)
-        p.grad = q.grad = None
 
 
 def test_training_forward_and_backward_place_aten_nodes_and_match_eager():

@@ -1,5 +1,7 @@
 """kitsune_backend.timing: statistics, call counts, profiler counting (CPU; GPU marked)."""
 
+import time
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -42,8 +44,13 @@ def test_time_per_call_rejects_no_iterations():
 
 
 def test_first_call_seconds_returns_the_result():
-    seconds, result = timing.first_call_seconds(lambda: 41 + 1, device="cpu")
-    assert result == 42 and seconds >= 0
+    def slow_answer():
+        time.sleep(0.05)
+        return 42
+
+    seconds, result = timing.first_call_seconds(slow_answer, device="cpu")
+    assert result == 42
+    assert 0.049 <= seconds < 5  # the call's own time, not more than a loaded machine adds
 
 
 def test_count_trace_events_classifies_events():

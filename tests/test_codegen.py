@@ -11,28 +11,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from kitsune_backend.codegen import heuristics
 from kitsune_backend.passes.grouping import find_regions
-from kitsune_backend.codegen.kernel import FusedKernel
 from kitsune_backend.codegen.source import generate
-from kitsune_backend.config import Config
-from kitsune_backend.passes.decompositions import decomposition_table
-from kitsune_backend.ir import PassContext
-from kitsune_backend.codegen.lowering import generate_kernels
-from kitsune_backend.passes.fusion import fuse, kernel_name
-from tests.helpers import assert_close
-from tests.test_fusion_ops import check, rand
-
-
-def fused(fn, *inputs, cache_dir=""):
-    """``fn`` traced to ATen and run through the fusion and kernels stages; returns (graph,
-    kernels)."""
-    gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake")(*inputs)
-    ctx = PassContext(config=Config(kernel_cache_dir=cache_dir), graph_name="t",
-                      example_inputs=inputs)
-    fuse(gm, ctx)
-    generate_kernels(gm, ctx)
-    gm.recompile()
-    kernels = [n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)]
-    return gm, kernels
+from kitsune_backend.passes.fusion import kernel_name
+from tests.helpers import assert_close, check, rand
+from tests.helpers_graphs import fused
 
 
 def test_kernel_name_says_what_it_does():

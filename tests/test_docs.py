@@ -68,8 +68,42 @@ def test_api_page_documents_the_public_names(html):
             assert re.search(rf"kitsune_backend(\.\w+)+\.{name}\b", text), name
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in (DOCS / "examples").glob("*.py")))
+def _quickstart_did_what_it_says(names, printed, tmp_path):
+    session = names["session"]  # the training step's compile, explained
+    assert [r.name for r in session.records] == ["forward", "backward"]
+    assert "graph forward:" in printed and "graph backward:" in printed
+    for stage in ("cleanup", "fusion", "streams", "memory_plan"):
+        assert stage in printed, stage
+
+
+def _plugin_pass_counted_the_matmuls(names, printed, tmp_path):
+    # the MLP's 2 matmuls forward, 3 backward (the first layer's input needs no gradient)
+    assert printed.splitlines()[-1] == "2 3", printed
+
+
+def _inspect_graphs_showed_every_stage(names, printed, tmp_path):
+    forward = names["forward"]
+    for stage in ("input", "cleanup", "fusion", "streams", "memory_plan"):
+        assert f"---- forward after {stage}\n" in printed, stage
+    assert names["dot_text"].startswith('digraph "forward after memory_plan"')
+    assert names["graph"].number_of_nodes() == len(forward.nodes_after("memory_plan"))
+    svg = tmp_path / "forward.svg"  # drawn where Graphviz is installed, explained where not
+    assert (svg.exists() and "<svg" in svg.read_text()) or "Graphviz" in printed
+
+
+EXAMPLE_CHECKS = {
+    "quickstart.py": _quickstart_did_what_it_says,
+    "plugin_pass.py": _plugin_pass_counted_the_matmuls,
+    "inspect_graphs.py": _inspect_graphs_showed_every_stage,
+}
+
+
+def test_every_example_has_a_check():
+    assert sorted(p.name for p in (DOCS / "examples").glob("*.py")) == sorted(EXAMPLE_CHECKS)
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_CHECKS))
 def test_examples_run(example, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # inspect_graphs.py may write forward.svg here
-    runpy.run_path(str(DOCS / "examples" / example), run_name="__main__")
-    assert capsys.readouterr().out
+    names = runpy.run_path(str(DOCS / "examples" / example), run_name="__main__")
+    EXAMPLE_CHECKS[example](names, capsys.readouterr().out, tmp_path)

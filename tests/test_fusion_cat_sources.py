@@ -1,6 +1,6 @@
 """Fewer kernels: ``cat`` inside regions, constants and ``arange`` computed in kernels,
 bitwise ops, regions that grow by broadcasting. Structure (how many kernels) and values
-against eager. ``tests/gpu/test_fusion2_gpu.py`` runs the ``device`` tests on CUDA.
+against eager, on the CPU and (the ``cuda`` parameters, ``-m gpu``) on CUDA.
 
 Constant folding is off here: these tests are about kernels computing constants, ``arange``
 and gathers inline, and folding would turn those input-independent values into buffers
@@ -13,9 +13,9 @@ import torch
 
 import kitsune_backend
 from kitsune_backend import models
-from tests.helpers import assert_close
-from tests.test_fusion_ops import HALF_TYPES, rand
-from tests.test_fusion_ops import check as check_folding
+from tests.conftest import DEVICES
+from tests.helpers import HALF_TYPES, assert_close, rand
+from tests.helpers import check as check_folding
 
 NO_FOLDING = {"strict": True, "constant_folding": False}
 
@@ -43,7 +43,8 @@ def branchy_inputs(device):
     return model, torch.randn(8, 64, device=device)
 
 
-def test_branchy_bias_adds_and_cat_are_one_kernel(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_branchy_bias_adds_and_cat_are_one_kernel(device):
     model, x = branchy_inputs(device)
     with torch.no_grad():
         compiled = torch.compile(model, backend="kitsune", options=NO_FOLDING)
@@ -58,14 +59,16 @@ def test_branchy_bias_adds_and_cat_are_one_kernel(device="cpu"):
     assert not any("cat" in t or t.startswith("add") for t in aten_calls(record))
 
 
-def test_branchy_trains_through_the_cat_kernel():
-    model, x = branchy_inputs("cpu")
+@pytest.mark.parametrize("device", DEVICES)
+def test_branchy_trains_through_the_cat_kernel(device):
+    model, x = branchy_inputs(device)
     session = check(model, x, grad=True)
     assert any(k.name.startswith("kitsune_fused_add_cat") for k in session.forward.kernels)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dim", [0, 1, -1])
-def test_cat_of_pointwise_results_is_one_kernel(dim, device="cpu"):
+def test_cat_of_pointwise_results_is_one_kernel(dim, device):
     sizes = {0: ((3, 5, 7), (2, 5, 7)), 1: ((3, 5, 7), (3, 4, 7)), -1: ((3, 5, 7), (3, 5, 3))}
     a, b = (rand(*s, device=device) for s in sizes[dim])
     record = check(lambda x, y: torch.cat([x.exp() + 1, torch.relu(y) * 2], dim), a, b).forward
@@ -73,8 +76,9 @@ def test_cat_of_pointwise_results_is_one_kernel(dim, device="cpu"):
     assert record.kernels[0].nodes[-1].startswith("cat")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_cat_mixed_with_loads_and_consumers(dtype, device="cpu"):
+def test_cat_mixed_with_loads_and_consumers(dtype, device):
     def fn(x, y, z):  # a cat of a computed value, a plain input and a nested cat, used twice
         c = torch.cat([torch.sigmoid(x), y, torch.cat([z, z * 3], 0)], 1)
         return torch.tanh(c) * 2, c + 1
@@ -85,7 +89,8 @@ def test_cat_mixed_with_loads_and_consumers(dtype, device="cpu"):
     assert len(fused_calls(record)) == 1, fused_calls(record)
 
 
-def test_cat_value_also_stored_by_its_own_kernel(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_cat_value_also_stored_by_its_own_kernel(device):
     def fn(x, y):  # the parts are outputs too: each element is written once
         a, b = x * 2, y + 1
         return torch.cat([a, b], 0).exp(), a, b
@@ -94,7 +99,8 @@ def test_cat_value_also_stored_by_its_own_kernel(device="cpu"):
     assert len(fused_calls(record)) == 1
 
 
-def test_cat_of_int_and_bool_values(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_cat_of_int_and_bool_values(device):
     def fn(i, j, m):
         return torch.cat([i * 2, j + 1], -1), torch.cat([m, i > 0], 0)
 
@@ -104,7 +110,8 @@ def test_cat_of_int_and_bool_values(device="cpu"):
     check(fn, i.to(device), j.to(device), m.to(device))
 
 
-def test_where_of_two_scalar_tensors_is_one_kernel(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_where_of_two_scalar_tensors_is_one_kernel(device):
     m = torch.randn(4, 5, device=device) > 0
     fn = lambda m: torch.where(m, torch.scalar_tensor(0.0, device=m.device),  # noqa: E731
                                torch.scalar_tensor(float("-inf"), device=m.device))
@@ -120,14 +127,16 @@ def causal_mask(x):
     return x.masked_fill(~mask, float("-inf"))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_causal_mask_into_masked_fill_is_one_kernel(dtype, device="cpu"):
+def test_causal_mask_into_masked_fill_is_one_kernel(dtype, device):
     record = check(causal_mask, rand(2, 7, 7, device=device, dtype=dtype)).forward
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_fill_ops_fold_into_consumers(dtype, device="cpu"):
+def test_fill_ops_fold_into_consumers(dtype, device):
     def fn(x):
         ones = torch.ones(x.shape, dtype=x.dtype, device=x.device)
         full = torch.full((x.shape[-1],), 0.3, dtype=x.dtype, device=x.device)
@@ -138,8 +147,9 @@ def test_fill_ops_fold_into_consumers(dtype, device="cpu"):
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32])
-def test_arange_values(dtype, device="cpu"):
+def test_arange_values(dtype, device):
     def fn(x):
         a = torch.arange(3, 3 + 2 * x.shape[-1], 2, dtype=dtype, device=x.device)
         b = torch.arange(x.shape[0], dtype=dtype, device=x.device)
@@ -149,8 +159,9 @@ def test_arange_values(dtype, device="cpu"):
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.int32, torch.uint8])
-def test_bitwise_and_logical_ops(dtype, device="cpu"):
+def test_bitwise_and_logical_ops(dtype, device):
     def fn(a, b):
         if dtype == torch.bool:
             bits = (a & b) | (~a ^ b)
@@ -166,7 +177,8 @@ def test_bitwise_and_logical_ops(dtype, device="cpu"):
     check(fn, a.to(device), b.to(device))
 
 
-def test_region_grows_to_a_broadcast_shape(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_region_grows_to_a_broadcast_shape(device):
     def fn(x, y):  # a (3,5) and a (4,) region meet in a (3,4,5) product; a is also returned
         a = x.exp() + 1
         return a[:, None, :] * (y * 2)[None, :, None] + 1, a
@@ -186,7 +198,8 @@ def test_growth_declined_when_a_region_value_does_not_feed_it():
     assert any("does not feed it" in r for r in reasons), reasons
 
 
-def test_gpt2_style_mask_kernels(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpt2_style_mask_kernels(device):
     """GPT-2's mask: arange + 0, unsqueezes, le, new_ones & le, where of two scalar
     tensors: one kernel for the mask (the arange, new_ones and scalar tensors launch nothing)."""
     def fn(x):
@@ -203,8 +216,9 @@ def test_gpt2_style_mask_kernels(device="cpu"):
     assert len(fused_calls(record)) == 1, [k.nodes for k in record.kernels]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64])
-def test_gather_by_broadcast_index_tensors(dtype, device="cpu"):
+def test_gather_by_broadcast_index_tensors(dtype, device):
     def fn(x):  # i: (5, 1), j: (1, 4) index positions -> a (5, 4) gather, negative included
         i = (torch.arange(5, device=x.device) + 1)[:, None]
         j = torch.arange(4, device=x.device)[None, :]
@@ -217,7 +231,10 @@ def test_gather_by_broadcast_index_tensors(dtype, device="cpu"):
 
 def test_gather_by_data_indices_stays_aten_and_raises_like_eager(device="cpu"):
     """Index values from data could be out of range: eager raises then, and a kernel's
-    masked load would silently read nothing, so such gathers stay ATen ``index`` calls."""
+    masked load would silently read nothing, so such gathers stay ATen ``index`` calls.
+
+    CPU only: on CUDA the out-of-range index is a device-side assert, which leaves the
+    CUDA context unusable for every later test in the process."""
     def fn(x, i):
         return x[i, i * 0] * 2
 
@@ -229,7 +246,8 @@ def test_gather_by_data_indices_stays_aten_and_raises_like_eager(device="cpu"):
         compiled(rand(6, 7, device=device), torch.full((5, 1), 9, device=device))
 
 
-def test_gpt2_mask_with_positions_is_one_kernel(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpt2_mask_with_positions_is_one_kernel(device):
     """GPT-2's mask also compares positions gathered from a cumsum: with the gathers
     inside the region, the mask is one kernel besides the cumsum."""
     def fn(x, ids):
@@ -249,7 +267,8 @@ def test_gpt2_mask_with_positions_is_one_kernel(device="cpu"):
     assert [str(t) for t in aten_calls(record) if "index" in str(t)] == []
 
 
-def test_gather_from_a_single_element(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_from_a_single_element(device):
     def fn(x):
         i = torch.arange(5, device=x.device)[:, None] * 0
         return x[i, i] + 1  # x is (1, 1): every lane reads element 0
@@ -266,7 +285,8 @@ def test_half_arange_is_declined_with_a_reason():
     assert any("kernels compute integer" in d.reason for d in record.declines), record.declines
 
 
-def test_views_of_fills_are_computed_in_place(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_views_of_fills_are_computed_in_place(device):
     def fn(x):
         full = torch.full((5, 1), 2.0, device=x.device).expand(5, 4).t()  # any view of a fill
         steps = torch.arange(20, device=x.device).view(4, 5)  # a reshape of an arange
@@ -276,7 +296,8 @@ def test_views_of_fills_are_computed_in_place(device="cpu"):
     assert len(fused_calls(record)) == 1 and aten_calls(record) == [], aten_calls(record)
 
 
-def test_gather_from_a_computed_source(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_from_a_computed_source(device):
     def fn(x):
         i = torch.arange(5, device=x.device) - 2  # -2 .. 2: negative ones count from the end
         steps = torch.arange(3, 3 + 2 * 12, 2, device=x.device).view(3, 4)

@@ -13,45 +13,7 @@ import torch.nn.functional as F
 
 import kitsune_backend
 from tests.conftest import DEVICES
-from tests.helpers import assert_close
-
-HALF_TYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def check(fn, *inputs, grad=False, min_regions=1, options=None, frozen=()):
-    """Compile ``fn`` with kitsune (strict), compare outputs (and input grads) with eager.
-
-    Returns the compile session; asserts the forward graph has at least ``min_regions``
-    fused regions. Inputs at positions in ``frozen`` never require grad.
-    """
-    compiled = torch.compile(fn, backend="kitsune", options={"strict": True, **(options or {})})
-    def copies():
-        return [x.detach().clone().requires_grad_(grad and x.is_floating_point() and i not in frozen)
-                if isinstance(x, torch.Tensor) else x for i, x in enumerate(inputs)]
-
-    eager_in, comp_in = copies(), copies()
-    expected = fn(*eager_in)
-    actual = compiled(*comp_in)
-    assert_close(actual, expected)
-    session = kitsune_backend.last_compile()
-    assert session.forward.stats["fused_regions"] >= min_regions, session.forward.declines
-    assert not session.forward.fallback_reason
-    if grad:
-        outs = expected if isinstance(expected, (tuple, list)) else (expected,)
-        weights = [torch.randn_like(o) for o in outs]
-        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-        outs = actual if isinstance(actual, (tuple, list)) else (actual,)
-        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-        for a, e in zip(comp_in, eager_in):
-            if isinstance(e, torch.Tensor) and e.grad is not None:
-                assert_close(a.grad, e.grad)
-    return session
-
-
-def rand(*shape, device="cpu", dtype=torch.float32):
-    """Standard-normal values (never zeros)."""
-    return torch.randn(shape, dtype=torch.float32).to(device, dtype)
-
+from tests.helpers import HALF_TYPES, check, rand
 
 UNARY = {
     "abs": torch.abs, "neg": torch.neg, "exp": torch.exp, "tanh": torch.tanh,

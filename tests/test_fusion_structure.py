@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 
 import kitsune_backend
-from tests.test_fusion_ops import check, rand
+from tests.conftest import DEVICES
+from tests.helpers import check, rand
 
 
 def _kernel_nodes(record):
     return [n for n in record.nodes_after("fusion") if n.extra.get("kitsune_region")]
 
 
-def test_chain_of_ten_pointwise_ops_is_one_kernel():
+@pytest.mark.parametrize("device", DEVICES)
+def test_chain_of_ten_pointwise_ops_is_one_kernel(device):
     def fn(x):
         y = x * 2
         y = y + 1
@@ -29,23 +31,26 @@ def test_chain_of_ten_pointwise_ops_is_one_kernel():
         y = torch.tanh(y)
         return y.abs()
 
-    record = check(fn, rand(8, 33)).forward
+    record = check(fn, rand(8, 33, device=device)).forward
     assert len(record.kernels) == 1
     assert len(_kernel_nodes(record)) == 1
     assert len(record.kernels[0].nodes) == 10
     assert record.stats["kernels"] == 1
 
 
-def test_softmax_over_last_dim_is_one_kernel():
-    record = check(lambda x: torch.softmax(x, -1), rand(16, 100)).forward
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_over_last_dim_is_one_kernel(device):
+    record = check(lambda x: torch.softmax(x, -1), rand(16, 100, device=device)).forward
     assert len(record.kernels) == 1
     assert record.stats["kernels"] == 1
     assert record.kernels[0].name.startswith("kitsune_fused_amax_sub_exp_sum_div")
 
 
-def test_layer_norm_forward_is_one_kernel():
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_norm_forward_is_one_kernel(device):
     fn = lambda x, w, b: F.layer_norm(x, (64,), w, b)  # noqa: E731
-    record = check(fn, rand(8, 64), rand(64), rand(64)).forward
+    record = check(fn, rand(8, 64, device=device), rand(64, device=device),
+                   rand(64, device=device)).forward
     assert len(record.kernels) == 1
     assert record.stats["kernels"] == 1
 

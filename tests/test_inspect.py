@@ -36,7 +36,7 @@ def test_forward_and_backward_are_recorded_separately(trained):
     for record in (trained.forward, trained.backward):
         assert record.stages == STAGES
         assert list(inspection.graphs(record)) == ["input", *STAGES]
-        assert all(p.seconds >= 0 for p in record.passes)
+        assert all(0 < p.seconds < 60 for p in record.passes), [p.seconds for p in record.passes]
         stats = record.stats
         for key in ("nodes_in", "nodes_out", "kernels", "fused_regions", "streams_used",
                     "bytes_planned"):
@@ -54,9 +54,11 @@ def test_snapshots_carry_layout(trained):
 
 def test_every_decline_has_a_stage_and_a_reason(trained):
     for record in trained.records:
-        assert record.declines, "the placeholder passes decline with reasons"
+        # on the CPU: library calls and one-op regions, no streams, no CUDA graphs
+        stages = {decline.stage for decline in record.declines}
+        assert stages == {"fusion", "streams", "cuda_graphs"}, record.declines
         for decline in record.declines:
-            assert decline.stage and decline.reason
+            assert isinstance(decline.reason, str) and len(decline.reason) > 10, decline
 
 
 def test_explain_lists_graphs_passes_and_declines(trained):

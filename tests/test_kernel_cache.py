@@ -8,7 +8,7 @@ import torch
 
 import kitsune_backend
 from kitsune_backend.codegen import cache
-from tests.test_fusion_ops import rand
+from tests.helpers import rand
 
 SOURCE = '''import triton
 import triton.language as tl

@@ -22,18 +22,10 @@ from kitsune_backend.errors import KitsuneConfigError
 from kitsune_backend.ir import PassContext
 from kitsune_backend.passes.matmul_bias import _choose, matmul_and_bias
 from tests.conftest import DEVICES
-from tests.test_fusion_ops import HALF_TYPES, check, rand
+from tests.helpers import HALF_TYPES, check, rand
+from tests.helpers_cases import _mm_bias_kernels, qkv
 
 ALWAYS = {"matmul_kernels": "always"}
-
-
-def qkv(x, w, b):
-    """GPT-2's QKV projection: ``addmm`` whose output only attention's views read."""
-    return torch.addmm(b, x, w).view(x.shape[0], 3, w.shape[1] // 3).unbind(1)
-
-
-def _mm_bias_kernels(session):
-    return [k for k in session.forward.kernels if k.name.startswith("kitsune_mm_bias")]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kitsune_backend.passes import arena_planning as arena, stream_planning as chains
-from tests.test_streams_algo import dags, order_graph
+from tests.helpers_graphs import dags, order_graph
 
 
 @st.composite

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 import kitsune_backend
 from kitsune_backend.passes import maxpool_decompositions as pd
 from kitsune_backend.models import LeNet5
+from tests.conftest import DEVICES
 from tests.helpers import assert_close
+from tests.helpers_cases import _pool_and_grad, _same
 
 aten = torch.ops.aten
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -42,12 +44,6 @@ def pools(draw, max_size=7):
     return x.to(dtype), kernel, stride, padding, draw(st.booleans())
 
 
-def _same(actual, expected):
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    assert torch.equal(actual.isnan(), expected.isnan())
-    assert torch.equal(torch.nan_to_num(actual, nan=0.0), torch.nan_to_num(expected, nan=0.0))
-
-
 @settings(max_examples=200, deadline=None)
 @given(pools())
 def test_decomposition_equals_aten_exactly(case):
@@ -63,13 +59,6 @@ def test_decomposition_equals_aten_exactly(case):
     expected_grad = aten.max_pool2d_with_indices_backward(grad, x, *args, expected_idx)
     assert_close(pd.max_pool2d_with_indices_backward(grad, x, *args, expected_idx),
                  expected_grad)
-
-
-def _pool_and_grad(fn, x, grad):
-    x = x.detach().clone().requires_grad_(True)
-    values, indices = fn(x)
-    values.backward(grad)
-    return values.detach(), indices, x.grad
 
 
 @settings(max_examples=10, deadline=None)
@@ -149,8 +138,11 @@ def test_lenet_stage_structure():
         k.nodes for k in backward.kernels]
 
 
-def test_lenet5_training_matches_eager(device="cpu", batch=4, steps=2):
-    """LeNet-5 training steps (fresh inputs each): loss and every gradient as eager."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_lenet5_training_matches_eager(device):
+    """LeNet-5 training steps (fresh inputs each): loss and every gradient as eager (on CUDA
+    with more steps, past warm-up and capture, on a larger batch)."""
+    batch, steps = (16, 4) if device == "cuda" else (4, 2)
     torch.manual_seed(0)
     eager = LeNet5().to(device)
     model = copy.deepcopy(eager)

@@ -26,8 +26,8 @@ from kitsune_backend.ir import PassContext
 from kitsune_backend.codegen.lowering import generate_kernels
 from kitsune_backend.codegen.precompile import precompile_kernels
 from kitsune_backend.passes.fusion import fuse
-from tests.test_codegen import fused
-from tests.test_fusion_ops import rand
+from tests.helpers import rand
+from tests.helpers_graphs import fused
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from kitsune_backend.runtime.capture import COPY_OUT_MAX_BYTES, copy_out_indices
 from kitsune_backend.runtime.executor import ScheduleRunner
 from kitsune_backend.runtime.schedule_code import cross_stream_values
 from tests.schedule_plot import render_schedule, schedule_layout
-from tests.test_streams import branchy, branchy_graph, context, trace
+from tests.helpers_graphs import branchy, branchy_graph, context, trace
 
 
 class FakeOps:

@@ -12,7 +12,7 @@ from kitsune_backend.codegen.kernel import FusedKernel
 from kitsune_backend.graph_utils import STORAGE_COPYING
 from tests.conftest import DEVICES
 from tests.helpers import assert_close
-from tests.test_views_random_graphs import build
+from tests.helpers_graphs import build
 
 aten = torch.ops.aten
 

@@ -5,33 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kitsune_backend.passes import stream_planning as chains
-
-
-@st.composite
-def dags(draw, max_nodes=14):
-    """A random DAG over 0..n-1 (edges go forward), its order and a cost per node."""
-    n = draw(st.integers(1, max_nodes))
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(n))
-    for v in range(1, n):
-        preds = draw(st.lists(st.integers(0, v - 1), max_size=3, unique=True))
-        dag.add_edges_from((u, v) for u in preds)
-    cost = {v: draw(st.floats(1.0, 50.0)) for v in range(n)}
-    return dag, list(range(n)), cost
-
-
-def order_graph(plan):
-    """The happens-before graph the runtime actually enforces: stream order, events, joins."""
-    hb = nx.DiGraph()
-    hb.add_nodes_from(plan.order)
-    last = {}
-    for v in plan.order:
-        s = plan.stream[v]
-        if s in last:
-            hb.add_edge(last[s], v)
-        last[s] = v
-        hb.add_edges_from((u, v) for u in plan.waits[v])
-    return hb
+from tests.helpers_graphs import dags, order_graph
 
 
 def check_plan(dag, plan, num_streams):

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 
 from tests.conftest import DEVICES
 from tests.helpers import assert_close
+from tests.helpers_graphs import build
 
 
 @dataclasses.dataclass
@@ -75,42 +76,6 @@ def programs(draw):
             steps.append(("unary", i, (draw(st.integers(0, 3)),)))
             values.append(Value(v.shape, _numel(v.shape)))
     return (rows, cols), steps
-
-
-UNARY = [torch.sin, torch.sigmoid, lambda t: t * 1.5 - 0.25, torch.tanh]
-
-
-def build(steps):
-    """The program: ``f(x)`` running ``steps``, returning every value made (as copies of
-    views, so outputs do not alias each other)."""
-
-    def f(x):
-        values = [torch.neg(torch.neg(x))]
-        for kind, i, params in steps:
-            v = values[i]
-            if kind == "unary":
-                values.append(UNARY[params[0]](v))
-            elif kind == "combine":
-                values.append(v * 0.5 + values[params[0]].mean())
-            elif kind == "as_strided":
-                values.append(torch.as_strided(v, *params))
-            elif kind == "strided_copy":
-                values.append(torch.as_strided_copy(v, *params) + 1)
-            elif kind == "narrow":
-                values.append(v.narrow(0, *params))
-            elif kind == "transpose":
-                values.append(v.t())
-            elif kind == "inplace":
-                fresh = torch.sigmoid(v)
-                fresh.mul_(params[0] + 0.5)
-                values.append(fresh)
-            else:  # in-place through a view of a fresh intermediate
-                fresh = torch.cos(v)
-                fresh.t()[: max(1, fresh.shape[-1] // 2)].add_(params[0] + 1.0)
-                values.append(fresh)
-        return [torch.neg(torch.neg(v)) for v in values[1:]]
-
-    return f
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,6 +1,8 @@
-"""Fusion on CUDA: whole models end to end, CUDA graph capture of generated kernels, and
-``max-autotune``. The op-family checks of ``tests/test_fusion_ops.py`` run on CUDA through
-their ``cuda`` parameters (``-m gpu``)."""
+"""Fusion on CUDA only: default-size models end to end, CUDA graph capture of generated
+kernels, long rows, ``max-autotune``, and the kernels one call launches (counted by the
+profiler). The op-family checks of ``tests/test_fusion_ops.py``, ``test_fusion_cat_sources.py``
+and the small models of ``test_fusion_models.py`` run on CUDA through their ``cuda``
+parameters (``-m gpu``)."""
 
 from __future__ import annotations
 
@@ -13,27 +15,10 @@ import torch.nn.functional as F
 import kitsune_backend
 from kitsune_backend import models
 from kitsune_backend.codegen.kernel import FusedKernel
-from tests.test_codegen import fused
-from tests.test_fusion_models import check_model, model_cases
-from tests.test_fusion_ops import check, rand
+from tests.helpers import assert_close, check, check_model, rand
+from tests.helpers_graphs import fused
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """Full fp32 convolutions and matmuls, so eager and compiled differ only by fusion."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-@pytest.mark.parametrize("name", ["MLP", "SmallCNN", "TransformerBlock", "BranchyHeads"])
-def test_models_forward_backward_cuda(name):
-    model, x = model_cases("cuda")[name]
-    session = check_model(model, x, "cuda")
-    assert sum(r.stats["fused_regions"] for r in session.records) > 0
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 
 
 def test_default_size_models_cuda():
@@ -79,3 +64,26 @@ def test_max_autotune_picks_and_remembers_a_config(tmp_path):
     torch.testing.assert_close(fn(x), torch.softmax(x, -1) * 2)
     assert os.path.exists(tmp_path / "autotune.json")
     assert kitsune_backend.last_compile().forward.stats["fused_regions"] == 1
+
+
+def test_default_branchy_launches_one_kernel_per_head_and_one_for_the_cat():
+    """BranchyHeads() at batch 32: 8 layer-norm kernels and 1 bias-add + cat kernel per
+    call, besides the 16 matmuls (the evidence run had 8 more adds and an ATen cat)."""
+    torch.manual_seed(0)
+    model = models.BranchyHeads().cuda().eval()
+    x = torch.randn(32, 512, device="cuda")
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="kitsune", options={"strict": True})
+        for _ in range(3):  # warm-up and capture
+            compiled(x)
+        assert_close(compiled(x), model(x))
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            compiled(x)
+            torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    fused = [n for n in names if n.startswith("kitsune_fused")]
+    assert len(fused) == 9, sorted(set(names))
+    assert not any("CatArrayBatchedCopy" in n or "CUDAFunctor_add" in n for n in names), names
+    record = kitsune_backend.last_compile().forward
+    assert sum(k.name.startswith("kitsune_fused_add_cat") for k in record.kernels) == 1

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_fusion_ops import check, rand
-from tests.test_matmul_bias import _mm_bias_kernels, qkv
+from tests.helpers import check, rand
+from tests.helpers_cases import _mm_bias_kernels, qkv
 
 pytestmark = pytest.mark.gpu
 

@@ -1,5 +1,6 @@
 """Max-pool decompositions on CUDA: generated kernels against ATen's CUDA pools (values and
-indices bitwise, gradients), and LeNet-5 training against eager."""
+indices bitwise, gradients). LeNet-5 training runs on CUDA through the ``cuda`` parameter of
+``tests/test_pool_decompositions.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import torch.nn.functional as F
 
 import kitsune_backend
 from tests.helpers import assert_close
-from tests import test_pool_decompositions as cases
-from tests.test_pool_decompositions import _pool_and_grad, _same
+from tests.helpers_cases import _pool_and_grad, _same
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
@@ -46,7 +46,3 @@ def test_compiled_pool_equals_cuda_aten(name, dtype):
     targets = [n.target for r in kitsune_backend.last_compile().records
                for n in r.nodes_after("fusion")]
     assert not any("max_pool2d" in t for t in targets), targets
-
-
-def test_lenet5_training_matches_eager_cuda():
-    cases.test_lenet5_training_matches_eager("cuda", batch=16, steps=4)

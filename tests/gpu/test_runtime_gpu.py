@@ -23,20 +23,9 @@ from kitsune_backend.backend import kitsune  # noqa: E402
 from kitsune_backend.models import MLP, BranchyHeads, SmallCNN  # noqa: E402
 from tests.schedule_plot import render_schedule  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
+from tests.helpers_gpu import DEV, compile_with, deterministic  # noqa: E402,F401 (autouse)
 
 pytestmark = pytest.mark.gpu
-
-DEV = "cuda"
-# the backend by object: the "kitsune" name needs the package installed (entry point)
-
-
-@pytest.fixture(autouse=True)
-def deterministic():
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
 
 
 class BasicConv(nn.Module):
@@ -77,12 +66,6 @@ class TwoInceptions(nn.Module):
 
     def forward(self, x):
         return self.b(self.a(x))
-
-
-def compile_with(model, **options):
-    torch._dynamo.reset()
-    kitsune_backend.clear_history()
-    return torch.compile(model, backend=kitsune, options=options)
 
 
 def forward_record():
