@@ -15,9 +15,10 @@ from .errors import (
     KitsunePluginError,
     KitsuneUnsupportedError,
 )
-from .inspection import clear_history, explain, history, last_compile
+from .inspection import explain, history, last_compile
 from .ir import Decline, PassContext, PassResult
-from .plugins import PluginPass, register_pass, unregister_pass
+from .plugins import PluginPass
+from .process import clear_history, register_pass, unregister_pass
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,8 @@ from .codegen.precompile import warm_pool
 from .compiler import compile_graph
 from .config import Config, resolve
 from .passes.decompositions import decomposition_table
-from .session import CompileSession, new_session
+from .process import PROCESS
+from .session import CompileSession
 
 
 def kitsune(
@@ -33,8 +34,8 @@ def kitsune(
     """
     config = resolve(mode, options)
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
-        warm_pool(config)  # compile workers start while AOTAutograd traces
-    session = new_session(config, mode)
+        warm_pool(config, PROCESS.compile_pool)  # workers start while AOTAutograd traces
+    session = PROCESS.history.new(config, mode)
     backend = aot_autograd(
         fw_compiler=_compiler(config, "forward", session),
         bw_compiler=_compiler(config, "backward", session),
@@ -48,7 +49,7 @@ def kitsune(
 def _compiler(config: Config, kind: str, session: CompileSession) -> Callable:
     def compile_aot_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         """AOTAutograd's compiler for one ``kind`` of graph, bound to this compile's config."""
-        return compile_graph(gm, example_inputs, config, kind, session)
+        return compile_graph(gm, example_inputs, config, kind, session, PROCESS)
 
     compile_aot_graph.__name__ = f"kitsune_{kind}_compiler"
     return compile_aot_graph

@@ -19,6 +19,7 @@ from .ir import Decline, PassContext, RuntimeReport
 from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
 from .runtime.executor import ScheduleRunner
+from .process import ProcessState
 from .session import CompileSession
 
 
@@ -82,6 +83,7 @@ def compile_graph(
     config: Config,
     kind: str,
     session: CompileSession,
+    process: ProcessState,
 ) -> Callable:
     """Compile one forward/backward/inference graph into a boxed callable.
 
@@ -101,11 +103,12 @@ def compile_graph(
         static_input_indices=static_input_indices(kind),
         caller_output_indices=caller_output_indices(kind, gm),
         runtime_report=RuntimeReport(record.runtime_info, record.other_declines),
+        process=process,
     )
     try:
         runner = _optimize(gm, ctx, record, original)
     finally:
         record.compile_seconds = time.perf_counter() - start
         if config.debug_dir:  # also when strict raised: the dump shows how far it got
-            dump_record(record, original, example_inputs, config.debug_dir)
+            dump_record(record, original, example_inputs, config.debug_dir, session.id)
     return make_boxed_func(runner)

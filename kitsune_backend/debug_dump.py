@@ -30,16 +30,13 @@ import torch.fx as fx
 from . import inspection, repro
 from .ir import Decline
 from .record import CompileRecord
-from .session import HISTORY
 
-
-def dump_record(
-    record: CompileRecord, input_gm: fx.GraphModule, example_inputs: Sequence[Any], root: str
-) -> str:
+def dump_record(record: CompileRecord, input_gm: fx.GraphModule, example_inputs: Sequence[Any],
+                root: str, session_id: int) -> str:
     """Write ``record`` under a new numbered folder of ``root``; returns the folder written
     (``""`` when writing failed: the record then carries a ``debug_dump`` decline)."""
     try:
-        folder = _new_folder(root, f"{_session_label(record)}_{record.name}")
+        folder = _new_folder(root, f"compile{session_id}_{record.name}")
         _write_repro(record, input_gm, example_inputs, folder)
         _write_graphs(record, folder)
         _write_reports(record, folder)
@@ -66,13 +63,6 @@ def _new_folder(root: str, label: str) -> str:
             return folder
         except FileExistsError:
             number += 1
-
-
-def _session_label(record: CompileRecord) -> str:
-    for session in HISTORY:
-        if any(r is record for r in session.records):
-            return f"compile{session.id}"
-    return "compile"
 
 
 def _write_graphs(record: CompileRecord, folder: str) -> None:

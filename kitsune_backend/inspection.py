@@ -19,7 +19,8 @@ import networkx as nx
 
 from . import dot
 from .record import CompileRecord
-from .session import HISTORY, CompileSession, clear_history
+from .process import PROCESS, clear_history
+from .session import CompileSession
 
 __all__ = [
     "clear_history",
@@ -35,14 +36,15 @@ __all__ = [
 
 def last_compile() -> CompileSession:
     """The most recent compile session (one per graph Dynamo handed to kitsune)."""
-    if not HISTORY:
+    sessions = PROCESS.history.sessions()
+    if not sessions:
         raise LookupError("kitsune has compiled nothing yet in this process")
-    return HISTORY[-1]
+    return sessions[-1]
 
 
 def history() -> list[CompileSession]:
     """Every remembered compile session, oldest first."""
-    return list(HISTORY)
+    return PROCESS.history.sessions()
 
 
 def explain(target: Union[CompileSession, CompileRecord, None] = None) -> str:

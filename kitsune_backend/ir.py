@@ -154,7 +154,9 @@ class PassContext:
     ``inference`` plus a counter); ``example_inputs``; ``static_input_indices`` (inputs that
     are parameters or buffers: they keep their address between calls);
     ``caller_output_indices`` (outputs the caller receives: a forward graph's others are saved
-    for backward); ``runtime_report`` (where the built runtime reports while it runs).
+    for backward); ``runtime_report`` (where the built runtime reports while it runs);
+    ``process`` (the process's :class:`~kitsune_backend.process.ProcessState`: plugin
+    registry, kernel cache, compile pool, capture registry).
 
     Set by stages (``None`` until the stage that sets it has run; the pipeline lists which
     stage requires and which ensures each one, and checks it in debug mode):
@@ -170,6 +172,7 @@ class PassContext:
     static_input_indices: tuple[int, ...] = ()
     caller_output_indices: tuple[int, ...] = ()
     runtime_report: RuntimeReport = dataclasses.field(default_factory=RuntimeReport)
+    process: Any = None
     regions: Optional[dict[str, list[str]]] = None
     lone_ops: Optional[list[str]] = None
     stream_plan: Optional[StreamPlan] = None

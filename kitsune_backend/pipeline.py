@@ -32,7 +32,7 @@ from .passes.fusion import fuse
 from .passes.matmul_bias import fold_matmul_bias
 from .passes.memory_plan import plan_memory
 from .passes.streams import assign_streams
-from .plugins import REGISTRY, STAGES
+from .plugins import STAGES
 from .record import CompileRecord, PassRecord, snapshot
 
 PHASES = ("graph", "lowering", "runtime")
@@ -124,9 +124,9 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) ->
             _run_one(gm, ctx, record, stage, stage.name, stage.fn, placeholders)
             continue
         if stage.name == STAGES[0]:  # once per graph, at the first plugin slot
-            for broken in REGISTRY.broken():
+            for broken in ctx.process.plugins.broken():
                 _report_plugin_failure(ctx, record, stage.name, broken.name, broken.error)
-        for plugin in REGISTRY.passes_for(stage.name):
+        for plugin in ctx.process.plugins.passes_for(stage.name):
             # A plugin works on a copy, so one that fails half-way leaves no trace.
             work = copy_graph_module(gm)
             try:

@@ -1,8 +1,9 @@
 """The pass registry: passes users add, from a script or through Python entry points.
 
-Two ways in, one registry:
+Two ways in, one registry per process (in :class:`~kitsune_backend.process.ProcessState`):
 
-* ``kitsune_backend.register_pass(fn, stage="pre_fusion", name=..., order=...)`` from code;
+* ``kitsune_backend.register_pass(fn, stage="pre_fusion", name=..., order=...)`` from code
+  (:func:`kitsune_backend.process.register_pass`);
 * an installed package that declares, in its packaging metadata::
 
       [options.entry_points]
@@ -14,7 +15,7 @@ Two ways in, one registry:
 
 Passes in a stage run by ``order``, then by name. Names are unique across both ways in: a
 duplicate is refused with :class:`~kitsune_backend.errors.KitsunePluginError` (from
-:func:`register_pass` at once; an entry point whose name is taken is reported as broken).
+:func:`~kitsune_backend.process.register_pass` at once; an entry point whose name is taken is reported as broken).
 Entry points are imported once per process, at the first compile or registration. One that
 fails to load is remembered with its error and reported by every compile (a decline, or an
 exception under ``strict=True``).
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from typing import Optional
 
 from .errors import KitsunePluginError
 from .ir import PassFn
@@ -126,31 +126,3 @@ def _plugin_from_entry_point(name: str, obj: object, value: str) -> PluginPass:
         order=getattr(obj, "kitsune_order", 0),
         source=f"entry point {value}",
     )
-
-
-REGISTRY = PassRegistry()
-
-
-def register_pass(
-    fn: PassFn,
-    *,
-    stage: str = "pre_fusion",
-    name: Optional[str] = None,
-    order: int = 0,
-) -> PluginPass:
-    """Register ``fn(gm, ctx) -> PassResult | None`` to run at ``stage`` in every compile.
-
-    ``stage`` is ``"pre_fusion"`` (plain ATen with metadata) or ``"post_fusion"`` (fused
-    kernels are single nodes). ``name`` defaults to the function's name and must be unique.
-    Lower ``order`` runs first. Returns the registration; :func:`unregister_pass` undoes it.
-    Installed entry points are loaded first, so a name one of them holds is refused here.
-    """
-    REGISTRY.load_entry_points()
-    if name is None:
-        name = getattr(fn, "__name__", "")
-    return REGISTRY.register(PluginPass(name=name, fn=fn, stage=stage, order=order))
-
-
-def unregister_pass(name: str) -> None:
-    """Remove a pass registered under ``name``."""
-    REGISTRY.unregister(name)

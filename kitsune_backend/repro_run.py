@@ -18,7 +18,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from .compiler import compile_graph
 from .config import Config
 from .repro import TOLERANCES, InputSpec
-from .session import new_session
+from .process import PROCESS
 
 
 def main(
@@ -41,8 +41,8 @@ def main(
     fake_args = _fake_propagate(gm, args)
     expected_args, expected = _run_seeded(lambda a: module(*a), args, seed)
     config = Config().replace(**options)
-    session = new_session(config)
-    compiled = compile_graph(gm, fake_args, config, kind, session)
+    session = PROCESS.history.new(config)
+    compiled = compile_graph(gm, fake_args, config, kind, session, PROCESS)
     record = session.records[-1]
     print(f"kitsune compiled graph {record.name!r} ({len(record.input_nodes)} nodes)")
     if record.fallback_reason:

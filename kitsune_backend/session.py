@@ -16,10 +16,6 @@ from .record import CompileRecord
 
 HISTORY_LIMIT = 64
 
-_session_ids = itertools.count()
-HISTORY: collections.deque["CompileSession"] = collections.deque(maxlen=HISTORY_LIMIT)
-
-
 @dataclasses.dataclass
 class CompileSession:
     """One Dynamo graph compiled by kitsune: its config and a record per AOT graph."""
@@ -56,13 +52,23 @@ class CompileSession:
         return self.get("backward")
 
 
-def new_session(config: Config, mode: Any = None) -> CompileSession:
-    """Start and remember a session for one Dynamo graph."""
-    session = CompileSession(id=next(_session_ids), config=config, mode=mode)
-    HISTORY.append(session)
-    return session
+class History:
+    """The last ``limit`` compile sessions, oldest first."""
 
+    def __init__(self, limit: int = HISTORY_LIMIT) -> None:
+        self._sessions: collections.deque[CompileSession] = collections.deque(maxlen=limit)
+        self._ids = itertools.count()
 
-def clear_history() -> None:
-    """Forget every recorded compile."""
-    HISTORY.clear()
+    def new(self, config: Config, mode: Any = None) -> CompileSession:
+        """Start and remember a session for one Dynamo graph."""
+        session = CompileSession(id=next(self._ids), config=config, mode=mode)
+        self._sessions.append(session)
+        return session
+
+    def sessions(self) -> list[CompileSession]:
+        """Every remembered session, oldest first."""
+        return list(self._sessions)
+
+    def clear(self) -> None:
+        """Forget every recorded compile."""
+        self._sessions.clear()

@@ -16,6 +16,7 @@ from kitsune_backend.config import Config
 from kitsune_backend.passes.decompositions import decomposition_table
 from kitsune_backend.ir import PassContext
 from kitsune_backend.passes.fusion import fuse
+from kitsune_backend.process import PROCESS
 
 
 def fused(fn, *inputs, cache_dir=""):
@@ -23,7 +24,7 @@ def fused(fn, *inputs, cache_dir=""):
     kernels)."""
     gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake")(*inputs)
     ctx = PassContext(config=Config(kernel_cache_dir=cache_dir), graph_name="t",
-                      example_inputs=inputs)
+                      example_inputs=inputs, process=PROCESS)
     fuse(gm, ctx)
     generate_kernels(gm, ctx)
     gm.recompile()

@@ -32,6 +32,7 @@ from kitsune_backend.config import Config  # noqa: E402
 from kitsune_backend.passes.decompositions import decomposition_table  # noqa: E402
 from kitsune_backend.codegen import lowering  # noqa: E402
 from kitsune_backend.passes import fusion  # noqa: E402
+from kitsune_backend.process import PROCESS  # noqa: E402
 from kitsune_backend.ir import PassContext  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -75,7 +76,7 @@ def build_kernels(cache_dir: str) -> list[FusedKernel]:
     inputs = (torch.randn(16, 32), torch.randn(32, 32))
     gm = make_fx(model, decomposition_table=decomposition_table(), tracing_mode="fake")(*inputs)
     ctx = PassContext(config=Config(kernel_cache_dir=cache_dir, compile_workers=0),
-                      graph_name="t", example_inputs=inputs)
+                      graph_name="t", example_inputs=inputs, process=PROCESS)
     fusion.why_not_on = lambda device: ""  # the kernels are for the (fake) GPU
     fusion.fuse(gm, ctx)
     lowering.generate_kernels(gm, ctx)
@@ -122,15 +123,17 @@ def main(what: str, tmp: str) -> dict:
         facts["request_after_worker"] = precompile.capture_request(kernel) is not None
         facts["hits"] = compile_in_this_process([kernel])
     else:
-        report = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"))
+        report = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"),
+                                       PROCESS.compile_pool)
         facts["report"] = report.stats()
-        facts["pool_target"] = precompile.pool().target
+        facts["pool_target"] = PROCESS.compile_pool.target
         facts["failures"] = report.failures
         facts["skipped"] = report.skipped
         before = cache_entries(triton_cache)
         facts["hits"] = compile_in_this_process(kernels)
         facts["new_entries"] = len(set(cache_entries(triton_cache)) - set(before))
-        again = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"))
+        again = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"),
+                                      PROCESS.compile_pool)
         facts["again"] = again.stats()
     facts["cuda_initialized"] = torch.cuda.is_initialized()
     return facts

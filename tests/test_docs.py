@@ -35,13 +35,14 @@ def html(tmp_path_factory):
 
 
 def _text(path):
-    """The visible text of an HTML page."""
-    return html_text.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+    """The visible text of an HTML page, with Sphinx's curly quotes made straight again."""
+    text = html_text.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+    return text.replace("\u2019", "'").replace("\u2018", "'")
 
 
 def test_every_page_is_built(html):
-    for page in ("index", "quickstart", "pipeline", "plugins", "configuration", "benchmarks",
-                 "api"):
+    for page in ("index", "quickstart", "architecture", "pipeline", "plugins", "configuration",
+                 "benchmarks", "api"):
         assert (html / f"{page}.html").exists(), page
 
 
@@ -57,6 +58,23 @@ def test_pipeline_page_lists_every_stage_in_order(html):
     text = " ".join(_text(html / "pipeline.html").split())
     positions = [text.find(stage.why_here) for stage in pipeline.PIPELINE]
     assert -1 not in positions and positions == sorted(positions)
+
+
+def test_architecture_page_draws_every_stage_with_its_hand_offs(html):
+    """The phases picture and the table come from PIPELINE: every stage, its phase, the
+    function that runs it and the fields it requires and ensures, in order."""
+    raw = _text(html / "architecture.html")
+    text = " ".join(raw.split())
+    for phase in pipeline.PHASES:
+        assert f"[{phase} phase]" in text, phase
+    picture = raw[raw.find("[graph phase]"):raw.find("ctx.runner: the callable")]
+    first_words = [line.split()[0] for line in picture.splitlines() if line.startswith("  ")]
+    assert [w for w in first_words if w != "v"] == [s.name for s in pipeline.PIPELINE]
+    for stage in pipeline.PIPELINE:
+        if stage.fn is not None:
+            assert f"{stage.fn.__module__}.{stage.fn.__name__}" in text, stage.name
+        for field in (*stage.requires, *stage.ensures):
+            assert field in text, (stage.name, field)
 
 
 def test_api_page_documents_the_public_names(html):

@@ -14,7 +14,7 @@ from tests.helpers import check, rand
 
 
 def _kernel_nodes(record):
-    return [n for n in record.nodes_after("fusion") if n.extra.get("kitsune_region")]
+    return [n for n in record.nodes_after("kernels") if n.extra.get("kitsune_region")]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -67,7 +67,7 @@ def test_identical_regions_share_one_kernel():
     assert [k.name for k in record.kernels] == [first.target, first.target, third.target]
     assert record.kernels[1].nodes != record.kernels[0].nodes  # each region keeps its nodes
     assert "reuse an identical kernel" in " ".join(
-        note for p in record.passes if p.name == "fusion" for note in p.notes)
+        note for p in record.passes if p.name == "kernels" for note in p.notes)
 
 
 def test_regions_alike_but_for_dtype_do_not_share():

@@ -54,9 +54,11 @@ def test_snapshots_carry_layout(trained):
 
 def test_every_decline_has_a_stage_and_a_reason(trained):
     for record in trained.records:
-        # on the CPU: library calls and one-op regions, no streams, no CUDA graphs
+        # on the CPU: library calls and one-op regions, bias adds that cannot be timed
+        # against cuBLAS (forward), no streams, no CUDA graphs
         stages = {decline.stage for decline in record.declines}
-        assert stages == {"fusion", "streams", "cuda_graphs"}, record.declines
+        bias = {"matmul_bias"} if record.name == "forward" else set()
+        assert stages == {"fusion", "streams", "cuda_graphs"} | bias, record.declines
         for decline in record.declines:
             assert isinstance(decline.reason, str) and len(decline.reason) > 10, decline
 

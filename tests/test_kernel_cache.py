@@ -21,11 +21,6 @@ def kitsune_test_copy(in0, out0):
 '''
 
 
-def _fresh_process(monkeypatch):
-    """Forget what this process imported, as a second process would."""
-    monkeypatch.setattr(cache, "_LOADED", {})
-
-
 def _run(module):
     x = rand(8)
     y = torch.empty(8)
@@ -34,9 +29,9 @@ def _run(module):
 
 
 def test_same_source_loads_once(tmp_path, monkeypatch):
-    _fresh_process(monkeypatch)
-    first = cache.load(SOURCE, str(tmp_path))
-    assert cache.load(SOURCE, str(tmp_path)) is first
+    kernels = cache.KernelCache()  # what one process imported
+    first = kernels.load(SOURCE, str(tmp_path))
+    assert kernels.load(SOURCE, str(tmp_path)) is first
     files = sorted(os.listdir(cache.source_dir(str(tmp_path))))
     digest = cache.source_hash(SOURCE)
     assert files == [f"{digest}.py", f"{digest}.sha256"]
@@ -44,41 +39,49 @@ def test_same_source_loads_once(tmp_path, monkeypatch):
 
 
 def test_second_process_reuses_the_entry(tmp_path, monkeypatch):
-    _fresh_process(monkeypatch)
-    cache.load(SOURCE, str(tmp_path))
+    kernels = cache.KernelCache()  # what one process imported
+    kernels.load(SOURCE, str(tmp_path))
     path = os.path.join(cache.source_dir(str(tmp_path)), cache.source_hash(SOURCE) + ".py")
     stamp = os.stat(path).st_mtime_ns
-    _fresh_process(monkeypatch)
-    _run(cache.load(SOURCE, str(tmp_path)))
+    kernels = cache.KernelCache()  # what one process imported
+    _run(kernels.load(SOURCE, str(tmp_path)))
     assert os.stat(path).st_mtime_ns == stamp
 
 
 def test_corrupt_entry_is_rebuilt_not_used(tmp_path, monkeypatch):
-    _fresh_process(monkeypatch)
-    cache.load(SOURCE, str(tmp_path))
+    kernels = cache.KernelCache()  # what one process imported
+    kernels.load(SOURCE, str(tmp_path))
     path = os.path.join(cache.source_dir(str(tmp_path)), cache.source_hash(SOURCE) + ".py")
     with open(path, "w") as f:
         f.write("raise RuntimeError('corrupt entry was imported')\n")
-    _fresh_process(monkeypatch)
-    _run(cache.load(SOURCE, str(tmp_path)))
+    kernels = cache.KernelCache()  # what one process imported
+    _run(kernels.load(SOURCE, str(tmp_path)))
     with open(path) as f:
         assert f.read() == SOURCE
 
 
 def test_missing_checksum_is_rebuilt(tmp_path, monkeypatch):
-    _fresh_process(monkeypatch)
-    cache.load(SOURCE, str(tmp_path))
+    kernels = cache.KernelCache()  # what one process imported
+    kernels.load(SOURCE, str(tmp_path))
     base = os.path.join(cache.source_dir(str(tmp_path)), cache.source_hash(SOURCE))
     os.remove(base + ".sha256")
-    _fresh_process(monkeypatch)
-    _run(cache.load(SOURCE, str(tmp_path)))
+    kernels = cache.KernelCache()  # what one process imported
+    _run(kernels.load(SOURCE, str(tmp_path)))
     assert os.path.exists(base + ".sha256")
 
 
-def test_triton_cache_goes_under_kitsune_cache(tmp_path, monkeypatch):
+def test_triton_binaries_go_under_each_compiles_cache_dir(tmp_path, monkeypatch):
+    from triton import knobs
+
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    cache.use_triton_cache_under(str(tmp_path))
-    assert os.environ["TRITON_CACHE_DIR"] == os.path.join(str(tmp_path), "triton")
+    before = knobs.cache.dir
+    for folder in (tmp_path / "a", tmp_path / "b"):  # the first cache dir does not stick
+        with cache.triton_binaries_under(str(folder)):
+            assert knobs.cache.dir == str(folder / "triton")
+        assert knobs.cache.dir == before
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "users"))  # the user's choice wins
+    with cache.triton_binaries_under(str(tmp_path / "a")):
+        assert knobs.cache.dir == str(tmp_path / "users")
 
 
 def test_compile_uses_configured_cache_dir(tmp_path):

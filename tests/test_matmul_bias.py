@@ -21,6 +21,7 @@ from kitsune_backend.codegen.source import TensorSpec
 from kitsune_backend.errors import KitsuneConfigError
 from kitsune_backend.ir import PassContext
 from kitsune_backend.passes.matmul_bias import _choose, matmul_and_bias
+from kitsune_backend.process import PROCESS
 from tests.conftest import DEVICES
 from tests.helpers import HALF_TYPES, check, rand
 from tests.helpers_cases import _mm_bias_kernels, qkv
@@ -165,6 +166,7 @@ def test_generated_source_matches_eager_on_random_layouts(m, k, n, transposed, t
     specs = [TensorSpec(f"t{i}", tuple(t.shape), t.stride(), t.dtype)
              for i, t in enumerate((a, b, bias, out))]
     generated = matmul_bias_source(("mm", "add"), *specs, tile, "ieee")
-    kernel = FusedKernel(generated, fx.Graph(), kitsune_backend.config.resolve().cache_dir)
+    kernel = FusedKernel(generated, fx.Graph(), kitsune_backend.config.resolve().cache_dir,
+                         PROCESS.kernel_cache)
     kernel(a, b, bias, out=(out,))
     torch.testing.assert_close(out, torch.addmm(bias, a, b), rtol=1e-5, atol=1e-4)

@@ -9,7 +9,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from kitsune_backend import pipeline
 from kitsune_backend.compiler import compile_graph
 from kitsune_backend.config import Config
-from kitsune_backend.session import new_session
+from kitsune_backend.process import PROCESS
 from tests.helpers import assert_close
 
 UNARY = [torch.exp, torch.tanh, torch.sigmoid, torch.relu, torch.neg, torch.abs,
@@ -61,7 +61,8 @@ def test_pipeline_preserves_results_of_random_graphs(steps, n_inputs, rows, cols
     inputs = [torch.randn(rows, cols) for _ in range(n_inputs)]
     gm = make_fx(program)(*inputs)
     config = Config(fusion=fusion, strict=True, debug=True)
-    compiled = compile_graph(gm, inputs, config, "inference", new_session(config))
+    compiled = compile_graph(gm, inputs, config, "inference", PROCESS.history.new(config),
+                             PROCESS)
     fresh = [torch.randn(rows, cols) for _ in range(n_inputs)]
     assert_close(tuple(compiled(list(fresh))), program(*fresh))
 
@@ -72,8 +73,8 @@ def test_pipeline_records_every_stage_for_a_fixed_graph(fusion):
     inputs = [torch.randn(3, 5), torch.randn(3, 5)]
     gm = make_fx(program)(*inputs)
     config = Config(fusion=fusion, strict=True, debug=True)
-    session = new_session(config)
-    compile_graph(gm, inputs, config, "inference", session)
+    session = PROCESS.history.new(config)
+    compile_graph(gm, inputs, config, "inference", session, PROCESS)
     record = session.get("inference")
     assert [(p.phase, p.stage) for p in record.passes if p.stage == p.name] == [
         (s.phase, s.name) for s in pipeline.PIPELINE if s.fn is not None

@@ -239,11 +239,11 @@ def all_plugins(sites):
     """One process with every package installed: a normal compile, then a strict one."""
     script = _COMPILE + """
 import kitsune_backend
-from kitsune_backend.plugins import REGISTRY
+from kitsune_backend.process import PROCESS
 train_step({})
 result = {"records": summary(kitsune_backend.last_compile()),
-          "registered": REGISTRY.names(),
-          "broken": {b.name: b.error for b in REGISTRY.broken()}}
+          "registered": PROCESS.plugins.names(),
+          "broken": {b.name: b.error for b in PROCESS.plugins.broken()}}
 try:
     kitsune_backend.register_pass(lambda gm, ctx: None, name="relu_to_clamp")
 except kitsune_backend.KitsunePluginError as exc:
@@ -262,14 +262,23 @@ def test_plugin_passes_run_at_their_stage_in_order(all_plugins):
     for name in ("forward", "backward"):
         passes = [(stage, pass_name) for stage, pass_name, _ in result["records"][name]["passes"]]
         assert passes == [
+            ("decompose", "decompose"),
             ("cleanup", "cleanup"),
+            ("cse", "cse"),
+            ("constant_fold", "constant_fold"),
             ("pre_fusion", "relu_to_clamp"),  # order 1
             ("pre_fusion", "count_clamps"),  # order 5, name sorts first
             ("pre_fusion", "count_nodes"),  # order 5
             ("fusion", "fusion"),
+            ("matmul_bias", "matmul_bias"),
             ("post_fusion", "after_fusion"),
             ("streams", "streams"),
             ("memory_plan", "memory_plan"),
+            ("kernels", "kernels"),
+            ("precompile", "precompile"),
+            ("arena", "arena"),
+            ("streams_code", "streams_code"),
+            ("capture", "capture"),
         ], output
         assert result["records"][name]["fallback"] == ""
     forward = result["records"]["forward"]

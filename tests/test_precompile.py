@@ -26,6 +26,7 @@ from kitsune_backend.ir import PassContext
 from kitsune_backend.codegen.lowering import generate_kernels
 from kitsune_backend.codegen.precompile import precompile_kernels
 from kitsune_backend.passes.fusion import fuse
+from kitsune_backend.process import PROCESS
 from tests.helpers import rand
 from tests.helpers_graphs import fused
 
@@ -77,7 +78,7 @@ def _request(path) -> dict:
 
 @pytest.fixture
 def own_pool():
-    """A pool of its own (not the process-wide one), closed afterwards."""
+    """A pool of its own (not the process's), closed afterwards."""
     made = compile_pool.CompilePool()
     yield made
     made.close()
@@ -119,9 +120,9 @@ def test_workers_that_cannot_start_mark_the_pool_broken(bootstrap, start_timeout
     assert [r["ok"] for r in replies] == [False, False]
     assert all(r["error"].startswith("no compile workers: WorkerStartError") for r in replies)
     assert why in own_pool.broken
-    monkeypatch.setattr(precompile, "pool", lambda: own_pool)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"),
+                                   own_pool)
     assert report.skipped.startswith("the compile workers could not start")
 
 
@@ -139,11 +140,12 @@ def _kernels(count: int) -> list:
             for i in range(count)]
 
 
-def test_failures_become_declines_not_errors(tmp_path, monkeypatch):
+def test_failures_become_declines_not_errors(tmp_path, monkeypatch, own_pool):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     requests = iter([_request(tmp_path / "gone.py"), None, _request(tmp_path / "gone2.py")])
     monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
-    report = precompile.precompile(_kernels(3), Config(compile_workers=2), torch.device("cuda"))
+    report = precompile.precompile(_kernels(3), Config(compile_workers=2), torch.device("cuda"),
+                                   own_pool)
     assert report.stats()["kernels_precompiled"] == 0
     assert report.stats()["kernels_already_compiled"] == 1
     assert report.stats()["precompile_failures"] == 2
@@ -159,7 +161,8 @@ def test_capture_errors_are_reported(monkeypatch):
         raise RuntimeError("no driver")
 
     monkeypatch.setattr(precompile, "capture_request", broken)
-    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"),
+                                   _unused_pool())
     assert report.failures == [("k0", "request not captured: RuntimeError: no driver"),
                                ("k1", "request not captured: RuntimeError: no driver")]
 
@@ -173,8 +176,7 @@ def test_no_precompile_when_it_cannot_help(config, device, interpret, why, monke
     if not interpret:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(precompile, "capture_request", pytest.fail)
-    monkeypatch.setattr(precompile, "pool", _unused_pool)
-    report = precompile.precompile(_kernels(3), config, torch.device(device))
+    report = precompile.precompile(_kernels(3), config, torch.device(device), _unused_pool())
     assert why in report.skipped and report.stats()["kernels_precompiled"] == 0
 
 
@@ -182,8 +184,8 @@ def test_a_single_kernel_compiles_at_its_launch(tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     requests = iter([None, _request(tmp_path / "k.py")])
     monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
-    monkeypatch.setattr(precompile, "pool", _unused_pool)
-    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"))
+    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"),
+                                   _unused_pool())
     assert report.skipped.startswith("1 kernel(s) left to compile")
     assert report.declines() == []
 
@@ -192,7 +194,7 @@ def test_precompile_stage_reports_the_interpreter(tmp_path):
     x = rand(4, 8)
     gm = make_fx(lambda x: torch.relu(x * 2) + 1, tracing_mode="fake")(x)
     ctx = PassContext(config=Config(kernel_cache_dir=str(tmp_path), compile_workers=2),
-                      graph_name="t", example_inputs=(x,))
+                      graph_name="t", example_inputs=(x,), process=PROCESS)
     fuse(gm, ctx)
     generate_kernels(gm, ctx)
     result = precompile_kernels(gm, ctx)

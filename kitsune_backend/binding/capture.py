@@ -43,7 +43,8 @@ def capture(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         return PassResult(declines=[Decline("cuda_graphs", reason)],
                           stats={"capture": "declined: " + reason})
     ctx.runner = CapturedRunner(ctx.runner, ctx.static_input_indices, torch.device(ctx.device),
-                                ctx.runtime_report, ctx.caller_output_indices)
+                                ctx.runtime_report, ctx.process.captures,
+                                ctx.caller_output_indices)
     return PassResult(notes=["replayed as one CUDA graph per input-shape signature, after one "
                              "warm-up call"],
                       stats={"capture": "replay per input-shape signature after 1 warm-up call",

@@ -4,16 +4,19 @@ Layout under ``Config.cache_dir``::
 
     triton-<version>/src/<sha256 of source>.py      the generated source
     triton-<version>/src/<sha256 of source>.sha256  its checksum, written after the source
-    triton/                                         Triton's own cache (TRITON_CACHE_DIR)
+    triton/                                         Triton's binaries (unless the user
+                                                    set TRITON_CACHE_DIR)
 
 Triton's cache keys compiled binaries by source, device capability and Triton version, so
 a second process importing the same source skips compilation. An entry whose text does not
 hash to its name, or whose checksum file is missing or different, is corrupt: it is
-rewritten, never imported.
+rewritten, never imported. A process imports each source once: :class:`KernelCache` holds
+the modules (one per process, in :class:`~kitsune_backend.process.ProcessState`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -21,11 +24,11 @@ import sys
 import tempfile
 import threading
 import types
+from typing import Iterator
 
 import triton
 
-_LOADED: dict[str, types.ModuleType] = {}
-_LOCK = threading.Lock()
+_TRITON_DIR_LOCK = threading.Lock()
 
 
 def source_hash(source: str) -> str:
@@ -38,9 +41,23 @@ def source_dir(cache_dir: str) -> str:
     return os.path.join(cache_dir, f"triton-{triton.__version__}", "src")
 
 
-def use_triton_cache_under(cache_dir: str) -> None:
-    """Point Triton's binary cache under kitsune's, unless the user already chose one."""
-    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir, "triton"))
+def triton_dir(cache_dir: str) -> str:
+    """Where Triton keeps the binaries of kernels cached under ``cache_dir``: the user's
+    ``TRITON_CACHE_DIR`` when set, else ``<cache_dir>/triton``."""
+    return os.environ.get("TRITON_CACHE_DIR") or os.path.join(cache_dir, "triton")
+
+
+@contextlib.contextmanager
+def triton_binaries_under(cache_dir: str) -> Iterator[None]:
+    """Triton compiles (and looks up) binaries in :func:`triton_dir` of ``cache_dir`` while
+    inside: each compile's own ``kernel_cache_dir`` holds its kernels' binaries, not the
+    first one of the process. Triton's setting is process-wide, so compiles inside are
+    serialized."""
+    from triton import knobs
+
+    with _TRITON_DIR_LOCK, knobs.cache.scope():
+        knobs.cache.dir = triton_dir(cache_dir)
+        yield
 
 
 def _entry_ok(path: str, digest: str) -> bool:
@@ -62,27 +79,34 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load(source: str, cache_dir: str) -> types.ModuleType:
-    """Import ``source`` through the cache (once per process and source).
+class KernelCache:
+    """The generated sources this process imported, by content hash: each is imported once."""
 
-    Returns the module; a corrupt or missing entry is (re)written first.
-    """
-    digest = source_hash(source)
-    with _LOCK:
-        module = _LOADED.get(digest)
-        if module is not None:
+    def __init__(self) -> None:
+        self._loaded: dict[str, types.ModuleType] = {}
+        self._lock = threading.Lock()
+
+    def load(self, source: str, cache_dir: str) -> types.ModuleType:
+        """Import ``source`` through the disk cache under ``cache_dir`` (once per process and
+        source). Returns the module; a corrupt or missing entry is (re)written first."""
+        digest = source_hash(source)
+        with self._lock:
+            module = self._loaded.get(digest)
+            if module is None:
+                module = self._loaded[digest] = _import(source, digest, cache_dir)
             return module
-        use_triton_cache_under(cache_dir)
-        folder = source_dir(cache_dir)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{digest}.py")
-        if not _entry_ok(path, digest):
-            _write_atomic(path, source)
-            _write_atomic(path[: -len(".py")] + ".sha256", digest + "\n")
-        name = f"kitsune_kernel_{digest[:24]}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # Triton reads the kernel's source through its module
-        spec.loader.exec_module(module)
-        _LOADED[digest] = module
-        return module
+
+
+def _import(source: str, digest: str, cache_dir: str) -> types.ModuleType:
+    folder = source_dir(cache_dir)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{digest}.py")
+    if not _entry_ok(path, digest):
+        _write_atomic(path, source)
+        _write_atomic(path[: -len(".py")] + ".sha256", digest + "\n")
+    name = f"kitsune_kernel_{digest[:24]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # Triton reads the kernel's source through its module
+    spec.loader.exec_module(module)
+    return module

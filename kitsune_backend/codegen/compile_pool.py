@@ -1,4 +1,4 @@
-"""A process-wide pool of compile workers (:mod:`kitsune_backend.codegen.compile_worker`).
+"""A pool of compile workers (:mod:`kitsune_backend.codegen.compile_worker`).
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: its ``spawn`` children re-run the user's
 main script (everything outside ``if __name__ == "__main__":``, so an unguarded training
@@ -8,7 +8,8 @@ script would train again in every worker), they import ``kitsune_backend`` and s
 in the terminal does not reach it), with ``CUDA_VISIBLE_DEVICES=""`` and without
 ``TRITON_INTERPRET``; it exits when its stdin closes, so it never outlives the parent.
 
-The pool is created at first use, resized to what the caller asks for, and closed at exit.
+The process has one pool (:class:`~kitsune_backend.process.ProcessState` makes it and closes
+it at exit); it starts no worker until resized to what the caller asks for.
 A worker that dies or hangs while compiling is replaced at the next request; its request
 fails with the reason. A worker that cannot start at all (or does not say it is ready)
 marks the pool ``broken`` for the rest of the process, so no later compile waits for
@@ -17,7 +18,6 @@ workers. Nothing here raises into a compile: failures come back as replies.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import queue
@@ -206,17 +206,3 @@ class CompilePool:
             worker.close_pipes()
         for worker in workers:  # ... so this waits about as long as the slowest one
             worker.reap(1.0)
-
-
-_POOL: Optional[CompilePool] = None
-_POOL_LOCK = threading.Lock()
-
-
-def pool() -> CompilePool:
-    """The process-wide pool (created at first use, closed at interpreter exit)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = CompilePool()
-            atexit.register(_POOL.close)
-        return _POOL

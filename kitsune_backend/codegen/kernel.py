@@ -61,6 +61,7 @@ class FusedKernel:
         generated: KernelSource,
         aten_graph: fx.Graph,
         cache_dir: str,
+        kernels: cache.KernelCache,
         autotune: bool = False,
         variant: Optional[Callable[[LaunchConfig], KernelSource]] = None,
         device: Optional[torch.device] = None,
@@ -72,6 +73,7 @@ class FusedKernel:
         self.aten_graph = aten_graph
         self._aten_module: Optional[fx.GraphModule] = None
         self.cache_dir = cache_dir
+        self.kernels = kernels
         self.autotune = autotune
         self.variant = variant
         self.device = device  # where a kernel without tensor inputs writes its outputs
@@ -96,7 +98,7 @@ class FusedKernel:
         return self.generated.source
 
     def _load(self, generated: KernelSource) -> Any:
-        module = cache.load(generated.source, self.cache_dir)
+        module = self.kernels.load(generated.source, self.cache_dir)
         return getattr(module, generated.name)
 
     def __repr__(self) -> str:
@@ -150,14 +152,21 @@ class FusedKernel:
                 for s in self.generated.outputs
             )
         if self.generated.grid > 0:
-            if not self._tuned and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
-                from .autotune import tune
-
-                self.generated, self._launch_fn = tune(self, args, out)
-                self._tuned = True
-            self._launch(self._launch_fn, self.generated, args, out)
-            self._launched = True
+            if self._launched and self._tuned:
+                self._launch(self._launch_fn, self.generated, args, out)
+            else:  # the first launch (and tuning) compiles, into this compile's Triton cache
+                with cache.triton_binaries_under(self.cache_dir):
+                    self._first_launch(device, args, out)
         return out[0] if len(out) == 1 else tuple(out)
+
+    def _first_launch(self, device: torch.device, args: Sequence[Any], out: Sequence[Any]) -> None:
+        if not self._tuned and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+            from .autotune import tune
+
+            self.generated, self._launch_fn = tune(self, args, out)
+            self._tuned = True
+        self._launch(self._launch_fn, self.generated, args, out)
+        self._launched = True
 
     @staticmethod
     def _launch(fn: Any, generated: KernelSource, args: Sequence[Any], out: Sequence[Any]) -> None:

@@ -41,7 +41,8 @@ def generate_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if kernel is None:
             tune = plan.tunable and ctx.config.autotune
             kernel = kernels[key] = FusedKernel(
-                generated, plan.aten_graph, ctx.config.cache_dir, autotune=tune,
+                generated, plan.aten_graph, ctx.config.cache_dir, ctx.process.kernel_cache,
+                autotune=tune,
                 variant=plan.generate if tune else None, device=plan.device)
         node.target = kernel
         ctx.kernels.append(KernelRecord(kernel.__name__, plan.nodes, kernel.source, kernel))

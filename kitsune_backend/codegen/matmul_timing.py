@@ -20,16 +20,18 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from ..codegen.kernel import FusedKernel
-from ..codegen.matmul import MatmulTile, matmul_bias_source
-from ..codegen.precompile import precompile
-from ..codegen.source import TensorSpec
 from ..config import Config
+from .cache import KernelCache, triton_binaries_under
+from .compile_pool import CompilePool
+from .kernel import FusedKernel
+from .matmul import MatmulTile, matmul_bias_source
+from .precompile import precompile
+from .source import TensorSpec
 
 ROUNDS = 5
 MAX_COPIES = 32
 MAX_BYTES = 1 << 28
-"""At most this much memory (256 MiB) holds the operand copies: twice the L2 of an H100
+"""At most this much memory (256 MiB) holds the operand copies: twice the L2 of a large GPU
 (50 MB) fits, and the caching allocator keeps what it held."""
 SLEEP_CYCLES = 10_000_000
 """Device clock cycles of the sleep before each round (about 5 ms at 2 GHz): longer than
@@ -45,24 +47,27 @@ class Timings:
 
 
 def time_choices(specs: tuple[TensorSpec, ...], dot_precision: str,
-                 candidates: tuple[MatmulTile, ...], config: Config,
-                 device: torch.device) -> Timings:
+                 candidates: tuple[MatmulTile, ...], config: Config, device: torch.device,
+                 kernel_cache: KernelCache, pool: CompilePool) -> Timings:
     """Time cuBLAS and each candidate tile (kernels with ``dot_precision``) on operands
-    laid out as ``specs`` (a, b, bias, out) on CUDA ``device``."""
+    laid out as ``specs`` (a, b, bias, out) on CUDA ``device``; the kernels load through
+    ``kernel_cache`` and compile on ``pool``'s workers."""
     layouts = tuple((s.shape, s.stride, s.dtype) for s in specs)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return _timed(layouts, dot_precision, candidates, config, index)
+    return _timed(layouts, dot_precision, candidates, config, index, kernel_cache, pool)
 
 
 @functools.lru_cache(maxsize=None)
 def _timed(layouts: tuple, dot_precision: str, candidates: tuple[MatmulTile, ...],
-           config: Config, device_index: int) -> Timings:
+           config: Config, device_index: int, kernel_cache: KernelCache,
+           pool: CompilePool) -> Timings:
     device = torch.device("cuda", device_index)
     specs = [TensorSpec(f"in{i}", *layout) for i, layout in enumerate(layouts)]
     kernels = [FusedKernel(matmul_bias_source((), *specs, tile, dot_precision), fx.Graph(),
-                           config.cache_dir, device=device) for tile in candidates]
-    precompile(kernels, config, device)
-    with unset_fake_temporarily(), torch.no_grad(), torch.cuda.device(device):
+                           config.cache_dir, kernel_cache, device=device) for tile in candidates]
+    precompile(kernels, config, device, pool)
+    with unset_fake_temporarily(), torch.no_grad(), torch.cuda.device(device), \
+            triton_binaries_under(config.cache_dir):
         sets = _operand_sets(specs, device)
         scratch = [torch.empty_like(out) for *_, out in sets]
 

@@ -35,7 +35,7 @@ import torch.fx as fx
 from ..config import Config
 from ..ir import Decline, PassContext, PassResult
 from . import cache
-from .compile_pool import pool
+from .compile_pool import CompilePool
 from .kernel import FusedKernel
 
 STAGE = "precompile"
@@ -89,8 +89,9 @@ class PrecompileReport:
                 for name, why in self.failures]
 
 
-def why_not_precompile(config: Config, device: Optional[torch.device]) -> str:
-    """Why kernels for ``device`` are not compiled ahead under ``config`` ('' when they are)."""
+def why_not_precompile(config: Config, device: Optional[torch.device], pool: CompilePool) -> str:
+    """Why kernels for ``device`` are not compiled ahead under ``config`` on ``pool``'s
+    workers ('' when they are)."""
     if config.compile_workers == 0:
         return "compile_workers=0: each kernel compiles at its first launch"
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -101,28 +102,28 @@ def why_not_precompile(config: Config, device: Optional[torch.device]) -> str:
 
     if knobs.compilation.always_compile:
         return "TRITON_ALWAYS_COMPILE=1: Triton would compile again at the first launch"
-    if pool().broken:
-        return f"the compile workers could not start in this process: {pool().broken}"
+    if pool.broken:
+        return f"the compile workers could not start in this process: {pool.broken}"
     return ""
 
 
-def warm_pool(config: Config) -> None:
+def warm_pool(config: Config, pool: CompilePool) -> None:
     """In a daemon thread, so that it overlaps Dynamo's and AOTAutograd's tracing: start the
     worker processes (they import Triton and compile a tiny kernel for this device, see
     ``compile_worker.warm_up``), then warm Triton up in this process (:func:`_warm_up_triton`).
     Call only for CUDA graphs."""
-    if not config.fusion or why_not_precompile(config, torch.device("cuda")):
+    if not config.fusion or why_not_precompile(config, torch.device("cuda"), pool):
         return
 
     def start() -> None:
         try:
             from triton.runtime.driver import driver
 
-            pool().target = target_list(driver.active.get_current_target())
+            pool.target = target_list(driver.active.get_current_target())
         except Exception:  # the workers then warm up without a compile
             pass
         try:
-            pool().resize(config.compile_workers)
+            pool.resize(config.compile_workers)
         except Exception:  # precompile() tries again and reports the reason
             pass
         try:
@@ -158,7 +159,8 @@ def precompile_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     kernels = {id(n.target): n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)}
     if not kernels:
         return PassResult()
-    report = precompile(list(kernels.values()), ctx.config, _kernel_device(ctx))
+    report = precompile(list(kernels.values()), ctx.config, _kernel_device(ctx),
+                        ctx.process.compile_pool)
     return PassResult(notes=report.notes(), declines=report.declines(), stats=report.stats())
 
 
@@ -170,8 +172,8 @@ def _kernel_device(ctx: PassContext) -> Optional[torch.device]:
     return ctx.device
 
 
-def precompile(kernels: Sequence[Any], config: Config,
-               device: Optional[torch.device]) -> PrecompileReport:
+def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.device],
+               pool: CompilePool) -> PrecompileReport:
     """Compile ``kernels`` (:class:`~kitsune_backend.codegen.kernel.FusedKernel`) on the
     worker processes before their first launch; what happened (never raises)."""
     start = time.perf_counter()
@@ -181,7 +183,7 @@ def precompile(kernels: Sequence[Any], config: Config,
     launching = sorted((k for k in kernels if k.generated.grid > 0),
                        key=lambda k: -len(k.generated.source))
     report.kernels = len(launching)
-    report.skipped = why_not_precompile(config, device)
+    report.skipped = why_not_precompile(config, device, pool)
     if report.skipped:
         return report
     requests, names = [], []
@@ -202,10 +204,10 @@ def precompile(kernels: Sequence[Any], config: Config,
         report.seconds = time.perf_counter() - start
         return report
     report.workers = config.compile_workers
-    if pool().target is None and "target" in requests[0]:  # later workers warm up for it
-        pool().target = target_list(requests[0]["target"])
+    if pool.target is None and "target" in requests[0]:  # later workers warm up for it
+        pool.target = target_list(requests[0]["target"])
     try:
-        replies = pool().run(requests, config.compile_workers)
+        replies = pool.run(requests, config.compile_workers)
     except Exception as exc:
         replies = [{"ok": False, "error": f"compile pool failed: {_say(exc)}"}] * len(requests)
     for name, reply in zip(names, replies):
@@ -234,7 +236,6 @@ def capture_request(kernel: Any) -> Optional[dict]:
                         (generated.grid,), generated.config.num_warps)
     if captured is None:
         return None
-    from triton import knobs
     from triton._C.libtriton import get_cache_invalidating_env_vars
     from triton.runtime.driver import driver
 
@@ -249,10 +250,12 @@ def capture_request(kernel: Any) -> Optional[dict]:
         "attrs": captured["configs"][0],
         "options": {key: _tuples(value) for key, value in spec["options"].items()},
         "target": driver.active.get_current_target(),
-        "cache_dir": knobs.cache.dir,
+        "cache_dir": cache.triton_dir(kernel.cache_dir),
         "env": get_cache_invalidating_env_vars(),
     }
-    return None if _in_disk_cache(fn, request) else request
+    with cache.triton_binaries_under(kernel.cache_dir):
+        found = _in_disk_cache(fn, request)
+    return None if found else request
 
 
 def _capture(fn: Any, dtypes: list[torch.dtype], grid: tuple[int, ...],

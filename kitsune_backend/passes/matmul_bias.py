@@ -139,7 +139,8 @@ def _choose(specs: list[TensorSpec], dot_precision: str, device: torch.device,
         return None, (f"{specs[0].shape[0]} row(s): cuBLAS's matrix-vector kernels win, "
                       f"the kernel's tiles hold at least {MIN_ROWS} rows")
     try:
-        timings = time_choices(tuple(specs), dot_precision, candidates, ctx.config, device)
+        timings = time_choices(tuple(specs), dot_precision, candidates, ctx.config, device,
+                               ctx.process.kernel_cache, ctx.process.compile_pool)
     except Exception as exc:  # a failed timing keeps cuBLAS, with the reason
         return None, f"timing the generated matmul failed: {type(exc).__name__}: {exc}"
     tile, best = min(timings.tiles.items(), key=lambda item: item[1])

@@ -66,35 +66,43 @@ def own_cublas_workspaces() -> Iterator[None]:
         torch._C._cuda_clearCublasWorkspaces()
 
 
-# Storage address -> the instance whose static outputs live there. An input found here at
-# capture time (a forward output saved for backward, say) is read in place, not copied.
-_POOL_OUTPUTS: "weakref.WeakValueDictionary[int, _Instance]" = weakref.WeakValueDictionary()
-# Storage address -> a parameter/buffer some instance reads in place. While that tensor
-# lives nothing else can sit at its address, so an input found here (a view of a weight
-# saved for backward, say) is read in place too.
-_STATIC_STORAGES: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+class CaptureRegistry:
+    """What the captured graphs of one process know of each other's memory (one per process,
+    in :class:`~kitsune_backend.process.ProcessState`).
 
+    ``pool_outputs``: storage address -> the instance whose static outputs live there. An
+    input found here at capture time (a forward output saved for backward, say) is read in
+    place, not copied. ``static_storages``: storage address -> a parameter/buffer some
+    instance reads in place. While that tensor lives nothing else can sit at its address, so
+    an input found here (a view of a weight saved for backward, say) is read in place too.
+    """
 
-def _read_in_place(x: torch.Tensor) -> bool:
-    """True when ``x`` lives in memory that stays put between calls: another instance's
-    static outputs, or a parameter/buffer."""
-    address = x.untyped_storage().data_ptr()
-    return address in _POOL_OUTPUTS or address in _STATIC_STORAGES
+    def __init__(self) -> None:
+        self.pool_outputs: "weakref.WeakValueDictionary[int, _Instance]" = \
+            weakref.WeakValueDictionary()
+        self.static_storages: "weakref.WeakValueDictionary[int, torch.Tensor]" = \
+            weakref.WeakValueDictionary()
+
+    def read_in_place(self, x: torch.Tensor) -> bool:
+        """True when ``x`` lives in memory that stays put between calls: another instance's
+        static outputs, or a parameter/buffer."""
+        address = x.untyped_storage().data_ptr()
+        return address in self.pool_outputs or address in self.static_storages
 
 
 class _Instance:
     """One captured graph with its static input buffers and static outputs."""
 
     def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any,
-                 caller_outputs: Sequence[int] = ()):
+                 registry: CaptureRegistry, caller_outputs: Sequence[int] = ()):
         self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
         for _, param, _ in self.static:
-            _STATIC_STORAGES[param.untyped_storage().data_ptr()] = param
+            registry.static_storages[param.untyped_storage().data_ptr()] = param
         # fast path of statics_match: the same objects as at capture, compared in C
         self._static_get = operator.itemgetter(*[i for i, _, _ in self.static], 0, 0)  # a tuple
         self._static_objs = tuple(obj for _, obj, _ in self.static)
         dynamic = [i for i in range(len(args)) if i not in set(static)]
-        self.inplace = [(i, args[i].data_ptr()) for i in dynamic if _read_in_place(args[i])]
+        self.inplace = [(i, args[i].data_ptr()) for i in dynamic if registry.read_in_place(args[i])]
         read_in_place = {i for i, _ in self.inplace}
         self.buffers = [(i, torch.empty_strided(
             args[i].shape, args[i].stride(), dtype=args[i].dtype, device=args[i].device
@@ -127,7 +135,7 @@ class _Instance:
                 key = t.untyped_storage()._cdata
                 if key not in inputs:
                     owned[key] = 0
-                    _POOL_OUTPUTS[t.untyped_storage().data_ptr()] = self
+                    registry.pool_outputs[t.untyped_storage().data_ptr()] = self
         for key in owned:
             owned[key] = torch._C._storage_Use_Count(key)
         self.owned = list(owned.items())
@@ -200,9 +208,11 @@ class CapturedRunner:
         static: Sequence[int],
         device: torch.device,
         record: RuntimeReport,
+        registry: CaptureRegistry,
         caller_outputs: Sequence[int] = (),
     ) -> None:
         self.run = run
+        self.registry = registry
         self.static = tuple(static)
         self.caller_outputs = tuple(caller_outputs)
         self.stream = torch.cuda.Stream(device)
@@ -235,7 +245,8 @@ class CapturedRunner:
             )
             return self._uncaptured(args)
         try:
-            inst = _Instance(self.run, args, self.static, self.stream, self.caller_outputs)
+            inst = _Instance(self.run, args, self.static, self.stream, self.registry,
+                             self.caller_outputs)
         except Exception as exc:  # capture is an optimization: run uncaptured from now on
             self.disabled = f"capture failed: {type(exc).__name__}: {exc}"
             self.record.other_declines.append(Decline("cuda_graphs", self.disabled))

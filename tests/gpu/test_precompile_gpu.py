@@ -76,7 +76,7 @@ def test_training_step_kernels_are_compiled_by_the_workers(fresh_caches, launch_
         assert stats["kernels_already_compiled"] == 0, record.name
         distinct = stats["fused_regions"] - stats["kernels_shared"]
         assert stats["kernels_precompiled"] == distinct >= 2, (record.name, stats)
-        fusion_notes = [p.notes for p in record.passes if p.name == "fusion"]
+        fusion_notes = [p.notes for p in record.passes if p.name == "precompile"]
         assert stats["launchers_prebuilt"] == stats["kernels_precompiled"], fusion_notes
         assert stats["precompile_workers"] == 4
         precompiled += stats["kernels_precompiled"]
