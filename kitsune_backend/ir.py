@@ -189,6 +189,15 @@ class PassContext:
         return None
 
     @property
+    def kernel_device(self) -> Optional[torch.device]:
+        """The device generated kernels run on: the first CUDA input's (CPU scalars may
+        sit beside CUDA tensors), else :attr:`device`."""
+        for value in self.example_inputs:
+            if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+                return value.device
+        return self.device
+
+    @property
     def on_cuda(self) -> bool:
         """True when the graph's tensors live on a CUDA device."""
         device = self.device

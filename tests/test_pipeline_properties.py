@@ -80,3 +80,16 @@ def test_pipeline_records_every_stage_for_a_fixed_graph(fusion):
         (s.phase, s.name) for s in pipeline.PIPELINE if s.fn is not None
     ]
     assert record.stats["nodes_in"] == len(record.input_nodes) > 0
+
+
+def test_debug_mode_names_a_stage_whose_requirement_is_unset(monkeypatch):
+    """With ``debug=True`` a stage that runs before the stage setting what it requires
+    fails naming both the stage and the missing field, not deep inside the stage."""
+    stages = [s for s in pipeline.PIPELINE if s.name != "streams"]  # nothing sets stream_plan
+    monkeypatch.setattr(pipeline, "PIPELINE", tuple(stages))
+    program = build_program([("unary", 0, 0, 0)], 1)
+    inputs = [torch.randn(3, 5)]
+    gm = make_fx(program)(*inputs)
+    config = Config(strict=True, debug=True)
+    with pytest.raises(Exception, match=r"stage 'memory_plan': ctx.stream_plan not set before"):
+        compile_graph(gm, inputs, config, "inference", PROCESS.history.new(config), PROCESS)

@@ -159,17 +159,10 @@ def precompile_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     kernels = {id(n.target): n.target for n in gm.graph.nodes if isinstance(n.target, FusedKernel)}
     if not kernels:
         return PassResult()
-    report = precompile(list(kernels.values()), ctx.config, _kernel_device(ctx),
+    report = precompile(list(kernels.values()), ctx.config, ctx.kernel_device,
                         ctx.process.compile_pool)
     return PassResult(notes=report.notes(), declines=report.declines(), stats=report.stats())
 
-
-def _kernel_device(ctx: PassContext) -> Optional[torch.device]:
-    """The graph's device: the first CUDA input's (CPU scalars may sit beside it), else any."""
-    for value in ctx.example_inputs:
-        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-            return value.device
-    return ctx.device
 
 
 def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.device],
