@@ -3,10 +3,12 @@ whole-graph CUDA graphs.
 
 Use it with ``torch.compile(model, backend="kitsune")``; no import is needed once the package
 is installed (Dynamo finds it through the ``torch_dynamo_backends`` entry point).
+``kitsune_backend.compile(model, mode=..., **options)`` does the same with the options
+checked at that call.
 """
 
 from . import config
-from .backend import kitsune
+from .backend import compile, kitsune
 from .config import Config
 from .errors import (
     KitsuneConfigError,
@@ -22,6 +24,8 @@ from .process import clear_history, register_pass, unregister_pass
 
 __version__ = "0.1.0"
 
+config.check_environment()  # a misspelt KITSUNE_* variable fails here, not at a compile
+
 __all__ = [
     "Config",
     "Decline",
@@ -34,6 +38,7 @@ __all__ = [
     "PassResult",
     "PluginPass",
     "clear_history",
+    "compile",
     "config",
     "explain",
     "history",

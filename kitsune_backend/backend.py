@@ -29,10 +29,46 @@ def kitsune(
     on: modes are ``None``/``"default"``, ``"reduce-overhead"``, ``"max-autotune"`` and
     ``"max-autotune-no-cudagraphs"``; options are the fields of
     :class:`kitsune_backend.config.Config`. Anything else is a ``ValueError`` listing the
-    valid choices. AOTAutograd traces forward and backward into functionalized ATen
-    graphs, and each is compiled by :func:`kitsune_backend.compiler.compile_graph`.
+    valid choices; ``options`` may name the mode too (``{"mode": "max-autotune",
+    "num_streams": 4}``), since ``torch.compile`` refuses ``mode`` beside ``options``.
+    AOTAutograd traces forward and backward into functionalized ATen graphs, and each is
+    compiled by :func:`kitsune_backend.compiler.compile_graph`.
     """
     config = resolve(mode, options)
+    return _compile_with(config, mode or dict(options or {}).get("mode"), gm, example_inputs)
+
+
+def compile(
+    model: Optional[Callable] = None,
+    *,
+    mode: Optional[str] = None,
+    fullgraph: bool = False,
+    dynamic: Optional[bool] = None,
+    disable: bool = False,
+    **options: Any,
+) -> Callable:
+    """``torch.compile(model, backend="kitsune", ...)``, with the options checked and bound now.
+
+    ``mode`` and ``options`` (the fields of :class:`~kitsune_backend.config.Config`, as
+    keywords) are validated at this call: an unknown name or a wrong type is a
+    ``ValueError`` here, not at the first call of the compiled model. The config is resolved
+    here too (environment, :func:`kitsune_backend.config.patch` blocks around this call,
+    mode, options), so every graph of this model — recompiles included — uses it, wherever
+    they happen. ``mode`` and options combine freely (``torch.compile`` refuses both at
+    once). ``fullgraph``, ``dynamic`` and ``disable`` go to ``torch.compile``; with
+    ``model=None`` the result is a decorator, as with ``torch.compile``.
+    """
+    config = resolve(mode, options)
+
+    def kitsune_bound(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        return _compile_with(config, mode, gm, example_inputs)
+
+    return torch.compile(model, backend=kitsune_bound, fullgraph=fullgraph, dynamic=dynamic,
+                         disable=disable)
+
+
+def _compile_with(config: Config, mode: Optional[str], gm: fx.GraphModule,
+                  example_inputs: Sequence[Any]) -> Callable:
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
         warm_pool(config, PROCESS.compile_pool)  # workers start while AOTAutograd traces
     session = PROCESS.history.new(config, mode)

@@ -5,10 +5,13 @@ Where a setting comes from, lowest precedence first:
 1. the defaults below,
 2. ``KITSUNE_<FIELD>`` environment variables (``KITSUNE_FUSION=0``, ``KITSUNE_NUM_STREAMS=8``),
 3. :func:`patch` context managers (innermost wins),
-4. ``torch.compile(..., mode=..., options={...})``.
+4. ``torch.compile(..., mode=..., options={...})`` or :func:`kitsune_backend.compile`.
 
 Every source is validated the same way: an unknown name or a value of the wrong type is a
-:class:`KitsuneConfigError` (a ``ValueError``) that lists what is valid.
+:class:`KitsuneConfigError` (a ``ValueError``) that lists what is valid. Types are strict in
+code (``num_streams="4"`` and ``fusion="false"`` are errors); only environment variables,
+which are strings, are parsed. The environment is checked when the package is imported
+(:func:`check_environment`).
 """
 
 from __future__ import annotations
@@ -109,26 +112,32 @@ def _check_names(values: Mapping[str, Any], source: str) -> None:
         )
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+_ARTICLE = {bool: "a", int: "an", str: "a"}
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
-    """Check one value against its field's type; strings (from the environment) are parsed."""
+    """Check one value against its field's type. Only the environment's strings are parsed
+    (``"0"``, ``"off"``, ``"8"``); in code a value must already have the field's type."""
     kind = type(FIELDS[name].default)
+    parse = source == "environment" and isinstance(value, str)
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
-            return False
+        if parse and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if parse and value.strip().lstrip("-").isdigit():
             return int(value)
     elif kind is str:
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)
     raise KitsuneConfigError(
-        f"kitsune {source} option {name!r} must be a {kind.__name__}, got {value!r}"
+        f"kitsune {source} option {name!r} must be {_ARTICLE[kind]} {kind.__name__}, "
+        f"got {value!r} ({type(value).__name__})"
     )
 
 
@@ -166,13 +175,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             raise KitsuneConfigError(
                 f"unknown environment variable {key}; valid ones are "
                 + ", ".join(ENV_PREFIX + n.upper() for n in sorted(FIELDS))
+                + " (and KITSUNE_LOG, read by the logging setup)"
             )
         found[name] = _coerce(name, value, source="environment")
     return found
 
 
 # Environment variables with the prefix that are read elsewhere, not config fields.
-_NOT_CONFIG = frozenset({"KITSUNE_TEST_GPU"})
+_NOT_CONFIG = frozenset({"KITSUNE_TEST_GPU", "KITSUNE_LOG"})
+
+
+def check_environment() -> None:
+    """Raise :class:`KitsuneConfigError` now if a ``KITSUNE_*`` variable is unknown or has a
+    bad value (the package calls this when it is imported, so a typo fails at once)."""
+    from_env()
 
 
 @contextlib.contextmanager
@@ -194,17 +210,28 @@ def patch(**changes: Any) -> Iterator[None]:
 
 
 def resolve(mode: str | None = None, options: Mapping[str, Any] | None = None) -> Config:
-    """The config for one compile: defaults, then environment, patches, mode, options."""
-    if mode not in MODES:
+    """The config for one compile: defaults, then environment, patches, mode, options.
+
+    ``options`` may hold ``"mode"`` too: ``torch.compile`` refuses ``mode`` and ``options``
+    together, so ``options={"mode": "max-autotune", "num_streams": 4}`` is how a
+    ``torch.compile`` user combines them.
+    """
+    options = dict(options or {})
+    if "mode" in options:
+        in_options = options.pop("mode")
+        if mode is not None and in_options != mode:
+            raise KitsuneConfigError(
+                f"kitsune mode given twice: {mode!r} and options['mode']={in_options!r}"
+            )
+        mode = in_options
+    if not isinstance(mode, (str, type(None))) or mode not in MODES:
         raise KitsuneConfigError(
             f"unknown kitsune mode {mode!r}; valid modes are: "
             + ", ".join(repr(m) for m in MODES)
         )
-    options = dict(options or {})
     _check_names(options, source="compile")
-    conflicts = {
-        k for k, v in MODES[mode].items() if k in options and _coerce(k, options[k], "compile") != v
-    }
+    options = {name: _coerce(name, value, "compile") for name, value in options.items()}
+    conflicts = {k for k, v in MODES[mode].items() if k in options and options[k] != v}
     if conflicts:
         raise KitsuneConfigError(
             f"kitsune mode {mode!r} sets {sorted(conflicts)} but options say otherwise; "

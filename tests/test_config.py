@@ -27,7 +27,7 @@ def test_unknown_mode_lists_valid_modes():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"num_streams": "four"}, "'num_streams' must be a int"),
+        ({"num_streams": "four"}, "'num_streams' must be an int"),
         ({"fusion": 1}, "'fusion' must be a bool"),
         ({"num_streams": 0}, "at least 1"),
         ({"streams": False, "num_streams": 4}, "conflicting"),
@@ -108,3 +108,40 @@ def test_config_is_frozen():
 def test_cache_dir_default_and_override(tmp_path):
     assert Config().cache_dir.endswith("kitsune_backend")
     assert Config(kernel_cache_dir=str(tmp_path)).cache_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("changes", [{"num_streams": "4"}, {"fusion": "false"},
+                                     {"cuda_graphs": 0}, {"num_streams": 4.0}])
+def test_types_are_strict_in_code(changes):
+    """Strings are parsed from the environment only: in code, "4" is not 4."""
+    name = next(iter(changes))
+    with pytest.raises(KitsuneConfigError, match=f"'{name}' must be"):
+        resolve(options=changes)
+    with pytest.raises(KitsuneConfigError, match=f"'{name}' must be"):
+        with config.patch(**changes):
+            pass
+    with pytest.raises(KitsuneConfigError, match=f"'{name}' must be"):
+        Config().replace(**changes)
+
+
+def test_options_may_name_the_mode():
+    """torch.compile refuses mode beside options; options={"mode": ...} combines them."""
+    cfg = resolve(options={"mode": "max-autotune-no-cudagraphs", "num_streams": 3})
+    assert cfg.autotune and not cfg.cuda_graphs and cfg.num_streams == 3
+    with pytest.raises(KitsuneConfigError, match="mode given twice"):
+        resolve(mode="reduce-overhead", options={"mode": "max-autotune"})
+    with pytest.raises(KitsuneConfigError, match="unknown kitsune mode \\['fast'\\]"):
+        resolve(options={"mode": ["fast"]})
+
+
+def test_a_misspelt_environment_variable_fails_the_import():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KITSUNE_FUSOIN="0")
+    run = subprocess.run([sys.executable, "-c", "import kitsune_backend"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "KitsuneConfigError: unknown environment variable KITSUNE_FUSOIN" in run.stderr
+    assert "KITSUNE_FUSION" in run.stderr

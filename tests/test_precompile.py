@@ -214,5 +214,5 @@ def test_compile_workers_option(monkeypatch):
     monkeypatch.setenv("KITSUNE_COMPILE_WORKERS", "-2")
     with pytest.raises(KitsuneConfigError, match="'compile_workers' must be 0"):
         resolve()
-    with pytest.raises(KitsuneConfigError, match="must be a int"):
+    with pytest.raises(KitsuneConfigError, match="must be an int"):
         Config().replace(compile_workers="many")
