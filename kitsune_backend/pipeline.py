@@ -32,6 +32,7 @@ from .passes.fusion import fuse
 from .passes.matmul_bias import fold_matmul_bias
 from .passes.memory_plan import plan_memory
 from .passes.streams import assign_streams
+from .plugin_check import check_plugin_graph
 from .plugins import STAGES
 from .record import CompileRecord, PassRecord, snapshot
 
@@ -130,7 +131,8 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord) ->
             # A plugin works on a copy, so one that fails half-way leaves no trace.
             work = copy_graph_module(gm)
             try:
-                _run_one(work, ctx, record, stage, plugin.name, plugin.fn, placeholders)
+                _run_one(work, ctx, record, stage, plugin.name, plugin.fn, placeholders,
+                         given=gm)
             except Exception as exc:
                 _report_plugin_failure(
                     ctx, record, stage.name, plugin.name, f"{type(exc).__name__}: {exc}"
@@ -147,11 +149,16 @@ def _check_fields(ctx: PassContext, stage: Stage, fields: tuple[str, ...], when:
 
 
 def _run_one(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord, stage: Stage,
-             name: str, fn: PassFn, placeholders: list[str]) -> None:
+             name: str, fn: PassFn, placeholders: list[str],
+             given: Optional[fx.GraphModule] = None) -> None:
+    """Run one stage or plugin pass on ``gm`` and record it. For a plugin, ``given`` is the
+    graph it was handed a copy of: what it left is checked against it (node values)."""
     if ctx.config.debug:
         _check_fields(ctx, stage, stage.requires, "before it (an earlier stage must set it)")
     start = time.perf_counter()
     result = fn(gm, ctx) or PassResult()
+    if given is not None:
+        check_plugin_graph(given, gm)
     seconds = time.perf_counter() - start
     if result.changed:
         gm.recompile()

@@ -12,6 +12,7 @@ import itertools
 from typing import Any
 
 from .config import Config
+from .ir import Decline
 from .record import CompileRecord
 
 HISTORY_LIMIT = 64
@@ -37,6 +38,11 @@ class CompileSession:
             if record.name == name:
                 return record
         raise KeyError(f"no graph named {name!r}; graphs: {[r.name for r in self.records]}")
+
+    @property
+    def declines(self) -> list[Decline]:
+        """Every reason for a "no" in any graph of this compile."""
+        return [decline for record in self.records for decline in record.declines]
 
     @property
     def forward(self) -> CompileRecord:

@@ -51,3 +51,18 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def registered():
+    """``registered(fn, **kwargs)`` registers a plugin pass for this test only."""
+    names = []
+
+    def register(fn, **kwargs):
+        plugin = kitsune_backend.register_pass(fn, **kwargs)
+        names.append(plugin.name)
+        return plugin
+
+    yield register
+    for name in names:
+        kitsune_backend.unregister_pass(name)

@@ -24,7 +24,7 @@ LAYERS = {  # higher imports lower; never the other way
 LAYER_OF_MODULE = {
     **dict.fromkeys(("ir", "record", "repro", "invariants", "graph_utils", "config", "errors",
                      "dot", "models", "timing", "session"), "core"),
-    **dict.fromkeys(("pipeline", "plugins", "process", "inspection", "debug_dump"), "pipeline"),
+    **dict.fromkeys(("pipeline", "plugins", "plugin_check", "process", "inspection", "debug_dump"), "pipeline"),
     "compiler": "compile",
     **dict.fromkeys(("__init__", "backend", "repro_run", "demo"), "entry"),
 }

@@ -18,21 +18,6 @@ from tests.helpers import assert_close
 aten = torch.ops.aten
 
 
-@pytest.fixture
-def registered():
-    """Register passes through this list of names' owners; all are removed afterwards."""
-    names = []
-
-    def register(fn, **kwargs):
-        plugin = kitsune_backend.register_pass(fn, **kwargs)
-        names.append(plugin.name)
-        return plugin
-
-    yield register
-    for name in names:
-        kitsune_backend.unregister_pass(name)
-
-
 def _compile_and_check(options=None):
     """Train one step of a small MLP under kitsune and check it against eager."""
     torch.manual_seed(0)
