@@ -7,7 +7,7 @@ is installed (Dynamo finds it through the ``torch_dynamo_backends`` entry point)
 checked at that call.
 """
 
-from . import config
+from . import config, log
 from .backend import compile, kitsune
 from .config import Config
 from .errors import (
@@ -25,6 +25,7 @@ from .process import clear_history, register_pass, unregister_pass
 __version__ = "0.1.0"
 
 config.check_environment()  # a misspelt KITSUNE_* variable fails here, not at a compile
+log.configure_from_env()
 
 __all__ = [
     "Config",

@@ -9,13 +9,15 @@ from typing import Any, Callable, Sequence
 
 import torch.fx as fx
 from torch._functorch.aot_autograd import make_boxed_func
-from torch._guards import TracingContext
+from torch._guards import CompileContext, TracingContext
 
+from . import log
 from .config import Config
 from .debug_dump import dump_record
 from .errors import KitsuneConfigError, KitsuneError
 from .graph_utils import copy_graph_module
 from .ir import Decline, PassContext, RuntimeReport
+from .passes.fusion import DYNAMIC_SHAPES
 from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
 from .runtime.executor import ScheduleRunner
@@ -104,11 +106,32 @@ def compile_graph(
         caller_output_indices=caller_output_indices(kind, gm),
         runtime_report=RuntimeReport(record.runtime_info, record.other_declines),
         process=process,
+        progress=log.Progress(record.name),
     )
     try:
         runner = _optimize(gm, ctx, record, original)
     finally:
         record.compile_seconds = time.perf_counter() - start
+        ctx.progress.done()
         if config.debug_dir:  # also when strict raised: the dump shows how far it got
             dump_record(record, original, example_inputs, config.debug_dir, session.id)
+    log.get("compile").info("%s", record.summary())
+    if any(d.reason.startswith(DYNAMIC_SHAPES) for d in record.declines):
+        where = _user_location(original)
+        compile_id = CompileContext.current_compile_id()
+        key = (compile_id.frame_id if compile_id else None, where)
+        if key not in process.warned_dynamic:  # once per function
+            process.warned_dynamic.add(key)
+            log.warn_dynamic(where)
     return make_boxed_func(runner)
+
+
+def _user_location(gm: fx.GraphModule) -> str:
+    """Where the user function this graph came from is: the innermost line of the first
+    traced node's stack."""
+    for node in gm.graph.nodes:
+        trace = node.meta.get("stack_trace") or ""
+        lines = [line.strip() for line in trace.splitlines() if line.strip().startswith("File")]
+        if lines:
+            return lines[-1]
+    return "a compiled function"

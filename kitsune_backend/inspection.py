@@ -91,15 +91,10 @@ def graph_svg(record: CompileRecord, stage: str = "input", path: Optional[str] =
 
 
 def _explain_record(record: CompileRecord) -> list[str]:
-    stats = record.stats
-    lines = [
-        f"  graph {record.name}: {stats['nodes_in']} nodes in, {stats['nodes_out']} out, "
-        f"{stats['kernels']} kernels, {stats['fused_regions']} fused regions, "
-        f"{stats['streams_used']} stream(s), {stats['bytes_planned']} bytes planned, "
-        f"compiled in {record.compile_seconds * 1e3:.1f} ms"
-    ]
-    if record.fallback_reason:
-        lines.append(f"    FELL BACK to the ATen graph: {record.fallback_reason}")
+    summary, _, fallback = record.summary().partition("; ")
+    lines = [f"  {summary}"]
+    if fallback:
+        lines.append(f"    {fallback}")
     phase = ""
     for p in record.passes:
         if p.phase != phase:

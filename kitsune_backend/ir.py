@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from .config import Config
+from .log import Progress
 
 META_REGION = "kitsune_region"
 """fusion: the name of the fused region a node computes (its target: the kernel it launches)."""
@@ -156,7 +157,8 @@ class PassContext:
     ``caller_output_indices`` (outputs the caller receives: a forward graph's others are saved
     for backward); ``runtime_report`` (where the built runtime reports while it runs);
     ``process`` (the process's :class:`~kitsune_backend.process.ProcessState`: plugin
-    registry, kernel cache, compile pool, capture registry).
+    registry, kernel cache, compile pool, capture registry); ``progress`` (where a slow
+    compile says how far it got, :class:`~kitsune_backend.log.Progress`).
 
     Set by stages (``None`` until the stage that sets it has run; the pipeline lists which
     stage requires and which ensures each one, and checks it in debug mode):
@@ -173,6 +175,7 @@ class PassContext:
     caller_output_indices: tuple[int, ...] = ()
     runtime_report: RuntimeReport = dataclasses.field(default_factory=RuntimeReport)
     process: Any = None
+    progress: Optional[Progress] = None
     regions: Optional[dict[str, list[str]]] = None
     lone_ops: Optional[list[str]] = None
     stream_plan: Optional[StreamPlan] = None

@@ -11,12 +11,14 @@ with ``debug=True`` the pipeline checks both around every stage.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
 
+from . import log
 from .binding.arena import bind_arena
 from .binding.capture import capture
 from .binding.streams import instrument_streams
@@ -175,6 +177,20 @@ def _run_one(gm: fx.GraphModule, ctx: PassContext, record: CompileRecord, stage:
         stage=stage.name, name=name, seconds=seconds, changed=result.changed,
         notes=list(result.notes), declines=list(result.declines), stats=dict(result.stats),
         graph_code=code, nodes=nodes, phase=stage.phase))
+    _log_stage(ctx, stage, name, seconds, result)
+
+
+def _log_stage(ctx: PassContext, stage: Stage, name: str, seconds: float,
+               result: PassResult) -> None:
+    logger = log.get(stage.phase)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s %s: %.2f ms%s%s", ctx.graph_name, name, seconds * 1e3,
+                     " (changed)" if result.changed else "",
+                     "".join(f"; {note}" for note in result.notes))
+        for decline in result.declines:
+            logger.debug("%s no: %s", ctx.graph_name, decline)
+    if ctx.progress is not None:
+        ctx.progress.report(f"stage {name} done")
 
 
 def _adopt(gm: fx.GraphModule, work: fx.GraphModule) -> None:

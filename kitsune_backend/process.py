@@ -4,7 +4,8 @@
 * ``plugins``: the pass registry (:func:`register_pass`, entry points);
 * ``kernel_cache``: the generated sources imported so far;
 * ``compile_pool``: the compile worker processes (started on demand, closed at exit);
-* ``captures``: what the captured CUDA graphs know of each other's memory.
+* ``captures``: what the captured CUDA graphs know of each other's memory;
+* ``warned_dynamic``: the functions already warned that symbolic sizes cost them fusion.
 
 The backend hands :data:`PROCESS` to every compile (``PassContext.process``); nothing below
 this module keeps process state of its own.
@@ -33,6 +34,7 @@ class ProcessState:
     kernel_cache: KernelCache = dataclasses.field(default_factory=KernelCache)
     compile_pool: CompilePool = dataclasses.field(default_factory=CompilePool)
     captures: CaptureRegistry = dataclasses.field(default_factory=CaptureRegistry)
+    warned_dynamic: set = dataclasses.field(default_factory=set)
 
 
 PROCESS = ProcessState()

@@ -83,6 +83,16 @@ class CompileRecord:
         ]
         return found + list(self.other_declines) + broken
 
+    def summary(self) -> str:
+        """One line: what the graph became and how long its compile took."""
+        stats = self.stats
+        return (f"graph {self.name}: {stats['nodes_in']} nodes in, {stats['nodes_out']} out, "
+                f"{stats['kernels']} kernels, {stats['fused_regions']} fused regions, "
+                f"{stats['streams_used']} stream(s), {stats['bytes_planned']} bytes planned, "
+                f"compiled in {self.compile_seconds * 1e3:.1f} ms"
+                + (f"; FELL BACK to the ATen graph: {self.fallback_reason}"
+                   if self.fallback_reason else ""))
+
     @property
     def stages(self) -> list[str]:
         """The names of the passes that ran, in order (plugin passes by their own name)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.fx as fx
 
 from ..codegen import index_sources, ops
@@ -28,6 +27,8 @@ from .matmul_bias import matmul_and_bias
 
 STAGE = "fusion"
 _SHORT = {"convert_element_type": "to", "_to_copy": "to", "threshold_backward": "relu_bwd"}
+DYNAMIC_SHAPES = "dynamic shapes"
+"""How the decline for a graph with symbolic sizes begins."""
 
 
 def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -54,7 +55,7 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     why = _why_not_fuse(gm, ctx)
     if why:
         return PassResult(declines=[Decline(STAGE, why)])
-    device = _graph_device(ctx)
+    device = ctx.kernel_device
     grouping = find_regions(gm, device)
     result = PassResult(declines=list(grouping.declines))
     kept, alone = [], []
@@ -87,21 +88,14 @@ def _why_not_fuse(gm: fx.GraphModule, ctx: PassContext) -> str:
     if not ctx.config.fusion:
         return "fusion is off (config fusion=False): the graph runs as ATen ops"
     if has_symbolic_shapes(gm):
-        return "dynamic shapes: generated kernels need static sizes, the graph runs as ATen ops"
-    device = _graph_device(ctx)
+        return f"{DYNAMIC_SHAPES}: generated kernels need static sizes, the graph runs as ATen ops"
+    device = ctx.kernel_device
     if device is None:
         return "no tensor inputs"
     if device.type not in ("cuda", "cpu"):
         return f"no Triton kernels on {device.type}: the graph runs as ATen ops"
     return ""
 
-
-def _graph_device(ctx: PassContext):
-    """The graph's device: the first CUDA input's (CPU scalars may sit beside it), else any."""
-    for value in ctx.example_inputs:
-        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-            return value.device
-    return ctx.device
 
 
 def kernel_name(region: Region, number: int) -> str:
