@@ -78,7 +78,8 @@ def repro_source(
     code = input_gm.graph.python_code(
         root_module="self", verbose=True, include_stride=True, include_device=True
     )
-    imports = _import_lines({"torch": torch, **code.globals})
+    imports = [line for line in _import_lines({"torch": torch, **code.globals})
+               if line != "import torch"]  # the template's first import
     placeholders = [n for n in record.input_nodes if n.op == "placeholder"]
     examples = list(example_inputs) + [None] * (len(placeholders) - len(example_inputs))
     inputs = [
@@ -183,6 +184,11 @@ inputs. Exit status 0: they match; 1: kitsune fell back, raised, or differs.
 Plugin passes installed as entry points run here too; ones added by register_pass do not.
 """
 import os
+
+import torch
+
+if not torch.cuda.is_available():  # CPU tensors: generated kernels need Triton's interpreter,
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # chosen before triton is imported
 
 {imports}
 

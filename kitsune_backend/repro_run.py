@@ -60,8 +60,18 @@ def main(
         print("MISMATCH between kitsune and eager:")
         print("\n".join("  " + p for p in problems))
         return 1
-    print(f"OK: kitsune matches eager ({_count_tensors(expected)} output tensors)")
+    print(f"OK: kitsune matches eager ({_count_tensors(expected)} output tensors, "
+          f"{_ran_kernels(record)})")
     return 0
+
+
+def _ran_kernels(record: Any) -> str:
+    """How many generated kernels the compiled graph ran, or why none did."""
+    count = sum(1 for kernel in record.kernels if not kernel.compile_error)
+    if count:
+        return f"{count} generated kernel(s) ran"
+    why = next((d.reason for d in record.declines if d.stage == "fusion"), "")
+    return "no generated kernel ran" + (f": {why}" if why else "")
 
 
 def _fake_propagate(gm: fx.GraphModule, args: Sequence[Any]) -> list[Any]:
