@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
+import threading
 from typing import Any
 
 from .config import Config
@@ -63,13 +63,22 @@ class History:
 
     def __init__(self, limit: int = HISTORY_LIMIT) -> None:
         self._sessions: collections.deque[CompileSession] = collections.deque(maxlen=limit)
-        self._ids = itertools.count()
+        self._started = 0
+        self._lock = threading.Lock()
 
     def new(self, config: Config, mode: Any = None) -> CompileSession:
         """Start and remember a session for one Dynamo graph."""
-        session = CompileSession(id=next(self._ids), config=config, mode=mode)
-        self._sessions.append(session)
+        with self._lock:
+            session = CompileSession(id=self._started, config=config, mode=mode)
+            self._started += 1
+            self._sessions.append(session)
         return session
+
+    @property
+    def started(self) -> int:
+        """How many sessions were ever started: the next session's id (:meth:`clear` and
+        the limit forget sessions, not this count)."""
+        return self._started
 
     def sessions(self) -> list[CompileSession]:
         """Every remembered session, oldest first."""

@@ -26,7 +26,8 @@ LAYER_OF_MODULE = {
                      "dot", "models", "timing", "session"), "core"),
     **dict.fromkeys(("pipeline", "plugins", "plugin_check", "process", "inspection", "debug_dump"), "pipeline"),
     "compiler": "compile",
-    **dict.fromkeys(("__init__", "backend", "repro_run", "demo"), "entry"),
+    **dict.fromkeys(("__init__", "__main__", "backend", "repro_run", "demo", "cli", "doctor"),
+                    "entry"),
 }
 FOLDER_LAYERS = {"runtime": "runtime", "codegen": "codegen", "passes": "passes",
                  "binding": "binding"}

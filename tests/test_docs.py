@@ -42,7 +42,7 @@ def _text(path):
 
 def test_every_page_is_built(html):
     for page in ("index", "quickstart", "architecture", "pipeline", "plugins", "configuration",
-                 "benchmarks", "api"):
+                 "benchmarks", "cli", "api"):
         assert (html / f"{page}.html").exists(), page
 
 

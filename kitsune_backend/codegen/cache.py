@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -58,6 +59,50 @@ def triton_binaries_under(cache_dir: str) -> Iterator[None]:
     with _TRITON_DIR_LOCK, knobs.cache.scope():
         knobs.cache.dir = triton_dir(cache_dir)
         yield
+
+
+def is_kitsune_folder(name: str) -> bool:
+    """Whether a top-level name under a cache folder is one kitsune writes: a generated
+    sources folder (``triton-<version>``) or the Triton binaries folder (``triton``)."""
+    return name == "triton" or name.startswith("triton-")
+
+
+def cached_sources(cache_dir: str) -> list[str]:
+    """The generated sources cached under ``cache_dir``, for every Triton version."""
+    found = []
+    if not os.path.isdir(cache_dir):
+        return found
+    for name in sorted(os.listdir(cache_dir)):
+        folder = os.path.join(cache_dir, name, "src")
+        if name.startswith("triton-") and os.path.isdir(folder):
+            found += [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                      if f.endswith(".py")]
+    return found
+
+
+def disk_usage(path: str) -> int:
+    """Bytes of the regular files under ``path`` (symbolic links are not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            if not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+def clear(cache_dir: str) -> list[str]:
+    """Remove what kitsune cached under ``cache_dir`` (:func:`is_kitsune_folder`); anything
+    else there is left alone. Returns the paths removed."""
+    removed = []
+    if not os.path.isdir(cache_dir):
+        return removed
+    for name in sorted(os.listdir(cache_dir)):
+        path = os.path.join(cache_dir, name)
+        if is_kitsune_folder(name) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
 
 
 def _entry_ok(path: str, digest: str) -> bool:

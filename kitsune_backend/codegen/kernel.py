@@ -93,6 +93,11 @@ class FusedKernel:
         return self._aten_module
 
     @property
+    def launched(self) -> bool:
+        """Whether the generated kernel itself has run (not only the region's ATen ops)."""
+        return self._launched
+
+    @property
     def source(self) -> str:
         """The Triton source this kernel launches."""
         return self.generated.source
