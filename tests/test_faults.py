@@ -299,34 +299,45 @@ class _FakeGraph:
         _FakeGraph.replays += 1
 
 
-def _fake_cuda(monkeypatch, fail_at: str) -> None:
+def _fake_cuda(monkeypatch, fail_at: str) -> dict:
     """What capture needs from CUDA, faked on the CPU; the capture runs out of memory when
-    it begins (the graph's private pool) or when it ends (instantiating the graph)."""
+    it begins (the graph's private pool) or when it ends (instantiating the graph). Like
+    ``torch.cuda.graph``, the fake makes the capture stream current before it begins and
+    puts the caller's back only on exit. Returns the current-stream state."""
+    state = {"current": _FakeStream()}
 
     @contextlib.contextmanager
     def graph(cuda_graph, stream=None):
+        caller, state["current"] = state["current"], stream
         if fail_at == "begin":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
                                          "(made up by the test)\nsecond line")
-        yield
+        try:
+            yield
+        finally:
+            state["current"] = caller
         raise torch.OutOfMemoryError("CUDA out of memory (made up by the test)")
 
     monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: state["current"])
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: state.update(current=s))
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(capture_runtime, "own_cublas_workspaces", contextlib.nullcontext)
     # CPU tensors are never captured: let the capture stage take this graph anyway
     monkeypatch.setattr(capture_stage, "capture_decline", lambda *args: "")
+    return state
 
 
 @pytest.mark.parametrize("fail_at", ["begin", "end"])
 def test_out_of_memory_during_capture_runs_uncaptured(fail_at, monkeypatch):
-    _fake_cuda(monkeypatch, fail_at)
+    state = _fake_cuda(monkeypatch, fail_at)
+    caller = state["current"]
     compiled = torch.compile(_two_regions, backend="kitsune")
     for seed in range(4):  # warm-up, the capture that fails, then uncaptured calls
         assert_close(compiled(*_inputs(seed=seed)), _two_regions(*_inputs(seed=seed)))
+        assert state["current"] is caller  # the uncaptured calls run on the caller's stream
     record = kitsune_backend.last_compile().forward
     assert record.stats["capture"].startswith("declined: capture failed: OutOfMemoryError")
     assert record.stats["uncaptured_calls"] == 4 and _FakeGraph.replays == 0
@@ -343,9 +354,10 @@ def test_out_of_memory_during_a_real_capture_runs_uncaptured(monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory (made up by the test)")
 
     monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", no_memory)
-    compiled = torch.compile(_two_regions, backend="kitsune")
+    compiled, caller = torch.compile(_two_regions, backend="kitsune"), torch.cuda.current_stream()
     for seed in range(3):
         assert_close(compiled(*_inputs("cuda", seed)), _two_regions(*_inputs("cuda", seed)))
+        assert torch.cuda.current_stream() == caller
     record = kitsune_backend.last_compile().forward
     assert record.stats["capture"].startswith("declined: capture failed: OutOfMemoryError")
     assert record.stats["uncaptured_calls"] == 3

@@ -248,11 +248,15 @@ class CapturedRunner:
                 "referenced, or inputs read in place have moved): this call runs uncaptured"
             )
             return self._uncaptured(args)
+        caller = torch.cuda.current_stream()
         try:
             inst = _Instance(self.run, args, self.static, self.stream, self.registry,
                              self.caller_outputs)
         except Exception as exc:  # capture is an optimization: run uncaptured from now on
-            # (out of memory included: the uncaptured runner needs no graph pool)
+            # (out of memory included: the uncaptured runner needs no graph pool). A capture
+            # that failed to begin leaves its stream current (torch.cuda.graph's __exit__
+            # does not run then): the caller's stream comes back first.
+            torch.cuda.set_stream(caller)
             said = (str(exc).strip().splitlines() or [""])[0][:300]
             self.disabled = f"capture failed: {type(exc).__name__}: {said}"
             self.record.other_declines.append(Decline("cuda_graphs", self.disabled))
