@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 from torch._dynamo.backends.common import aot_autograd
 
-from .codegen.precompile import warm_pool
+from .codegen.precompile import warm_triton
 from .compiler import compile_graph
 from .config import Config, resolve
 from .passes.decompositions import decomposition_table
@@ -70,7 +70,7 @@ def compile(
 def _compile_with(config: Config, mode: Optional[str], gm: fx.GraphModule,
                   example_inputs: Sequence[Any]) -> Callable:
     if any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs):
-        warm_pool(config, PROCESS.compile_pool)  # workers start while AOTAutograd traces
+        warm_triton(config, PROCESS.compile_pool)  # Triton warms up while AOTAutograd traces
     session = PROCESS.history.new(config, mode)
     backend = aot_autograd(
         fw_compiler=_compiler(config, "forward", session),

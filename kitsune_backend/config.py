@@ -67,8 +67,10 @@ class Config:
         default=min(16, max(0, (os.cpu_count() or 1) - 1)),
         metadata={"default_doc": "min(16, CPU cores - 1)"},
     )
-    """Processes that compile a graph's generated kernels in parallel, at compile time
-    (0: each kernel compiles in the calling process at its first launch)."""
+    """Most processes that compile a graph's generated kernels in parallel, at compile time
+    (0: each kernel compiles in the calling process at its first launch). They start only
+    for a graph with at least 4 kernels left to compile, as many as it has such kernels,
+    and later compiles share them."""
     debug_dir: str = ""
     """Dump every stage of every compiled graph under this folder (empty: no dump)."""
     debug: bool = False

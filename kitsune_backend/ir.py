@@ -62,8 +62,8 @@ class PassResult:
 @dataclasses.dataclass
 class KernelRecord:
     """A generated kernel: its name, the FX nodes it came from, and its source; ``kernel``
-    is the callable itself, whose ``compile_error`` says why it runs as ATen ops, if it
-    failed to compile at its first launch."""
+    is the callable itself, whose ``compile_error`` says why it runs as ATen ops, if its
+    source did not load or it failed to compile at its first launch."""
 
     name: str
     nodes: list[str]
@@ -72,7 +72,7 @@ class KernelRecord:
 
     @property
     def compile_error(self) -> str:
-        """Why the kernel did not compile ("" when it did, or has not launched yet)."""
+        """Why the kernel did not load or compile ("" when it did, or has not launched yet)."""
         return getattr(self.kernel, "compile_error", "")
 
 

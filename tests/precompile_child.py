@@ -123,6 +123,10 @@ def main(what: str, tmp: str) -> dict:
         facts["request_after_worker"] = precompile.capture_request(kernel) is not None
         facts["hits"] = compile_in_this_process([kernel])
     else:
+        few = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"),
+                                    PROCESS.compile_pool)  # 3 kernels: below the threshold
+        facts["few"] = {"skipped": few.skipped, "pool_size": PROCESS.compile_pool.size}
+        precompile.MIN_KERNELS_FOR_WORKERS = 2  # so that this model's 3 kernels use workers
         report = precompile.precompile(kernels, Config(compile_workers=2), torch.device("cuda"),
                                        PROCESS.compile_pool)
         facts["report"] = report.stats()

@@ -41,3 +41,23 @@ def test_opinfo_samples_fused_match_eager_gpu(shard, requires_grad, dtype, recor
     # wheel (benchmarks/README.md, PHASE=sweep)
     pytest.importorskip("expecttest")
     _check(opinfo_sweep.sweep("cuda", dtype, requires_grad, shard, GPU_SHARDS), record_property)
+
+
+@pytest.mark.parametrize("name", ["masked.std", "masked.var"])
+def test_masked_std_and_var_with_gradients_run_in_kernels(name):
+    """With gradients, these samples once made a generated kernel raise ``Cannot broadcast,
+    rank mismatch: ['1'], [1, 128]`` at run time, under the interpreter; both samples must
+    match eager with every kernel launched (none fell back to its ATen ops)."""
+    import kitsune_backend
+
+    (op,) = [op for op in opinfo_sweep.swept_ops("cpu", torch.float32) if op.name == name]
+    cases = opinfo_sweep.samples(op, "cpu", torch.float32, requires_grad=True)
+    assert len(cases) == opinfo_sweep.SAMPLES_PER_OP
+    for sample in cases:
+        kitsune_backend.clear_history()
+        assert opinfo_sweep.compare(op, sample, "kitsune") == ""
+        (session,) = kitsune_backend.history()
+        assert [r.name for r in session.records] == ["forward", "backward"]
+        kernels = [k for r in session.records for k in r.kernels]
+        assert any("sum" in n for k in kernels for n in k.nodes)  # the reductions fused
+        assert all(k.compile_error == "" and k.kernel.fallback_calls == 0 for k in kernels)

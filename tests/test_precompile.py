@@ -13,6 +13,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 import types
 
 import pytest
@@ -62,6 +64,9 @@ def test_worker_fills_the_cache_the_first_launch_reads(tmp_path):
 
 def test_precompile_through_the_pool(tmp_path):
     facts = _child("pool", tmp_path)
+    # three kernels are fewer than MIN_KERNELS_FOR_WORKERS: no worker started for them
+    assert facts["few"]["skipped"].startswith("3 kernel(s) left to compile, fewer than 4")
+    assert facts["few"]["pool_size"] == 0
     assert facts["skipped"] == "" and facts["failures"] == []
     assert facts["report"]["kernels_precompiled"] == 3
     assert facts["report"]["precompile_workers"] == 2
@@ -135,22 +140,22 @@ def _unused_pool():
 
 
 def _kernels(count: int) -> list:
-    return [types.SimpleNamespace(__name__=f"k{i}",
+    return [types.SimpleNamespace(__name__=f"k{i}", compile_error="",
                                   generated=types.SimpleNamespace(grid=4, source=""))
             for i in range(count)]
 
 
 def test_failures_become_declines_not_errors(tmp_path, monkeypatch, own_pool):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    requests = iter([_request(tmp_path / "gone.py"), None, _request(tmp_path / "gone2.py")])
+    requests = iter([_request(tmp_path / f"gone{i}.py") if i != 1 else None for i in range(5)])
     monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
-    report = precompile.precompile(_kernels(3), Config(compile_workers=2), torch.device("cuda"),
+    report = precompile.precompile(_kernels(5), Config(compile_workers=2), torch.device("cuda"),
                                    own_pool)
     assert report.stats()["kernels_precompiled"] == 0
     assert report.stats()["kernels_already_compiled"] == 1
-    assert report.stats()["precompile_failures"] == 2
+    assert report.stats()["precompile_failures"] == 4
     declines = report.declines()
-    assert [d.node for d in declines] == ["k0", "k2"]
+    assert [d.node for d in declines] == ["k0", "k2", "k3", "k4"]
     assert all("compiles at its first launch: FileNotFoundError" in d.reason for d in declines)
 
 
@@ -180,14 +185,29 @@ def test_no_precompile_when_it_cannot_help(config, device, interpret, why, monke
     assert why in report.skipped and report.stats()["kernels_precompiled"] == 0
 
 
-def test_a_single_kernel_compiles_at_its_launch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("left", [1, precompile.MIN_KERNELS_FOR_WORKERS - 1])
+def test_too_few_kernels_start_no_worker(left, tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    requests = iter([None, _request(tmp_path / "k.py")])
+    requests = iter([None] + [_request(tmp_path / f"k{i}.py") for i in range(left)])
     monkeypatch.setattr(precompile, "capture_request", lambda kernel: next(requests))
-    report = precompile.precompile(_kernels(2), Config(compile_workers=2), torch.device("cuda"),
-                                   _unused_pool())
-    assert report.skipped.startswith("1 kernel(s) left to compile")
-    assert report.declines() == []
+    report = precompile.precompile(_kernels(left + 1), Config(compile_workers=2),
+                                   torch.device("cuda"), _unused_pool())
+    assert report.skipped.startswith(f"{left} kernel(s) left to compile, fewer than")
+    assert report.declines() == [] and report.workers == 0
+
+
+def test_the_pool_follows_the_work_and_is_shared(tmp_path, monkeypatch, own_pool):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(precompile, "capture_request",
+                        lambda kernel: _request(tmp_path / f"{kernel.__name__}.py"))
+    sizes = []
+    for kernels, workers in [(4, 2), (5, 16), (4, 16)]:
+        report = precompile.precompile(_kernels(kernels), Config(compile_workers=workers),
+                                       torch.device("cuda"), own_pool)
+        assert len(report.failures) == kernels  # FileNotFoundError: each was sent
+        sizes.append((report.workers, own_pool.size))
+    # min(compile_workers, kernels) work at once; the pool grows, and never shrinks
+    assert sizes == [(2, 2), (5, 5), (4, 5)]
 
 
 def test_precompile_stage_reports_the_interpreter(tmp_path):
@@ -216,3 +236,77 @@ def test_compile_workers_option(monkeypatch):
         resolve()
     with pytest.raises(KitsuneConfigError, match="must be an int"):
         Config().replace(compile_workers="many")
+
+
+def _tagged(tag: str) -> list[int]:
+    """Processes whose environment carries ``PROCESS_TEST_TAG=tag`` (a child's workers
+    inherit it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"PROCESS_TEST_TAG={tag}".encode() in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+QUIET_CHILD = """
+import os, sys, threading, time
+import torch
+import kitsune_backend
+from kitsune_backend.process import PROCESS
+tmp, how = sys.argv[1], sys.argv[2]
+x = torch.randn(4, 8)
+out = torch.compile(lambda t: torch.relu(t * 2) + 1, backend="kitsune")(x)
+assert torch.allclose(out, torch.relu(x * 2) + 1)
+assert PROCESS.compile_pool.size == 0  # a CPU compile starts no worker
+PROCESS.compile_pool.worker_stderr = None  # what workers print would show on this stderr
+missing = {"path": os.path.join(tmp, "missing.py"), "module": "m", "name": "kernel",
+           "cache_dir": tmp, "env": {}}
+PROCESS.compile_pool.run([missing, missing], workers=2)  # two live workers at exit
+if how == "exit_mid_request":  # die with a worker compiling: its reply pipe breaks
+    stall = os.path.join(tmp, "stall.py")
+    with open(stall, "w") as f:
+        f.write(f"import os, time\\nopen({os.path.join(tmp, 'pid')!r}, 'w').write(str(os.getpid()))"
+                "\\ntime.sleep(1)\\n")
+    threading.Thread(target=PROCESS.compile_pool.run, daemon=True,
+                     args=([dict(missing, path=stall, module="stall")], 2)).start()
+    while not os.path.exists(os.path.join(tmp, "pid")):
+        time.sleep(0.02)
+    os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("how", ["normal_exit", "exit_mid_request"])
+def test_a_process_with_workers_exits_silently_and_leaves_none(how, tmp_path):
+    tag = f"{os.getpid()}-{how}"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TRITON_INTERPRET="1",
+               PROCESS_TEST_TAG=tag)
+    done = subprocess.run([sys.executable, "-c", QUIET_CHILD, str(tmp_path), how], env=env,
+                          capture_output=True, text=True, timeout=120)
+    # run() returns once the workers' inherited stderr closes too: all they ever printed
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    deadline = time.monotonic() + 5
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _tagged(tag) == []
+
+
+def test_a_pool_closed_mid_request_prints_nothing(tmp_path, own_pool):
+    stall = tmp_path / "stall.py"
+    stall.write_text(f"import os, time\nopen({str(tmp_path / 'pid')!r}, 'w').write("
+                     "str(os.getpid()))\ntime.sleep(0.5)\n")
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        own_pool.worker_stderr = stderr
+        thread = threading.Thread(target=own_pool.run, daemon=True,
+                                  args=([_request(stall)], 1))
+        thread.start()
+        while not (tmp_path / "pid").exists():
+            time.sleep(0.02)
+        pid = int((tmp_path / "pid").read_text() or 0) or None
+        own_pool.close()  # the worker is inside the request
+        thread.join(timeout=10)
+    assert pid is not None and not os.path.exists(f"/proc/{pid}")  # reaped
+    assert (tmp_path / "stderr.txt").read_text() == ""

@@ -10,8 +10,10 @@ Layout under ``Config.cache_dir``::
 Triton's cache keys compiled binaries by source, device capability and Triton version, so
 a second process importing the same source skips compilation. An entry whose text does not
 hash to its name, or whose checksum file is missing or different, is corrupt: it is
-rewritten, never imported. A process imports each source once: :class:`KernelCache` holds
-the modules (one per process, in :class:`~kitsune_backend.process.ProcessState`).
+rewritten, never imported, and :meth:`KernelCache.load` says so to the caller (the
+``kernels`` stage turns that into a decline). A process imports each source once:
+:class:`KernelCache` holds the modules (one per process, in
+:class:`~kitsune_backend.process.ProcessState`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import threading
 import types
-from typing import Iterator
+from typing import Iterator, Optional
 
 import triton
 
@@ -105,23 +107,37 @@ def clear(cache_dir: str) -> list[str]:
     return removed
 
 
-def _entry_ok(path: str, digest: str) -> bool:
+def entry_problem(path: str, digest: str) -> str:
+    """What is wrong with the cache entry at ``path`` (``<digest>.py``): ``""`` when it is
+    sound, ``"missing"`` when it was never written, else why it is corrupt."""
+    checksum = path[: -len(".py")] + ".sha256"
+    if not os.path.exists(checksum):
+        return "its checksum file is missing" if os.path.exists(path) else "missing"
     try:
         with open(path, "rb") as f:
             text = f.read()
-        with open(path[: -len(".py")] + ".sha256") as f:
+        with open(checksum) as f:
             recorded = f.read().strip()
-    except OSError:
-        return False
-    return recorded == digest and hashlib.sha256(text).hexdigest() == digest
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if hashlib.sha256(text).hexdigest() != digest:
+        return f"its text ({len(text)} bytes) does not hash to its name"
+    if recorded != digest:
+        return "its checksum file does not match"
+    return ""
 
 
 def _write_atomic(path: str, text: str) -> None:
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class KernelCache:
@@ -131,22 +147,32 @@ class KernelCache:
         self._loaded: dict[str, types.ModuleType] = {}
         self._lock = threading.Lock()
 
-    def load(self, source: str, cache_dir: str) -> types.ModuleType:
+    def load(self, source: str, cache_dir: str,
+             repairs: Optional[list[str]] = None) -> types.ModuleType:
         """Import ``source`` through the disk cache under ``cache_dir`` (once per process and
-        source). Returns the module; a corrupt or missing entry is (re)written first."""
+        source). Returns the module; a missing entry is written first, a corrupt one
+        rewritten, and then why it was corrupt is appended to ``repairs`` (when given).
+        Raises what writing or importing raises (a full disk, a source that does not
+        parse)."""
         digest = source_hash(source)
         with self._lock:
             module = self._loaded.get(digest)
             if module is None:
-                module = self._loaded[digest] = _import(source, digest, cache_dir)
+                module, problem = _import(source, digest, cache_dir)
+                self._loaded[digest] = module
+                if problem and repairs is not None:
+                    repairs.append(problem)
             return module
 
 
-def _import(source: str, digest: str, cache_dir: str) -> types.ModuleType:
+def _import(source: str, digest: str, cache_dir: str) -> tuple[types.ModuleType, str]:
+    """The module of ``source`` and what was wrong with its entry ("" when it was sound
+    or missing)."""
     folder = source_dir(cache_dir)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{digest}.py")
-    if not _entry_ok(path, digest):
+    problem = entry_problem(path, digest)
+    if problem:
         _write_atomic(path, source)
         _write_atomic(path[: -len(".py")] + ".sha256", digest + "\n")
     name = f"kitsune_kernel_{digest[:24]}"
@@ -154,4 +180,4 @@ def _import(source: str, digest: str, cache_dir: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # Triton reads the kernel's source through its module
     spec.loader.exec_module(module)
-    return module
+    return module, "" if problem == "missing" else problem

@@ -7,9 +7,14 @@ script would train again in every worker), they import ``kitsune_backend`` and s
 ``subprocess`` that loads one standard-library-and-triton file, in its own session (Ctrl-C
 in the terminal does not reach it), with ``CUDA_VISIBLE_DEVICES=""`` and without
 ``TRITON_INTERPRET``; it exits when its stdin closes, so it never outlives the parent.
+Workers never print: their stderr goes to ``/dev/null`` unless the pool's ``worker_stderr``
+says otherwise (``precompile`` passes the parent's own under ``debug=True``), and a worker
+whose pipes close under it (the parent exited, or closed the pool mid-request) exits with
+code 0 and no traceback.
 
 The process has one pool (:class:`~kitsune_backend.process.ProcessState` makes it and closes
-it at exit); it starts no worker until resized to what the caller asks for.
+it at exit); it starts no worker until a :meth:`CompilePool.run` asks for some, and then
+grows to the most any run asked for: later runs share the workers earlier ones started.
 A worker that dies or hangs while compiling is replaced at the next request; its request
 fails with the reason. A worker that cannot start at all (or does not say it is ready)
 marks the pool ``broken`` for the rest of the process, so no later compile waits for
@@ -27,7 +32,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compile_worker.py")
 BOOTSTRAP = (
@@ -48,9 +53,11 @@ class WorkerStartError(RuntimeError):
 
 
 class Worker:
-    """One worker process and the two pipe ends the parent holds."""
+    """One worker process and the two pipe ends the parent holds; the worker writes its
+    stderr to ``stderr`` (a ``subprocess`` target: ``/dev/null`` by default, ``None`` for
+    this process's)."""
 
-    def __init__(self, target: Optional[list] = None) -> None:
+    def __init__(self, target: Optional[list] = None, stderr: Any = subprocess.DEVNULL) -> None:
         worker_in, to_worker = os.pipe()  # (read end, write end)
         worker_out, from_worker = os.pipe()
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
@@ -59,7 +66,8 @@ class Worker:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, WORKER_FILE,
                  json.dumps([str(p) for p in sys.path]), json.dumps(target)],
-                stdin=worker_in, stdout=from_worker, env=env, start_new_session=True,
+                stdin=worker_in, stdout=from_worker, stderr=stderr, env=env,
+                start_new_session=True,
             )
         except BaseException:
             for fd in (to_worker, worker_in, worker_out, from_worker):
@@ -85,7 +93,8 @@ class Worker:
             code = self.process.returncode
             how = (f"was not ready within {timeout:.0f} s" if code == -signal.SIGKILL
                    else f"exited with code {code} before it was ready")
-            raise WorkerStartError(f"the compile worker ({sys.executable} -c ...) {how}")
+            raise WorkerStartError(f"the compile worker ({sys.executable} -c ...) {how} "
+                                   "(debug=True shows its stderr)")
         self.ready = True
 
     def ask(self, request: dict, timeout: float) -> dict:
@@ -131,11 +140,12 @@ class Worker:
 
 
 class CompilePool:
-    """Up to ``size`` workers; :meth:`run` hands each request to the next idle one."""
+    """Worker processes, as many as the largest :meth:`run` asked for; each run hands each
+    request to the next idle one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _workers
-        self._run_lock = threading.RLock()  # one batch (or resize) at a time
+        self._run_lock = threading.RLock()  # one batch (or growth) at a time
         self._workers: list[Worker] = []
         self.broken = ""
         """Why workers cannot be used in this process ('' while they can): set when one
@@ -143,6 +153,8 @@ class CompilePool:
         self.target: Optional[list] = None
         """The device target ``[backend, arch, warp_size]`` workers started from now on
         compile a tiny kernel for at start-up (``compile_worker.warm_up``); ``None``: none."""
+        self.worker_stderr: Any = subprocess.DEVNULL
+        """Where workers started from now on write their stderr (``None``: this process's)."""
 
     @property
     def size(self) -> int:
@@ -150,24 +162,24 @@ class CompilePool:
         with self._lock:
             return sum(1 for w in self._workers if w.alive)
 
-    def resize(self, size: int) -> None:
-        """Have exactly ``size`` live workers (starting or stopping some)."""
+    def grow(self, size: int) -> None:
+        """Have at least ``size`` live workers: dead ones are dropped, new ones started;
+        none is stopped."""
         with self._run_lock, self._lock:
             for worker in [w for w in self._workers if not w.alive]:
                 worker.stop(wait=0.0)
                 self._workers.remove(worker)
-            while len(self._workers) > size:
-                self._workers.pop().stop()
             while len(self._workers) < size:
-                self._workers.append(Worker(self.target))
+                self._workers.append(Worker(self.target, self.worker_stderr))
 
     def run(self, requests: Sequence[dict], workers: int,
             timeout: float = REQUEST_TIMEOUT_S) -> list[dict]:
-        """The reply to each request, in order, with ``workers`` processes running."""
+        """The reply to each request, in order, compiled by at most ``workers`` processes at
+        once (the pool grows to ``workers`` first)."""
         if workers < 1:
             raise ValueError(f"a compile pool run needs at least one worker, got {workers}")
         with self._run_lock:
-            self.resize(workers)
+            self.grow(workers)
             with self._lock:
                 idle: queue.Queue[Worker] = queue.Queue()
                 for worker in self._workers:
@@ -194,7 +206,7 @@ class CompilePool:
 
     def _replace(self, dead: Worker) -> Worker:
         with self._lock:
-            fresh = Worker(self.target)
+            fresh = Worker(self.target, self.worker_stderr)
             self._workers[self._workers.index(dead)] = fresh
             return fresh
 

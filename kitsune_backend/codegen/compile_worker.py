@@ -12,7 +12,9 @@ Protocol: the worker first writes ``{"ready": True}`` once Triton is imported, a
 Triton up (:func:`warm_up`, while the parent is still tracing); then the parent sends one
 pickled request dict per kernel on the worker's stdin (``multiprocessing.connection``
 framing) and reads one reply dict on the worker's original
-stdout; anything else the worker prints goes to stderr. End of input ends the worker.
+stdout; anything else the worker prints goes to stderr (which the pool points at
+``/dev/null`` unless debugging). End of input, or a reply pipe nobody reads any more, ends
+the worker with exit code 0 and nothing printed.
 
 A request holds only plain data, captured in the parent from Triton's own compile request
 (see :mod:`kitsune_backend.codegen.precompile`)::
@@ -163,7 +165,8 @@ def warm_up(target: Optional[list]) -> str:
 
 def main() -> None:
     """Serve requests from stdin until it closes (``sys.argv[3]``, when given, is the JSON
-    target for :func:`warm_up`)."""
+    target for :func:`warm_up`). A pipe that closes under the worker (the parent exited,
+    or closed the pool while this worker compiled) ends it quietly, with exit code 0."""
     import json
     from multiprocessing.connection import Connection
 
@@ -173,11 +176,10 @@ def main() -> None:
     import triton  # noqa: F401  (imported before the first request: start-up overlaps tracing)
     import triton.compiler  # noqa: F401
 
-    replies.send({"ready": True, "pid": os.getpid()})
-    warm_up(json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
-    while True:
-        try:
-            request = requests.recv()
-        except (EOFError, OSError):
-            return
-        replies.send(compile_request(request))
+    try:
+        replies.send({"ready": True, "pid": os.getpid()})
+        warm_up(json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
+        while True:
+            replies.send(compile_request(requests.recv()))
+    except (EOFError, OSError):  # BrokenPipeError included: the parent is gone
+        return

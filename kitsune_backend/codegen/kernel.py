@@ -6,9 +6,12 @@ written into ``out=(...)`` when the runtime places outputs itself. It launches t
 generated Triton kernel on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1``.
 Otherwise, and whenever the tensors it gets differ from the metadata it was generated for
 (a stride, a dtype), it runs the region's ATen ops instead, and counts that in
-``fallback_calls`` with ``last_fallback_reason``: correct, just not fused. A kernel that
-fails to compile at its first launch (or, under the interpreter, to run) keeps the reason in
-``compile_error`` and runs as the region's ATen ops from then on.
+``fallback_calls`` with ``last_fallback_reason``: correct, just not fused. A kernel whose
+source does not load (it does not parse, or the kernel cache cannot hold it), or that fails
+at its first launch (a compile error; under the interpreter, any error; on CUDA also a
+corrupt entry of Triton's own cache), keeps the reason in ``compile_error`` and runs as the
+region's ATen ops from then on: only its region falls back, not the graph. An out-of-memory
+error at the first launch is not a compile error: it propagates, as eager's would.
 """
 
 from __future__ import annotations
@@ -19,17 +22,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from triton.compiler.errors import CompilationError
-from triton.runtime.errors import InterpreterError, OutOfResources, PTXASError
-
 from . import cache
 from .heuristics import LaunchConfig
 from .source import KernelSource, TensorSpec
-
-
-COMPILE_ERRORS = (CompilationError, OutOfResources, PTXASError, InterpreterError)
-"""What a first launch raises when the generated source does not compile (or, under
-``TRITON_INTERPRET=1``, does not run): the region then runs as its ATen ops."""
 
 
 def _matches(tensor: Any, spec: TensorSpec) -> bool:
@@ -41,6 +36,13 @@ def _matches(tensor: Any, spec: TensorSpec) -> bool:
         size == 1 or have == want
         for size, have, want in zip(spec.shape, tensor.stride(), spec.stride)
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, its message cut to the last line (where Triton and
+    Python put the cause) and to 300 characters."""
+    last = (str(exc).strip().splitlines() or [""])[-1]
+    return f"{type(exc).__name__}: {last[:300]}"
 
 
 def why_not_on(device: torch.device) -> str:
@@ -80,9 +82,15 @@ class FusedKernel:
         self.fallback_calls = 0
         self.last_fallback_reason = ""
         self.compile_error = ""
+        self.cache_repairs: list[str] = []
+        """Why a kernel cache entry this kernel loaded was corrupt (it was rewritten)."""
         self._launched = False
         self._tuned = not autotune
-        self._launch_fn = self._load(generated)
+        self._launch_fn: Any = None
+        try:
+            self._launch_fn = self._load(generated)
+        except Exception as exc:  # noqa: BLE001 - the region runs as its ATen ops instead
+            self.compile_error = f"its source did not load: {_first_line(exc)}"
 
     @property
     def aten_region(self) -> fx.GraphModule:
@@ -103,7 +111,7 @@ class FusedKernel:
         return self.generated.source
 
     def _load(self, generated: KernelSource) -> Any:
-        module = self.kernels.load(generated.source, self.cache_dir)
+        module = self.kernels.load(generated.source, self.cache_dir, self.cache_repairs)
         return getattr(module, generated.name)
 
     def __repr__(self) -> str:
@@ -130,11 +138,10 @@ class FusedKernel:
             return self._run_aten(reason, args, out)
         try:
             return self._run_kernel(args, out)
-        except COMPILE_ERRORS as exc:
-            if self._launched:
+        except Exception as exc:
+            if self._launched or isinstance(exc, torch.OutOfMemoryError):
                 raise
-            first_line = (str(exc).strip().splitlines() or [""])[-1]
-            self.compile_error = f"{type(exc).__name__}: {first_line[:300]}"
+            self.compile_error = _first_line(exc)
             return self._run_aten(self.why_not_launch(args), args, out)
 
     def _run_aten(self, reason: str, args: Sequence[Any], out: Optional[Sequence[Any]]) -> Any:

@@ -4,14 +4,16 @@ generated kernel.
 For each plan node, the plan's Triton source is generated, loaded through the kernel
 cache, and a :class:`~kitsune_backend.codegen.kernel.FusedKernel` replaces the plan as the
 node's target. Plans whose generated code is the same (:func:`same_kernel_key`) share one
-kernel, so it is compiled and loaded once.
+kernel, so it is compiled and loaded once. A cache entry found corrupt is rewritten, with a
+decline saying why; a source that does not load leaves its kernel running as the region's
+ATen ops (its ``compile_error`` says why), the other kernels unaffected.
 """
 
 from __future__ import annotations
 
 import torch.fx as fx
 
-from ..ir import KernelRecord, PassContext, PassResult
+from ..ir import Decline, KernelRecord, PassContext, PassResult
 from .kernel import FusedKernel
 from .plans import KernelPlan
 from .source import KernelSource
@@ -49,8 +51,16 @@ def generate_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     shared = len(ctx.kernels) - len(kernels)
     notes = [f"{len(kernels)} kernel(s) generated for {len(ctx.kernels)} plan(s)"
              + (f"; {shared} plan(s) reuse an identical kernel" if shared else "")]
-    return PassResult(changed=bool(ctx.kernels), notes=notes,
+    return PassResult(changed=bool(ctx.kernels), notes=notes, declines=_cache_declines(kernels),
                       stats={"kernels_generated": len(kernels), "kernels_shared": shared})
+
+
+def _cache_declines(kernels: dict[tuple, FusedKernel]) -> list[Decline]:
+    """A decline per kernel cache entry found corrupt (and rewritten) while loading."""
+    return [Decline("kernels", f"kernel cache entry of {kernel.__name__} not used, it was "
+                    f"corrupt ({why}): rewritten from the generated source",
+                    kernel.generated.nodes[0] if kernel.generated.nodes else "")
+            for kernel in kernels.values() for why in kernel.cache_repairs]
 
 
 def same_kernel_key(generated: KernelSource) -> tuple:

@@ -2,11 +2,14 @@
 time.
 
 Without this, Triton compiles each generated kernel at its first launch, one after another,
-inside the first call (Triton's compile holds the GIL, so threads do not help). :func:`precompile` instead asks Triton, for each kernel, for the exact compile
-request its first launch would make, hands the requests to the worker processes of
-:mod:`kitsune_backend.codegen.compile_pool`, and waits. Each worker runs that request's
-``triton.compile``, which fills Triton's disk cache under the key the first launch looks up,
-so the launch loads the binary instead of compiling it.
+inside the first call (Triton's compile holds the GIL, so threads do not help).
+:func:`precompile` instead asks Triton, for each kernel, for the exact compile request its
+first launch would make, hands the requests to the worker processes of
+:mod:`kitsune_backend.codegen.compile_pool`, and waits. Workers start only when a graph
+has enough kernels left to compile to gain from them (:data:`MIN_KERNELS_FOR_WORKERS`),
+as many as it has such kernels (up to ``Config.compile_workers``). Each worker runs that
+request's ``triton.compile``, which fills Triton's disk cache under the key the first
+launch looks up, so the launch loads the binary instead of compiling it.
 
 Getting the request: ``JITFunction.warmup`` with ``MockTensor`` arguments (one per kernel
 pointer argument, data pointer 0, so 16-byte aligned like the arena's and PyTorch's
@@ -25,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -39,6 +43,14 @@ from .compile_pool import CompilePool
 from .kernel import FusedKernel
 
 STAGE = "precompile"
+MIN_KERNELS_FOR_WORKERS = 4
+"""Fewer kernels left to compile than this, and no worker is started: they compile at
+their first launch. Why four: on a shared 2-core CPU machine (sm_90 target, Triton 3.6) a
+worker is ready 0.1 s after it starts and done with its warm-up compile at 0.8 s, while one
+generated kernel compiles in 0.1-0.3 s (plus about 0.5 s for its C launcher, on a GPU
+machine, when its argument signature is new). Up to three kernels compiled one after
+another at their first launch cost about what starting workers costs; from four on, the
+workers' parallel compiles win."""
 _HOOK_LOCK = threading.Lock()
 
 
@@ -107,11 +119,12 @@ def why_not_precompile(config: Config, device: Optional[torch.device], pool: Com
     return ""
 
 
-def warm_pool(config: Config, pool: CompilePool) -> None:
-    """In a daemon thread, so that it overlaps Dynamo's and AOTAutograd's tracing: start the
-    worker processes (they import Triton and compile a tiny kernel for this device, see
-    ``compile_worker.warm_up``), then warm Triton up in this process (:func:`_warm_up_triton`).
-    Call only for CUDA graphs."""
+def warm_triton(config: Config, pool: CompilePool) -> None:
+    """In a daemon thread, so that it overlaps Dynamo's and AOTAutograd's tracing: warm
+    Triton up in this process (:func:`_warm_up_triton`) and note the device target that
+    workers started later warm up for. Starts no worker process: how many workers a
+    compile is worth is known only once its kernels are (:func:`precompile`). Call only
+    for CUDA graphs."""
     if not config.fusion or why_not_precompile(config, torch.device("cuda"), pool):
         return
 
@@ -119,19 +132,12 @@ def warm_pool(config: Config, pool: CompilePool) -> None:
         try:
             from triton.runtime.driver import driver
 
-            pool.target = target_list(driver.active.get_current_target())
-        except Exception:  # the workers then warm up without a compile
-            pass
-        try:
-            pool.resize(config.compile_workers)
-        except Exception:  # precompile() tries again and reports the reason
-            pass
-        try:
+            pool.target = pool.target or target_list(driver.active.get_current_target())
             _warm_up_triton()
-        except Exception:  # the first capture pays these costs instead
+        except Exception:  # the first compile request or launch pays these costs instead
             pass
 
-    threading.Thread(target=start, name="kitsune-warm-compile-pool", daemon=True).start()
+    threading.Thread(target=start, name="kitsune-warm-triton", daemon=True).start()
 
 
 def target_list(target: Any) -> list:
@@ -164,22 +170,41 @@ def precompile_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     return PassResult(notes=report.notes(), declines=report.declines(), stats=report.stats())
 
 
-
 def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.device],
                pool: CompilePool) -> PrecompileReport:
     """Compile ``kernels`` (:class:`~kitsune_backend.codegen.kernel.FusedKernel`) on the
-    worker processes before their first launch; what happened (never raises)."""
+    worker processes before their first launch; what happened (never raises).
+
+    Workers are used only for at least :data:`MIN_KERNELS_FOR_WORKERS` kernels left to
+    compile, and ``min(config.compile_workers, kernels left)`` of them: the pool grows to
+    that many (it never shrinks, so a later compile shares the workers an earlier one
+    started). Their stderr is discarded unless ``config.debug``."""
     start = time.perf_counter()
     report = PrecompileReport()
     # Longest source first (a rough guess at the longest compile): with more kernels than
     # workers, the short ones then fill in behind the long ones instead of following them.
-    launching = sorted((k for k in kernels if k.generated.grid > 0),
+    launching = sorted((k for k in kernels if k.generated.grid > 0 and not k.compile_error),
                        key=lambda k: -len(k.generated.source))
     report.kernels = len(launching)
     report.skipped = why_not_precompile(config, device, pool)
     if report.skipped:
         return report
-    requests, names = [], []
+    requests = _requests(launching, report)
+    if len(requests) < MIN_KERNELS_FOR_WORKERS:
+        report.skipped = (f"{len(requests)} kernel(s) left to compile, fewer than "
+                          f"{MIN_KERNELS_FOR_WORKERS}: not worth starting workers, they "
+                          "compile at their first launch")
+    else:
+        report.workers = min(config.compile_workers, len(requests))
+        _send(requests, report, pool, config.debug)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _requests(launching: Sequence[Any], report: PrecompileReport) -> list[tuple[str, dict]]:
+    """(kernel name, request) for each kernel that needs a compile; kernels compiled
+    already and requests that cannot be captured are counted in ``report``."""
+    requests = []
     for kernel in launching:
         try:
             request = capture_request(kernel)
@@ -189,21 +214,23 @@ def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.de
         if request is None:
             report.cached += 1
         else:
-            requests.append(request)
-            names.append(kernel.__name__)
-    if len(requests) < 2:
-        report.skipped = (f"{len(requests)} kernel(s) left to compile: not worth the "
-                          "round trip, they compile at their first launch")
-        report.seconds = time.perf_counter() - start
-        return report
-    report.workers = config.compile_workers
-    if pool.target is None and "target" in requests[0]:  # later workers warm up for it
-        pool.target = target_list(requests[0]["target"])
+            requests.append((kernel.__name__, request))
+    return requests
+
+
+def _send(requests: list[tuple[str, dict]], report: PrecompileReport, pool: CompilePool,
+          debug: bool) -> None:
+    """Have ``report.workers`` workers of ``pool`` compile ``requests``; the replies go
+    into ``report``."""
+    first = requests[0][1]
+    if pool.target is None and "target" in first:  # workers warm up for it
+        pool.target = target_list(first["target"])
+    pool.worker_stderr = None if debug else subprocess.DEVNULL
     try:
-        replies = pool.run(requests, config.compile_workers)
+        replies = pool.run([request for _, request in requests], report.workers)
     except Exception as exc:
         replies = [{"ok": False, "error": f"compile pool failed: {_say(exc)}"}] * len(requests)
-    for name, reply in zip(names, replies):
+    for (name, _), reply in zip(requests, replies):
         if reply.get("ok"):
             report.precompiled += 1
             if reply.get("launcher") == "":
@@ -212,8 +239,6 @@ def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.de
                 report.launcher_note = str(reply.get("launcher", "the worker did not say"))
         else:
             report.failures.append((name, str(reply.get("error", "no reason given"))))
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def _say(exc: BaseException) -> str:

@@ -26,6 +26,10 @@ handed out as copies instead, so a caller who keeps the last loss while running 
 step does not need a second instance (with a second copy of every activation).
 
 RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fresh numbers.
+
+A capture that fails (out of memory for the graph's pool included) is not retried: that
+call and every later one run the schedule uncaptured (the multi-stream runner), and a
+``cuda_graphs`` decline says why.
 """
 
 from __future__ import annotations
@@ -244,11 +248,17 @@ class CapturedRunner:
                 "referenced, or inputs read in place have moved): this call runs uncaptured"
             )
             return self._uncaptured(args)
+        caller = torch.cuda.current_stream()
         try:
             inst = _Instance(self.run, args, self.static, self.stream, self.registry,
                              self.caller_outputs)
         except Exception as exc:  # capture is an optimization: run uncaptured from now on
-            self.disabled = f"capture failed: {type(exc).__name__}: {exc}"
+            # (out of memory included: the uncaptured runner needs no graph pool). A capture
+            # that failed to begin leaves its stream current (torch.cuda.graph's __exit__
+            # does not run then): the caller's stream comes back first.
+            torch.cuda.set_stream(caller)
+            said = (str(exc).strip().splitlines() or [""])[0][:300]
+            self.disabled = f"capture failed: {type(exc).__name__}: {said}"
             self.record.other_declines.append(Decline("cuda_graphs", self.disabled))
             self.record.runtime_info["capture"] = "declined: " + self.disabled
             return self._uncaptured(args)

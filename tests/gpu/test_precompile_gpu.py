@@ -12,7 +12,8 @@ from triton import knobs
 
 import kitsune_backend
 from kitsune_backend import models
-from kitsune_backend.codegen import cache
+from kitsune_backend.codegen import cache, precompile
+from kitsune_backend.process import PROCESS
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +24,7 @@ def fresh_caches(tmp_path, monkeypatch):
     """Empty kitsune and Triton caches, and no kernel module imported yet, as in a new
     process; the kitsune cache folder."""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
-    monkeypatch.setattr(cache, "_LOADED", {})
+    monkeypatch.setattr(PROCESS, "kernel_cache", cache.KernelCache())
     return str(tmp_path / "kitsune")
 
 
@@ -50,7 +51,10 @@ class TwoWidths(torch.nn.Module):
         return torch.cat([self.a(x), self.b(x)], -1)
 
 
-def test_training_step_kernels_are_compiled_by_the_workers(fresh_caches, launch_compiles):
+def test_training_step_kernels_are_compiled_by_the_workers(fresh_caches, launch_compiles,
+                                                          monkeypatch):
+    # this small model's graphs have fewer kernels than workers need to pay: use them anyway
+    monkeypatch.setattr(precompile, "MIN_KERNELS_FOR_WORKERS", 1)
     torch.manual_seed(0)
     model = TwoWidths().cuda()
     twin = copy.deepcopy(model)
@@ -78,7 +82,7 @@ def test_training_step_kernels_are_compiled_by_the_workers(fresh_caches, launch_
         assert stats["kernels_precompiled"] == distinct >= 2, (record.name, stats)
         fusion_notes = [p.notes for p in record.passes if p.name == "precompile"]
         assert stats["launchers_prebuilt"] == stats["kernels_precompiled"], fusion_notes
-        assert stats["precompile_workers"] == 4
+        assert stats["precompile_workers"] == min(4, stats["kernels_precompiled"])
         precompiled += stats["kernels_precompiled"]
     ours = [(name, hit) for name, hit in launch_compiles if name.startswith("kitsune_fused")]
     assert len(ours) == precompiled  # each kernel loaded once at its first launch ...
@@ -98,3 +102,16 @@ def test_second_compile_finds_everything_compiled(fresh_caches):
     assert stats["kernels_precompiled"] == 0 and stats["precompile_failures"] == 0
     distinct = stats["fused_regions"] - stats["kernels_shared"]
     assert stats["kernels_already_compiled"] == distinct >= 1
+
+
+def test_a_small_compile_starts_no_worker(fresh_caches):
+    before = PROCESS.compile_pool.size
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU()).cuda()
+    x = torch.randn(3, 2, device="cuda")
+    out = torch.compile(model, backend="kitsune",
+                        options={"compile_workers": 8, "kernel_cache_dir": fresh_caches})(x)
+    out.sum().backward()
+    assert_close(out, model(x))
+    for record in kitsune_backend.last_compile().records:
+        assert record.stats.get("precompile_workers", 0) == 0, record.name
+    assert PROCESS.compile_pool.size == before
