@@ -210,6 +210,18 @@ def test_the_pool_follows_the_work_and_is_shared(tmp_path, monkeypatch, own_pool
     assert sizes == [(2, 2), (5, 5), (4, 5)]
 
 
+def test_precompile_reports_progress_per_kernel(tmp_path, monkeypatch, own_pool):
+    """A compile's progress hears the kernels compiled of the total, one by one."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(precompile, "capture_request",
+                        lambda kernel: _request(tmp_path / f"{kernel.__name__}.py"))
+    heard = types.SimpleNamespace(lines=[])
+    heard.report = heard.lines.append
+    precompile.precompile(_kernels(5), Config(compile_workers=2), torch.device("cuda"),
+                          own_pool, heard)
+    assert heard.lines == [f"kernels compiled {n}/5" for n in range(1, 6)]
+
+
 def test_precompile_stage_reports_the_interpreter(tmp_path):
     x = rand(4, 8)
     gm = make_fx(lambda x: torch.relu(x * 2) + 1, tracing_mode="fake")(x)

@@ -32,7 +32,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compile_worker.py")
 BOOTSTRAP = (
@@ -173,9 +173,11 @@ class CompilePool:
                 self._workers.append(Worker(self.target, self.worker_stderr))
 
     def run(self, requests: Sequence[dict], workers: int,
-            timeout: float = REQUEST_TIMEOUT_S) -> list[dict]:
+            timeout: float = REQUEST_TIMEOUT_S,
+            replied: Optional[Callable[[], None]] = None) -> list[dict]:
         """The reply to each request, in order, compiled by at most ``workers`` processes at
-        once (the pool grows to ``workers`` first)."""
+        once (the pool grows to ``workers`` first); ``replied()`` is called (from a worker
+        thread) as each reply arrives."""
         if workers < 1:
             raise ValueError(f"a compile pool run needs at least one worker, got {workers}")
         with self._run_lock:
@@ -199,6 +201,8 @@ class CompilePool:
                     return {"ok": False, "error": f"no compile workers: {self.broken}"}
                 finally:
                     idle.put(worker)
+                    if replied is not None:
+                        replied()
 
             threads = max(1, min(workers, len(requests)))
             with ThreadPoolExecutor(threads, thread_name_prefix="kitsune-compile") as executor:

@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import subprocess
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
 
 from ..config import Config
 from ..ir import Decline, PassContext, PassResult
+from ..log import Progress
 from . import cache
 from .compile_pool import CompilePool
 from .kernel import FusedKernel
@@ -166,19 +168,20 @@ def precompile_kernels(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if not kernels:
         return PassResult()
     report = precompile(list(kernels.values()), ctx.config, ctx.kernel_device,
-                        ctx.process.compile_pool)
+                        ctx.process.compile_pool, ctx.progress)
     return PassResult(notes=report.notes(), declines=report.declines(), stats=report.stats())
 
 
 def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.device],
-               pool: CompilePool) -> PrecompileReport:
+               pool: CompilePool, progress: Optional[Progress] = None) -> PrecompileReport:
     """Compile ``kernels`` (:class:`~kitsune_backend.codegen.kernel.FusedKernel`) on the
     worker processes before their first launch; what happened (never raises).
 
     Workers are used only for at least :data:`MIN_KERNELS_FOR_WORKERS` kernels left to
     compile, and ``min(config.compile_workers, kernels left)`` of them: the pool grows to
     that many (it never shrinks, so a later compile shares the workers an earlier one
-    started). Their stderr is discarded unless ``config.debug``."""
+    started). Their stderr is discarded unless ``config.debug``. ``progress`` hears how
+    many kernels have compiled of how many."""
     start = time.perf_counter()
     report = PrecompileReport()
     # Longest source first (a rough guess at the longest compile): with more kernels than
@@ -196,7 +199,7 @@ def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.de
                           "compile at their first launch")
     else:
         report.workers = min(config.compile_workers, len(requests))
-        _send(requests, report, pool, config.debug)
+        _send(requests, report, pool, config.debug, _counter(len(requests), progress))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -218,8 +221,22 @@ def _requests(launching: Sequence[Any], report: PrecompileReport) -> list[tuple[
     return requests
 
 
+def _counter(total: int, progress: Optional[Progress]) -> Optional[Callable[[], None]]:
+    """A callback that tells ``progress`` one more of ``total`` kernels has compiled."""
+    if progress is None:
+        return None
+    done = itertools.count(1)
+    lock = threading.Lock()
+
+    def replied() -> None:
+        with lock:
+            progress.report(f"kernels compiled {next(done)}/{total}")
+
+    return replied
+
+
 def _send(requests: list[tuple[str, dict]], report: PrecompileReport, pool: CompilePool,
-          debug: bool) -> None:
+          debug: bool, replied: Optional[Callable[[], None]] = None) -> None:
     """Have ``report.workers`` workers of ``pool`` compile ``requests``; the replies go
     into ``report``."""
     first = requests[0][1]
@@ -227,7 +244,8 @@ def _send(requests: list[tuple[str, dict]], report: PrecompileReport, pool: Comp
         pool.target = target_list(first["target"])
     pool.worker_stderr = None if debug else subprocess.DEVNULL
     try:
-        replies = pool.run([request for _, request in requests], report.workers)
+        replies = pool.run([request for _, request in requests], report.workers,
+                           replied=replied)
     except Exception as exc:
         replies = [{"ok": False, "error": f"compile pool failed: {_say(exc)}"}] * len(requests)
     for (name, _), reply in zip(requests, replies):
