@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import operator
 import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -69,6 +68,10 @@ def own_cublas_workspaces() -> Iterator[None]:
     finally:
         torch._C._cuda_clearCublasWorkspaces()
 
+
+_DATA_PTRS_EQUAL = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
+"""``f(tensors, data_ptrs, indices)``: whether ``tensors[i].data_ptr() == data_ptrs[i]`` for
+every ``i`` in ``indices`` (what Inductor's CUDA graph trees check their inputs with)."""
 
 class CaptureRegistry:
     """What the captured graphs of one process know of each other's memory (one per process,
@@ -102,9 +105,10 @@ class _Instance:
         self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
         for _, param, _ in self.static:
             registry.static_storages[param.untyped_storage().data_ptr()] = param
-        # fast path of statics_match: the same objects as at capture, compared in C
-        self._static_get = operator.itemgetter(*[i for i, _, _ in self.static], 0, 0)  # a tuple
-        self._static_objs = tuple(obj for _, obj, _ in self.static)
+        self._static_indices = [i for i, _, _ in self.static]
+        self._static_ptrs: list[Optional[int]] = [None] * len(args)
+        for i, _, ptr in self.static:
+            self._static_ptrs[i] = ptr
         dynamic = [i for i in range(len(args)) if i not in set(static)]
         self.inplace = [(i, args[i].data_ptr()) for i in dynamic if registry.read_in_place(args[i])]
         read_in_place = {i for i, _ in self.inplace}
@@ -152,14 +156,12 @@ class _Instance:
         return True
 
     def statics_match(self, args: Sequence[Any]) -> bool:
-        """True when every parameter/buffer input is where it was at capture."""
-        if all(map(operator.is_, self._static_get(args), self._static_objs)):
-            return True
-        for i, obj, ptr in self.static:
-            x = args[i]
-            if x is not obj and x.data_ptr() != ptr:
-                return False
-        return True
+        """True when every parameter/buffer input is where it was at capture. Addresses are
+        compared, not objects: a parameter keeps its identity when its storage changes
+        (``p.data = ...``, ``module.to(...)``, an optimizer that flattens parameters)."""
+        if _DATA_PTRS_EQUAL is not None:  # the same check in C (CUDA builds of torch)
+            return _DATA_PTRS_EQUAL(list(args), self._static_ptrs, self._static_indices)
+        return all(args[i].data_ptr() == ptr for i, _, ptr in self.static)
 
     def outputs_free(self) -> bool:
         """True when nobody outside holds memory of this instance's outputs."""

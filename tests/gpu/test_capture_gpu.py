@@ -26,3 +26,25 @@ def test_a_window_mask_built_from_cpu_constants_is_captured():
     info = kitsune_backend.last_compile().forward.stats
     assert info["capture"].startswith("replay"), info["capture"]
     assert info["cuda_graph_instances"] >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("move", ["data", "to"])
+def test_a_parameter_whose_storage_moves_is_read_from_its_new_place(move):
+    """``p.data = ...`` and ``module.to(...)`` keep the Parameter object but give it new
+    memory: a captured graph must not replay the old address (it would read stale weights)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU()).cuda()
+    compiled = torch.compile(model, backend="kitsune")
+    x = torch.randn(4, 16, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):  # warm-up, capture, replay
+            assert_close(compiled(x), model(x))
+        weight = model[0].weight
+        if move == "data":
+            weight.data = weight.data * 2
+        else:
+            model.to(torch.float64).to(torch.float32)  # new storage, same objects
+        assert model[0].weight is weight
+        for _ in range(2):
+            assert_close(compiled(x), model(x))
