@@ -19,6 +19,7 @@ from .errors import (
 )
 from .inspection import explain, history, last_compile
 from .ir import Decline, PassContext, PassResult
+from .optim import KitsuneOptimizer
 from .plugins import PluginPass
 from .process import clear_history, register_pass, unregister_pass
 
@@ -33,6 +34,7 @@ __all__ = [
     "KitsuneConfigError",
     "KitsuneError",
     "KitsuneInvariantError",
+    "KitsuneOptimizer",
     "KitsunePluginError",
     "KitsuneUnsupportedError",
     "PassContext",

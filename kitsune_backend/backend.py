@@ -59,12 +59,18 @@ def compile(
     ``model=None`` the result is a decorator, as with ``torch.compile``.
     """
     config = resolve(mode, options)
+    return torch.compile(model, backend=bound_backend(config, mode), fullgraph=fullgraph,
+                         dynamic=dynamic, disable=disable)
+
+
+def bound_backend(config: Config, mode: Optional[str] = None) -> Callable:
+    """A Dynamo backend (for ``torch.compile(..., backend=...)``) that compiles every graph
+    with ``config``, resolved already."""
 
     def kitsune_bound(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         return _compile_with(config, mode, gm, example_inputs)
 
-    return torch.compile(model, backend=kitsune_bound, fullgraph=fullgraph, dynamic=dynamic,
-                         disable=disable)
+    return kitsune_bound
 
 
 def _compile_with(config: Config, mode: Optional[str], gm: fx.GraphModule,

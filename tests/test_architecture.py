@@ -19,18 +19,18 @@ MAX_LINES = 400
 
 LAYERS = {  # higher imports lower; never the other way
     "core": 0, "runtime": 1, "codegen": 2, "passes": 3, "binding": 4, "pipeline": 5,
-    "compile": 6, "entry": 7,
+    "compile": 6, "entry": 7, "training": 8, "package": 9,
 }
 LAYER_OF_MODULE = {
     **dict.fromkeys(("ir", "record", "repro", "invariants", "graph_utils", "config", "errors", "log",
                      "dot", "models", "timing", "session"), "core"),
     **dict.fromkeys(("pipeline", "plugins", "plugin_check", "process", "inspection", "debug_dump"), "pipeline"),
     "compiler": "compile",
-    **dict.fromkeys(("__init__", "__main__", "backend", "repro_run", "demo", "cli", "doctor"),
-                    "entry"),
+    **dict.fromkeys(("__main__", "backend", "repro_run", "cli", "doctor"), "entry"),
+    **dict.fromkeys(("__init__", "demo"), "package"),
 }
 FOLDER_LAYERS = {"runtime": "runtime", "codegen": "codegen", "passes": "passes",
-                 "binding": "binding"}
+                 "binding": "binding", "optim": "training"}
 
 
 def _name(path: pathlib.Path) -> str:

@@ -1,0 +1,238 @@
+"""``KitsuneOptimizer``: a torch.optim optimizer whose update runs as kitsune-compiled kernels.
+
+The wrapper holds a real ``torch.optim`` optimizer and shares its ``param_groups`` and
+``state`` (the same objects), so ``state_dict()``/``load_state_dict()``, LR schedulers,
+``add_param_group`` and gradient clipping work as with the optimizer itself, and a state
+dict moves between the two both ways.
+
+What ``step()`` runs:
+
+1. the first :data:`WARMUP_STEPS` steps: torch.optim's own update (it creates the state the
+   way it always does; the second step's time is the eager figure ``get_stats`` reports);
+2. after that, for each param group, device and dtype, one :class:`~.buckets.Bucket`: the
+   parameters and their state laid end to end in flat buffers, and the rule of
+   :mod:`~.rules` compiled by kitsune over them (the gradients are copied into the flat
+   buffer unless they already live there, the learning rate is set on the device);
+3. torch.optim's update again, with the reason recorded, for a step kitsune cannot compile
+   (an optimizer it does not know, sparse gradients, state not created yet, ...).
+
+Buckets are rebuilt when the set of parameters with gradients, a hyperparameter other than
+the learning rate, or the param groups change (and after ``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+from ..backend import bound_backend
+from ..config import FIELDS, resolve, valid_names
+from ..errors import KitsuneConfigError
+from ..process import PROCESS
+from .buckets import Bucket, is_dense
+from .rules import Rule, rule_for
+
+WARMUP_STEPS = 2
+"""Steps torch.optim runs itself before kitsune's update takes over."""
+TIMED_STEPS = 5
+"""Compiled steps timed (after the one that compiles) for ``get_stats``."""
+
+
+class KitsuneOptimizer(torch.optim.Optimizer):
+    """``KitsuneOptimizer(torch.optim.Adam, model.parameters(), lr=1e-3, ...)``.
+
+    Keyword arguments that name kitsune options (:class:`~kitsune_backend.config.Config`
+    fields, and ``mode``) configure the compiled update; the rest go to the optimizer.
+    With ``model=``, the model's forward and backward are compiled with kitsune too
+    (``model.compile`` with the same options), so an unchanged training loop runs both.
+    """
+
+    def __init__(self, optimizer_class: type, params: Iterable[Any], *,
+                 model: Optional[torch.nn.Module] = None, **options: Any) -> None:
+        ours = {k: options.pop(k) for k in list(options) if k in FIELDS or k == "mode"}
+        self.config = resolve(ours.pop("mode", None), ours)
+        self.optimizer = _make(optimizer_class, params, options)
+        super().__init__(self.optimizer.param_groups, self.optimizer.defaults)
+        self.param_groups = self.optimizer.param_groups  # the same list: groups added later
+        self.state = self.optimizer.state  # show up on both sides
+        self._buckets: list[tuple[dict, Bucket]] = []
+        self._sessions: list[Any] = []  # kitsune's compiles of the buckets' updates
+        self._signature: Any = None
+        self._steps = 0
+        self._compiled_steps = 0
+        self._eager_reason = ""
+        self._times: dict[str, list[float]] = {"eager": [], "kitsune": []}
+        if model is not None:
+            model.compile(backend=bound_backend(self.config))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One update of every parameter with a gradient; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._steps += 1
+        reason = self._why_eager()
+        timed = self._timing(reason)
+        start = _now(self._device) if timed else 0.0
+        if reason:
+            self._eager_step(reason)
+        else:
+            self._compiled_step()
+        if timed:
+            self._times[timed].append(_now(self._device) - start)
+        return loss
+
+    def _compiled_step(self) -> None:
+        """Every bucket's compiled update; the compiles a first call makes are kept for
+        ``get_stats``."""
+        first = not self._sessions
+        before = PROCESS.history.started
+        for group, bucket in self._buckets:
+            bucket.run(group["lr"])
+        if first:
+            self._sessions = [s for s in PROCESS.history.sessions() if s.id >= before]
+        self._compiled_steps += 1
+        self._eager_reason = ""
+
+    def _timing(self, reason: str) -> str:
+        """Which figure this step's time goes to: the last warm-up step's ("eager"), the
+        first :data:`TIMED_STEPS` compiled steps after the one that compiled ("kitsune")."""
+        if self._steps == WARMUP_STEPS:
+            return "eager"
+        if not reason and self._compiled_steps >= 1 and len(self._times["kitsune"]) < TIMED_STEPS:
+            return "kitsune"
+        return ""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch.optim's; with ``set_to_none=False`` and gradients in the flat buffers,
+        one fill per bucket."""
+        if not set_to_none and self._buckets and all(
+                bucket.zero_gradients() for _, bucket in self._buckets):
+            return
+        super().zero_grad(set_to_none=set_to_none)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch.optim's (the state of a plain torch.optim optimizer loads too); the
+        flat buffers are made again from the loaded state at the next compiled step."""
+        self.optimizer.load_state_dict(state_dict)
+        self.state = self.optimizer.state
+        self._signature = None
+        self._buckets = []
+
+    def get_stats(self) -> dict[str, Any]:
+        """What the wrapper did and what it measured (see the training guide)."""
+        eager, ours = self._times["eager"], self._times["kitsune"]
+        stats: dict[str, Any] = {
+            "steps": self._steps,
+            "compiled_steps": self._compiled_steps,
+            "update": "torch.optim" if self._eager_reason else "kitsune",
+            "eager_reason": self._eager_reason,
+            "buckets": len(self._buckets),
+            "parameters_compiled": sum(len(b.params) for _, b in self._buckets),
+            "eager_update_ms": eager[0] * 1e3 if eager else None,
+            "kitsune_update_ms": sorted(ours)[len(ours) // 2] * 1e3 if ours else None,
+            "memory_saved": "not measured: the wrapper does not reset the device's peak "
+                            "memory counters, which belong to the caller",
+        }
+        records = [r for session in self._sessions for r in session.records]
+        stats["update_graphs"] = len(records)
+        stats["update_kernels_per_step"] = sum(r.stats["kernels"] for r in records)
+        stats["generated_kernels"] = sum(len(r.kernels) for r in records)
+        stats["captured"] = [r.stats.get("capture", "") for r in records]
+        if eager and ours:
+            stats["update_speedup"] = stats["eager_update_ms"] / stats["kitsune_update_ms"]
+        else:
+            stats["update_speedup"] = None  # not measured yet: too few steps
+        return stats
+
+    @property
+    def _device(self) -> Optional[torch.device]:
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p.device
+        return None
+
+    def _why_eager(self) -> str:
+        """Why this step runs torch.optim's update ('' when kitsune's runs), building the
+        buckets when what they hold has changed."""
+        if self._steps <= WARMUP_STEPS:
+            return f"warm-up step {self._steps} of {WARMUP_STEPS}: torch.optim's update"
+        plan = []
+        for group in self.param_groups:
+            rule = rule_for(self.optimizer, group)
+            if isinstance(rule, str):
+                return rule
+            params = [p for p in group["params"] if p.grad is not None]
+            problem = _why_not_flat(params, self.state, rule)
+            if problem:
+                return problem
+            plan.append((group, rule, params))
+        signature = [(id(g), r, tuple(map(id, ps))) for g, r, ps in plan]
+        if signature != self._signature:
+            self._buckets = [b for g, r, ps in plan for b in self._bucketize(g, r, ps)]
+            self._signature = signature
+            self._sessions = []
+        return ""
+
+    def _bucketize(self, group: dict, rule: Rule, params: list) -> list[tuple[dict, Bucket]]:
+        keys: dict[tuple, list] = {}
+        for p in params:
+            step = self.state[p].get("step", 0.0)
+            step = float(step.item() if isinstance(step, torch.Tensor) else step)
+            keys.setdefault((p.device, p.dtype, step), []).append(p)
+        return [(group, Bucket(ps, self.state, rule, self._compile)) for ps in keys.values()]
+
+    def _compile(self, module: torch.nn.Module) -> Callable[[], Any]:
+        return torch.compile(module, backend=bound_backend(self.config))
+
+    def _eager_step(self, reason: str) -> None:
+        """torch.optim's update, each parameter with a step count of its own again."""
+        self._eager_reason = reason
+        if self._buckets:
+            for entry in self.state.values():
+                if isinstance(entry.get("step"), torch.Tensor):
+                    entry["step"] = entry["step"].clone()
+            self._buckets, self._signature = [], None
+        self.optimizer.step()
+
+
+def _why_not_flat(params: list, state: dict, rule: Rule) -> str:
+    """Why these parameters cannot go into flat buffers this step ('' when they can)."""
+    for p in params:
+        if p.grad.is_sparse:
+            return "sparse gradients: torch.optim's update"
+        if p.is_complex() or not p.is_floating_point():
+            return f"a {p.dtype} parameter: kitsune compiles real floating-point updates"
+        if p.grad.dtype != p.dtype or p.grad.shape != p.shape:
+            return "a gradient whose dtype or shape is not its parameter's"
+        if not is_dense(p):
+            return "a parameter that is a strided view of other memory"
+        if any(state.get(p, {}).get(k) is None for k in rule.state_keys):
+            return "a parameter whose state torch.optim has not created yet"
+    return ""
+
+
+def _make(optimizer_class: type, params: Iterable[Any], options: dict) -> Any:
+    if not (isinstance(optimizer_class, type)
+            and issubclass(optimizer_class, torch.optim.Optimizer)):
+        raise KitsuneConfigError(
+            f"KitsuneOptimizer wraps a torch.optim.Optimizer class, got {optimizer_class!r}")
+    try:
+        return optimizer_class(params, **options)
+    except TypeError as exc:
+        accepted = [n for n in inspect.signature(optimizer_class).parameters if n != "params"]
+        raise KitsuneConfigError(
+            f"{optimizer_class.__name__} refused its arguments ({exc}); its options are: "
+            f"{', '.join(accepted)}; kitsune's options are: mode, model, {valid_names()}"
+        ) from exc
+
+
+def _now(device: Optional[torch.device]) -> float:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
