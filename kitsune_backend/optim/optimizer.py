@@ -33,7 +33,7 @@ from ..config import FIELDS, resolve, valid_names
 from ..errors import KitsuneConfigError
 from ..process import PROCESS
 from .buckets import Bucket, is_dense
-from .rules import Rule, rule_for
+from .rules import UNKNOWN_OPTIMIZER, Rule, rule_for
 
 WARMUP_STEPS = 2
 """Steps torch.optim runs itself before kitsune's update takes over."""
@@ -46,8 +46,9 @@ class KitsuneOptimizer(torch.optim.Optimizer):
 
     Keyword arguments that name kitsune options (:class:`~kitsune_backend.config.Config`
     fields, and ``mode``) configure the compiled update; the rest go to the optimizer.
-    With ``model=``, the model's forward and backward are compiled with kitsune too
-    (``model.compile`` with the same options), so an unchanged training loop runs both.
+    With ``model=``, the model's forward and backward are compiled with kitsune too (its
+    ``forward`` replaced by the compiled one, same options), so an unchanged training loop
+    runs both.
     """
 
     def __init__(self, optimizer_class: type, params: Iterable[Any], *,
@@ -65,17 +66,21 @@ class KitsuneOptimizer(torch.optim.Optimizer):
         self._compiled_steps = 0
         self._eager_reason = ""
         self._times: dict[str, list[float]] = {"eager": [], "kitsune": []}
-        if model is not None:
-            model.compile(backend=bound_backend(self.config))
+        if model is not None:  # (nn.Module.compile leaves torch.nn's own modules eager)
+            model.forward = torch.compile(model.forward, backend=bound_backend(self.config))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One update of every parameter with a gradient; returns ``closure()``'s loss."""
+        self._steps += 1
+        unknown = rule_for(self.optimizer, self.param_groups[0])
+        if isinstance(unknown, str) and unknown.endswith(UNKNOWN_OPTIMIZER):
+            self._eager_reason = unknown  # its step may need the closure itself (LBFGS)
+            return self.optimizer.step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._steps += 1
         reason = self._why_eager()
         timed = self._timing(reason)
         start = _now(self._device) if timed else 0.0
@@ -115,6 +120,20 @@ class KitsuneOptimizer(torch.optim.Optimizer):
                 bucket.zero_gradients() for _, bucket in self._buckets):
             return
         super().zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict, in its format: each parameter has a step count of its
+        own, on the CPU unless its group is ``capturable`` or ``fused`` (inside kitsune, a
+        bucket's parameters share one count on their device)."""
+        packed = super().state_dict()
+        on_device = {i for g in packed["param_groups"] if g.get("capturable") or g.get("fused")
+                     for i in g["params"]}
+        packed["state"] = {
+            i: {**entry, "step": entry["step"].detach().clone().to(
+                entry["step"].device if i in on_device else "cpu")}
+            if isinstance(entry.get("step"), torch.Tensor) else entry
+            for i, entry in packed["state"].items()}
+        return packed
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch.optim's (the state of a plain torch.optim optimizer loads too); the

@@ -20,6 +20,9 @@ import torch
 
 SUPPORTED = ("Adam", "AdamW", "SGD")
 """The ``torch.optim`` classes whose update kitsune compiles (exactly these classes)."""
+UNKNOWN_OPTIMIZER = ("is not one of the optimizers kitsune compiles "
+                     f"(torch.optim {', '.join(SUPPORTED)})")
+"""How the reason for an optimizer kitsune does not know ends."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +107,7 @@ def rule_for(optimizer: torch.optim.Optimizer, group: dict) -> Union[Rule, str]:
     """The rule for ``group`` of ``optimizer``, or why kitsune leaves it to torch.optim."""
     kind = type(optimizer)
     if kind.__module__.split(".")[:2] != ["torch", "optim"] or kind.__name__ not in SUPPORTED:
-        return (f"{kind.__qualname__} is not one of the optimizers kitsune compiles "
-                f"(torch.optim {', '.join(SUPPORTED)})")
+        return f"{kind.__qualname__} {UNKNOWN_OPTIMIZER}"
     if group.get("differentiable"):
         return "differentiable=True: the update must stay on autograd's tape"
     for name in ("betas", "weight_decay", "momentum", "dampening", "eps"):
