@@ -33,7 +33,9 @@ META_WAIT = "kitsune_wait"
 """streams: the producers (node names) whose events the node waits for before it runs."""
 META_OFFSET = "kitsune_offset"
 """memory_plan: the byte offset of the node's output in the arena."""
-META_KEYS = (META_REGION, META_STREAM, META_WAIT, META_OFFSET)
+META_STORES_INTO = "kitsune_stores_into"
+"""fusion: the graph inputs (node names) a kernel node stores into, in place."""
+META_KEYS = (META_REGION, META_STREAM, META_WAIT, META_OFFSET, META_STORES_INTO)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,9 @@ with what the plugin left:
   naming the node (the pipeline then discards the plugin's change with a decline, or
   raises under ``strict``);
 * a node that cannot be run on fake tensors (a generated kernel, an op that writes to its
-  input) is trusted if it carries a value, and is an error if it carries none.
+  input) is trusted if it carries a value, and is an error if it carries none;
+* a kernel that stores into a graph input in place (``meta["kitsune_stores_into"]``) has
+  no users but is not dead: removing it is an error.
 
 Nodes the plugin left as they were (same target, same arguments, same value) are not run
 again, so the cost follows the size of the change, not of the graph.
@@ -30,6 +32,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .errors import KitsunePluginError
+from .ir import META_STORES_INTO
 
 
 class PluginGraphError(KitsunePluginError):
@@ -41,6 +44,12 @@ def check_plugin_graph(before: fx.GraphModule, after: fx.GraphModule) -> None:
     got wrong; fill in values the plugin left out. ``before`` is the graph the plugin was
     given (``after`` is the plugin's copy of it)."""
     old = {n.name: n for n in before.graph.nodes}
+    kept = {n.name for n in after.graph.nodes}
+    for node in before.graph.nodes:
+        if node.meta.get(META_STORES_INTO) and node.name not in kept:
+            raise PluginGraphError(
+                f"node {node.name} stores into {node.meta[META_STORES_INTO]} in place (it has "
+                "no users, yet it is not dead code); the plugin removed it")
     mode = _fake_mode(after)
     changed: set[fx.Node] = set()  # nodes whose value differs from the one before
     values: dict[fx.Node, Any] = {}

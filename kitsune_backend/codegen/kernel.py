@@ -24,7 +24,7 @@ import torch.fx as fx
 
 from . import cache
 from .heuristics import LaunchConfig
-from .source import KernelSource, TensorSpec
+from .kernel_source import KernelSource, TensorSpec, stored_in_place
 
 
 def _matches(tensor: Any, spec: TensorSpec) -> bool:
@@ -148,12 +148,12 @@ class FusedKernel:
         """The region's ATen ops on ``args`` (written into ``out`` when given)."""
         self.fallback_calls += 1
         self.last_fallback_reason = reason
-        results = self.aten_region(*args)
+        results = stored_in_place(self.aten_region(*args), args, self.generated.stores_into)
         if out is not None:
             for target, value in zip(out, results):
                 target.copy_(value)
             results = tuple(out)
-        return results[0] if len(results) == 1 else tuple(results)
+        return results[0] if len(results) == 1 else results
 
     def _run_kernel(self, args: Sequence[Any], out: Optional[Sequence[Any]]) -> Any:
         """Launch the generated kernel on ``args``, into ``out`` or fresh outputs."""

@@ -167,6 +167,7 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
     aten.sub: (lambda a, n: f"({a[0]} - {_alpha(n)}{a[1]})", "result"),
     aten.rsub: (lambda a, n: f"({a[1]} - {_alpha(n)}{a[0]})", "result"),
     aten.mul: (_binary("*"), "result"),
+    torch.ops.prims.fma: (lambda a, n: f"({a[0]} * {a[1]} + {a[2]})", "result"),  # addcmul
     aten.div: (_binary("/"), "result"),
     aten.true_divide: (_binary("/"), "result"),
     aten.neg: (lambda a, n: f"(-{a[0]})", "result"),

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from .heuristics import LaunchConfig
-from .source import KernelSource
+from .kernel_source import KernelSource, stored_in_place
 
 
 class KernelPlan:
@@ -25,12 +25,14 @@ class KernelPlan:
     ``generate(None)`` gives the source with the launch the heuristics pick;
     ``generate(config)`` one with the given launch (what autotuning tries), when ``tunable``.
     ``nodes`` names the FX nodes the kernel computes (sources it computes included);
-    ``device`` is where a kernel without tensor inputs writes its outputs.
+    ``device`` is where a kernel without tensor inputs writes its outputs; ``stores_into``
+    (output, input) pairs: outputs written into an input in place, not returned.
     """
 
     def __init__(self, name: str, aten_graph: fx.Graph,
                  generate: Callable[[Optional[LaunchConfig]], KernelSource],
-                 nodes: list[str], device: torch.device, tunable: bool) -> None:
+                 nodes: list[str], device: torch.device, tunable: bool,
+                 stores_into: tuple[tuple[int, int], ...] = ()) -> None:
         self.__name__ = name
         self.__qualname__ = name
         self.__module__ = "kitsune_backend.kernels"
@@ -39,6 +41,7 @@ class KernelPlan:
         self.nodes = nodes
         self.device = device
         self.tunable = tunable
+        self.stores_into = stores_into
         self._aten_module: Optional[fx.GraphModule] = None
 
     def __repr__(self) -> str:
@@ -48,5 +51,5 @@ class KernelPlan:
         """The ATen ops of the future kernel on ``args`` (one output, or a tuple)."""
         if self._aten_module is None:
             self._aten_module = fx.GraphModule(torch.nn.Module(), self.aten_graph)
-        results = self._aten_module(*args)
-        return results[0] if len(results) == 1 else tuple(results)
+        results = stored_in_place(self._aten_module(*args), args, self.stores_into)
+        return results[0] if len(results) == 1 else results

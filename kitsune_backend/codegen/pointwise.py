@@ -111,7 +111,8 @@ class PointwiseBody:
         mask = f", mask={space.unique}" if space.unique else ""
         value = self.values[(node, space.key)]
         dtype = ops.TL_DTYPES[spec.dtype]
-        self.line(f"tl.store(out{index} + ({offset}), {value}.to({dtype}){mask})  # {node.name}")
+        self.line(f"tl.store({self.pointers[index]} + ({offset}), {value}.to({dtype}){mask})"
+                  f"  # {node.name}")
 
     def gather_expr(self, node: fx.Node, space: Space) -> str:
         """``aten.index(base, indices)``: a load of kernel input ``base`` at the offsets the

@@ -16,14 +16,14 @@ checks the tensors it receives against them.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
 
 from . import index_sources, ops
 from .heuristics import LaunchConfig
+from .kernel_source import KernelSource, TensorSpec
 from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, split_dims,
                        strip_leading, uses)
 from .pointwise import PointwiseBody
@@ -33,50 +33,17 @@ from .spaces import Spaces, contiguous_strides, plan
 INT32_LIMIT = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """A kernel argument as the FX metadata describes it."""
-
-    name: str
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    dtype: torch.dtype
-
-    @staticmethod
-    def of(node: fx.Node) -> "TensorSpec":
-        """The spec of a node's fake tensor value."""
-        value = node.meta["val"]
-        return TensorSpec(node.name, tuple(value.shape), tuple(value.stride()), value.dtype)
-
-    def describe(self) -> str:
-        """``name dtype[shape] strides (..)`` for the kernel header."""
-        dtype = str(self.dtype).replace("torch.", "")
-        return f"{self.name} {dtype}{list(self.shape)} strides {self.stride}"
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelSource:
-    """Generated source plus the facts its launcher needs."""
-
-    name: str
-    source: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    grid: int
-    config: LaunchConfig
-    nodes: tuple[str, ...]
-    columns: int = 0
-    """Elements reduced per row (0 for a pointwise kernel)."""
-
-
 def generate(
-    region: Region, name: str, inputs: list[fx.Node], outputs: list[fx.Node], config: LaunchConfig
+    region: Region, name: str, inputs: list[fx.Node], outputs: list[fx.Node], config: LaunchConfig,
+    stores_into: Optional[dict[int, int]] = None,
 ) -> KernelSource:
-    """The Triton source of ``region`` as kernel ``name`` launched with ``config``."""
-    writer = _Writer(region, inputs, outputs, config)
+    """The Triton source of ``region`` as kernel ``name`` launched with ``config``;
+    ``stores_into`` maps output positions to the inputs they are written into, in place."""
+    stores_into = stores_into or {}
+    writer = _Writer(region, inputs, outputs, config, stores_into)
     body = writer.write()
     in_specs = tuple(TensorSpec.of(n) for n in inputs)
-    out_specs = tuple(TensorSpec.of(n) for n in outputs)
+    out_specs = tuple(TensorSpec.of(n) for i, n in enumerate(outputs) if i not in stores_into)
     if region.kind == "pointwise":
         grid = -(-region.numel // config.xblock)
         what = f"pointwise over {region.numel} elements"
@@ -90,6 +57,7 @@ def generate(
         f"# FX nodes: {', '.join(n.name for n in region.nodes)}",
         *(f"# in{i}: {s.describe()}" for i, s in enumerate(in_specs)),
         *(f"# out{i}: {s.describe()}" for i, s in enumerate(out_specs)),
+        *(f"# {outputs[j].name} is stored into in{k}, in place" for j, k in sorted(stores_into.items())),
         f"# {what}; {config.describe()}; grid ({grid},)",
         "import triton",
         "import triton.language as tl",
@@ -99,22 +67,26 @@ def generate(
         "",
         "",
         "@triton.jit",
-        f"def {name}({', '.join([f'in{i}' for i in range(len(inputs))] + [f'out{i}' for i in range(len(outputs))])}):",
+        f"def {name}({', '.join([f'in{i}' for i in range(len(inputs))] + [f'out{i}' for i in range(len(out_specs))])}):",
     ]
     source = "\n".join(header + body) + "\n"
     columns = region.columns if region.kind == "reduction" else 0
     return KernelSource(name, source, in_specs, out_specs, grid, config,
-                        tuple(n.name for n in region.nodes), columns)
+                        tuple(n.name for n in region.nodes), columns,
+                        tuple(sorted(stores_into.items())))
 
 
 class _Writer(PointwiseBody):
     """Writes the kernel body line by line; one instance per kernel."""
 
     def __init__(self, region: Region, inputs: list[fx.Node], outputs: list[fx.Node],
-                 config: LaunchConfig) -> None:
+                 config: LaunchConfig, stores_into: dict[int, int]) -> None:
         self.region = region
         self.inputs = {n: i for i, n in enumerate(inputs)}
         self.outputs = outputs
+        kept = iter(range(len(outputs)))
+        self.pointers = [f"in{stores_into[i]}" if i in stores_into else f"out{next(kept)}"
+                         for i in range(len(outputs))]  # where each output is stored
         self.config = config
         self.lines: list[str] = []
         self.depth = 1
@@ -396,4 +368,5 @@ class _Writer(PointwiseBody):
         mask = self.mask_for(offset)
         mask_arg = f", mask={mask}" if mask else ""
         dtype = ops.TL_DTYPES[spec.dtype]
-        self.line(f"tl.store(out{index} + {offset}, {value}.to({dtype}){mask_arg})  # {node.name}")
+        self.line(f"tl.store({self.pointers[index]} + {offset}, {value}.to({dtype}){mask_arg})"
+                  f"  # {node.name}")

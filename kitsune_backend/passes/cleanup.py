@@ -23,13 +23,15 @@ CANONICAL = {
 
 
 def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Remove dead nodes, rename aliases of ATen ops to one canonical overload, and fill in
-    ``meta["val"]`` where a node lacks it (by fake-tensor propagation).
+    """Remove dead nodes, rename aliases of ATen ops to one canonical overload, use the
+    source of a functional ``copy`` that changes nothing (functionalized ``p.addcmul_``
+    leaves ``copy(p, new)``: the value is ``new`` when it has ``p``'s shape, strides, dtype
+    and device), and fill in ``meta["val"]`` where a node lacks it (by fake propagation).
 
     Before::
 
         a = aten.add(x, 1); b = aten.mul(x, 2)       # b has no users
-        v = aten._unsafe_view(a, [4]); return v
+        v = aten._unsafe_view(a, [4]); c = aten.copy(x, v); return c
 
     After::
 
@@ -41,6 +43,7 @@ def cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if node.op == "call_function" and node.target in CANONICAL:
             node.target = CANONICAL[node.target]
             renamed += 1
+    renamed += _drop_plain_copies(gm)
     removed = _remove_dead_code(gm)
     missing = [n for n in gm.graph.nodes if n.op != "output" and "val" not in n.meta]
     if missing:
@@ -87,6 +90,24 @@ def fold_constants_stage(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     folded = fold_constants(gm)
     return PassResult(changed=bool(folded), stats={"constants_folded": folded},
                       notes=[f"folded {folded} constant(s)"])
+
+
+def _drop_plain_copies(gm: fx.GraphModule) -> int:
+    """Replace each ``aten.copy(dst, src)`` whose ``src`` has the result's layout by ``src``."""
+    dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.target is not aten.copy.default or len(node.args) != 2 or node.kwargs:
+            continue
+        src = node.args[1]
+        result = node.meta.get("val")
+        value = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if isinstance(result, torch.Tensor) and isinstance(value, torch.Tensor) and (
+                result.shape, result.stride(), result.dtype, result.device) == (
+                value.shape, value.stride(), value.dtype, value.device):
+            node.replace_all_uses_with(src)
+            gm.graph.erase_node(node)
+            dropped += 1
+    return dropped
 
 
 def _remove_dead_code(gm: fx.GraphModule) -> int:

@@ -21,8 +21,9 @@ from ..codegen.plans import KernelPlan
 from ..codegen.region import Region
 from ..codegen.source import generate
 from ..graph_utils import has_symbolic_shapes
-from ..ir import META_REGION, Decline, PassContext, PassResult
+from ..ir import META_REGION, META_STORES_INTO, Decline, PassContext, PassResult
 from .grouping import find_regions, schedule
+from .in_place import stores_into
 from .matmul_bias import matmul_and_bias
 
 STAGE = "fusion"
@@ -147,6 +148,21 @@ def _aten_region(region: Region, inputs: list[fx.Node], outputs: list[fx.Node]) 
     return graph
 
 
+def _bind_outputs(graph: fx.Graph, call: fx.Node, outputs: list[fx.Node],
+                  env: dict[fx.Node, fx.Node]) -> None:
+    """The kernel call's value (one output, a tuple of them, or ``()`` when every output is
+    stored in place), and a ``getitem`` per output when there are several."""
+    if len(outputs) == 1:
+        call.meta["val"] = outputs[0].meta["val"]
+        env[outputs[0]] = call
+        return
+    call.meta["val"] = tuple(o.meta["val"] for o in outputs)
+    for i, out in enumerate(outputs):
+        item = graph.create_node("call_function", operator.getitem, (call, i), name=out.name)
+        item.meta["val"] = out.meta["val"]
+        env[out] = item
+
+
 def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> None:
     """Put one kernel-plan call in place of each kept region, in a topological order of
     regions and loose nodes (:func:`~kitsune_backend.passes.grouping.schedule`)."""
@@ -167,21 +183,18 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
         outputs = [n for n in unit.nodes if any(u not in unit.context for u in n.users)]
         name = kernel_name(unit, numbers[id(unit)])
         names = [n.name for n in sorted([*inlined, *unit.nodes], key=grouping.index.__getitem__)]
+        into, copies = stores_into(unit, inputs, outputs)
+        dropped.update(copies)
         plan = KernelPlan(
             name, _aten_region(unit, inputs, outputs),
-            lambda config, r=unit, i=inputs, o=outputs, n=name: generate(
-                r, n, i, o, config or _config(r)),
-            names, outputs[0].meta["val"].device, tunable=True)
+            lambda config, r=unit, i=inputs, o=outputs, n=name, s=into: generate(
+                r, n, i, o, config or _config(r), s),
+            names, outputs[0].meta["val"].device, tunable=True,
+            stores_into=tuple(sorted(into.items())))
         call = graph.create_node("call_function", plan, tuple(env[a] for a in inputs), name=name)
         call.meta[META_REGION] = name
-        if len(outputs) == 1:
-            call.meta["val"] = outputs[0].meta["val"]
-            env[outputs[0]] = call
-        else:
-            call.meta["val"] = tuple(o.meta["val"] for o in outputs)
-            for i, out in enumerate(outputs):
-                item = graph.create_node("call_function", operator.getitem, (call, i), name=out.name)
-                item.meta["val"] = out.meta["val"]
-                env[out] = item
+        if into:
+            call.meta[META_STORES_INTO] = [inputs[k].name for _, k in sorted(into.items())]
+        _bind_outputs(graph, call, [o for i, o in enumerate(outputs) if i not in into], env)
         ctx.regions[name] = names
     gm.graph = graph
