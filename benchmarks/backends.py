@@ -38,6 +38,11 @@ class Backend:
     """Call ``torch.compiler.cudagraph_mark_step_begin()`` before every call, as the
     documentation of Inductor's ``mode="reduce-overhead"`` asks: each call is a new step,
     and the last step's outputs may be overwritten."""
+    update: str = "eager"
+    """How a training row's Adam update runs: ``"eager"`` (torch.optim), ``"compiled"``
+    (``torch.compile(optimizer.step)``, Inductor) or ``"kitsune"`` (KitsuneOptimizer)."""
+    train_only: bool = False
+    """A training arrangement: skipped on inference workloads."""
 
     def wrap(self, module: nn.Module) -> Callable:
         """The module itself (eager) or ``torch.compile(module, **compile_kwargs)`` (behind
@@ -86,7 +91,13 @@ BACKENDS: tuple[Backend, ...] = (
             marks_steps=True),
     Backend("cudagraphs", 'Dynamo\'s "cudagraphs" backend (ATen graph in a CUDA graph)',
             {"backend": "cudagraphs"}, cuda_only=True),
+    Backend("inductor-ro-opt", 'Inductor reduce-overhead, plus torch.compile(optimizer.step): '
+            "Inductor's best training arrangement", {"backend": "inductor",
+                                                     "mode": "reduce-overhead"},
+            cuda_only=True, marks_steps=True, update="compiled", train_only=True),
     Backend("kitsune", "kitsune, all features on", {"backend": "kitsune"}),
+    Backend("kitsune-optim", "kitsune, plus KitsuneOptimizer (the update as kitsune kernels)",
+            {"backend": "kitsune"}, update="kitsune", train_only=True),
     _kitsune_without("fusion"),
     _kitsune_without("streams"),
     _kitsune_without("cuda_graphs"),

@@ -72,18 +72,26 @@ counted, so that rows of a few tens of microseconds can be checked at all."""
 
 
 class TrainStep:
-    """One training step: zero grads, compiled forward+loss, backward, eager Adam step."""
+    """One training step: zero grads, compiled forward+loss, backward, Adam step (run as
+    the backend's ``update`` says: eager, ``torch.compile``d, or KitsuneOptimizer)."""
 
-    def __init__(self, model: nn.Module, compiled: Callable, inputs: tuple, lr: float) -> None:
+    def __init__(self, model: nn.Module, compiled: Callable, inputs: tuple, lr: float,
+                 update: str = "eager") -> None:
         self.model, self.compiled, self.inputs = model, compiled, inputs
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        if update == "kitsune":
+            self.optimizer = kitsune_backend.KitsuneOptimizer(
+                torch.optim.Adam, model.parameters(), lr=lr)
+        else:
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.update = (torch.compile(self.optimizer.step) if update == "compiled"
+                       else self.optimizer.step)
 
     def __call__(self) -> torch.Tensor:
         """Run one step on ``self.inputs``; returns the (detached) loss."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.compiled(*self.inputs)
         loss.backward()
-        self.optimizer.step()
+        self.update()
         return loss.detach()
 
     def snapshot(self, result: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -178,6 +186,8 @@ def measure_workload(
         row = new_row(workload, backend)
         if backend.cuda_only and opts.device.type != "cuda":
             row.update(status="skipped", note="needs CUDA")
+        elif backend.train_only and workload.kind != "train":
+            row.update(status="skipped", note="a training arrangement")
         elif deadline is not None and time.monotonic() > deadline:
             row.update(status="skipped", note="time budget used up")
         elif backend.name != "eager" and reference is None:
@@ -238,7 +248,7 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
     with grad:
         compiled = backend.wrap(model)
         if workload.kind == "train":
-            call = TrainStep(model, compiled, inputs[0], opts.lr)
+            call = TrainStep(model, compiled, inputs[0], opts.lr, backend.update)
         else:
             call = InferCall(model, compiled, inputs[0])
         snapshots = []
