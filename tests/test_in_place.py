@@ -6,6 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import kitsune_backend
+from tests.conftest import DEVICES
 from tests.helpers import assert_close
 
 UPDATES = [lambda p, g: p.mul_(0.9).add_(g), lambda p, g: p.sub_(0.1 * g.tanh()),
@@ -26,13 +27,14 @@ def _copies(record):
     return [n for n in record.nodes_after("fusion") if "copy_" in n.target]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("update", range(len(UPDATES)))
-def test_an_update_of_an_input_is_stored_in_place(update):
+def test_an_update_of_an_input_is_stored_in_place(update, device):
     def step(p, g):
         UPDATES[update](p, g)
         return g * 2
 
-    record = _run(step, torch.randn(64), torch.randn(64))
+    record = _run(step, torch.randn(64, device=device), torch.randn(64, device=device))
     assert not _copies(record)  # the kernel wrote p itself
     assert "is stored into in0, in place" in record.kernels[0].source
 

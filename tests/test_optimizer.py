@@ -12,6 +12,7 @@ import kitsune_backend
 from kitsune_backend import KitsuneOptimizer
 from kitsune_backend.errors import KitsuneConfigError
 from kitsune_backend.optim.optimizer import WARMUP_STEPS
+from tests.conftest import DEVICES
 from tests.helpers import TOLERANCES
 
 CONFIGS = [
@@ -24,10 +25,11 @@ CONFIGS = [
 ]
 
 
-def _twins(shapes, dtype, seed=0):
+def _twins(shapes, dtype, seed=0, device="cpu"):
     """Two equal lists of parameters (the second for torch.optim)."""
     generator = torch.Generator().manual_seed(seed)
-    ours = [torch.nn.Parameter(torch.randn(s, generator=generator).to(dtype)) for s in shapes]
+    ours = [torch.nn.Parameter(torch.randn(s, generator=generator).to(device, dtype))
+            for s in shapes]
     return ours, [torch.nn.Parameter(p.detach().clone()) for p in ours]
 
 
@@ -37,7 +39,7 @@ def _set_grads(pairs, step, with_grad=None):
         if with_grad is not None and not with_grad(i, step):
             a.grad = b.grad = None
             continue
-        g = torch.randn(a.shape, generator=generator).to(a.dtype)
+        g = torch.randn(a.shape, generator=generator).to(a.device, a.dtype)
         a.grad, b.grad = g.clone(), g.clone()
 
 
@@ -47,9 +49,10 @@ def _assert_same(ours, theirs, dtype, steps=1):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=rtol * steps, atol=atol * steps)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind, options", CONFIGS, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_every_rule_matches_torch_optim(kind, options):
-    ours, theirs = _twins([(3, 4), (7,), (2, 3, 5)], torch.float32)
+def test_every_rule_matches_torch_optim(kind, options, device):
+    ours, theirs = _twins([(3, 4), (7,), (2, 3, 5)], torch.float32, device=device)
     opt, ref = KitsuneOptimizer(kind, ours, **options), kind(theirs, **options)
     for step in range(WARMUP_STEPS + 4):
         _set_grads(list(zip(ours, theirs)), step)
