@@ -109,10 +109,18 @@ def _inspect_graphs_showed_every_stage(names, printed, tmp_path):
     assert (svg.exists() and "<svg" in svg.read_text()) or "Graphviz" in printed
 
 
+def _training_loss_fell(names, printed, tmp_path):
+    losses, stats = names["losses"], names["stats"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert stats["update"] == "kitsune" and stats["generated_kernels"] == 1, stats
+    assert names["optimizer"].param_groups[0]["lr"] == 1e-3 * 0.5 ** 3
+
+
 EXAMPLE_CHECKS = {
     "quickstart.py": _quickstart_did_what_it_says,
     "plugin_pass.py": _plugin_pass_counted_the_matmuls,
     "inspect_graphs.py": _inspect_graphs_showed_every_stage,
+    "train_mnist_style.py": _training_loss_fell,
 }
 
 
