@@ -221,3 +221,30 @@ def test_model_option_compiles_the_model_with_kitsune():
     _assert_same(list(model.parameters()), list(twin.parameters()), torch.float32)
     kinds = {r.name.split("_")[0] for s in kitsune_backend.history() for r in s.records}
     assert {"forward", "backward", "inference"} <= kinds  # the model's graphs and the update
+
+
+def test_amp_bf16_runs_the_forward_under_autocast_like_eager():
+    """amp="bf16": the same losses as an eager loop under torch.autocast, to bf16 rounding."""
+    model, twin = _mlp(), _mlp()
+    opt = KitsuneOptimizer(torch.optim.Adam, model.parameters(), lr=1e-2, model=model,
+                           amp="bf16")
+    ref = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    torch.manual_seed(3)
+    for _ in range(WARMUP_STEPS + 3):
+        x = torch.randn(6, 8)
+        opt.zero_grad()
+        out = model(x)
+        assert out.dtype == torch.bfloat16  # the forward ran under autocast
+        loss = out.float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        ref.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = twin(x).float().pow(2).mean()
+        expected.backward()
+        ref.step()
+        torch.testing.assert_close(loss, expected, rtol=5e-2, atol=5e-2)
+    with pytest.raises(KitsuneConfigError, match="amp='fp8'"):
+        KitsuneOptimizer(torch.optim.Adam, model.parameters(), model=model, amp="fp8")
+    with pytest.raises(KitsuneConfigError, match="needs model="):
+        KitsuneOptimizer(torch.optim.Adam, model.parameters(), amp="bf16")

@@ -35,6 +35,9 @@ from ..process import PROCESS
 from .buckets import Bucket, is_dense
 from .rules import UNKNOWN_OPTIMIZER, Rule, rule_for
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The ``amp`` option's values: the dtype the forward autocasts to. (fp16 wants loss scaling:
+use ``torch.amp.GradScaler`` with the wrapper as with any optimizer.)"""
 WARMUP_STEPS = 2
 """Steps torch.optim runs itself before kitsune's update takes over."""
 TIMED_STEPS = 5
@@ -48,11 +51,13 @@ class KitsuneOptimizer(torch.optim.Optimizer):
     fields, and ``mode``) configure the compiled update; the rest go to the optimizer.
     With ``model=``, the model's forward and backward are compiled with kitsune too (its
     ``forward`` replaced by the compiled one, same options), so an unchanged training loop
-    runs both.
+    runs both; ``amp="bf16"`` or ``"fp16"`` (with ``model=``) runs that forward under
+    autocast.
     """
 
     def __init__(self, optimizer_class: type, params: Iterable[Any], *,
-                 model: Optional[torch.nn.Module] = None, **options: Any) -> None:
+                 model: Optional[torch.nn.Module] = None, amp: Optional[str] = None,
+                 **options: Any) -> None:
         ours = {k: options.pop(k) for k in list(options) if k in FIELDS or k == "mode"}
         self.config = resolve(ours.pop("mode", None), ours)
         self.optimizer = _make(optimizer_class, params, options)
@@ -66,8 +71,13 @@ class KitsuneOptimizer(torch.optim.Optimizer):
         self._compiled_steps = 0
         self._eager_reason = ""
         self._times: dict[str, list[float]] = {"eager": [], "kitsune": []}
-        if model is not None:  # (nn.Module.compile leaves torch.nn's own modules eager)
-            model.forward = torch.compile(model.forward, backend=bound_backend(self.config))
+        if amp is not None and (amp not in AMP_DTYPES or model is None):
+            raise KitsuneConfigError(
+                f"amp={amp!r}: amp is one of {', '.join(AMP_DTYPES)} and needs model= (the "
+                "model's forward then runs under autocast)")
+        self.amp = amp
+        if model is not None:
+            _compile_forward(model, self.config, AMP_DTYPES.get(amp))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -220,6 +230,22 @@ class KitsuneOptimizer(torch.optim.Optimizer):
         self.optimizer.step()
 
 
+def _compile_forward(model: torch.nn.Module, config: Any,
+                     amp: Optional[torch.dtype]) -> None:
+    """Replace ``model.forward`` by kitsune's compile of it (under autocast to ``amp``).
+    (``nn.Module.compile`` would leave torch.nn's own modules eager.)"""
+    forward = model.forward
+    if amp is not None:
+        device = next(model.parameters()).device.type
+        plain = forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(device, dtype=amp):
+                return plain(*args, **kwargs)
+
+    model.forward = torch.compile(forward, backend=bound_backend(config))
+
+
 def _why_not_flat(params: list, state: dict, rule: Rule) -> str:
     """Why these parameters cannot go into flat buffers this step ('' when they can)."""
     for p in params:
@@ -247,7 +273,7 @@ def _make(optimizer_class: type, params: Iterable[Any], options: dict) -> Any:
         accepted = [n for n in inspect.signature(optimizer_class).parameters if n != "params"]
         raise KitsuneConfigError(
             f"{optimizer_class.__name__} refused its arguments ({exc}); its options are: "
-            f"{', '.join(accepted)}; kitsune's options are: mode, model, {valid_names()}"
+            f"{', '.join(accepted)}; kitsune's options are: mode, model, amp, {valid_names()}"
         ) from exc
 
 
