@@ -38,6 +38,16 @@ def test_same_source_loads_once(tmp_path, monkeypatch):
     _run(first)
 
 
+def test_each_cache_folder_gets_its_own_entry(tmp_path):
+    """One process, two ``kernel_cache_dir``s: the source is written under each."""
+    kernels = cache.KernelCache()
+    for name in ("a", "b"):
+        _run(kernels.load(SOURCE, str(tmp_path / name)))
+        files = os.listdir(cache.source_dir(str(tmp_path / name)))
+        assert f"{cache.source_hash(SOURCE)}.py" in files
+    assert kernels.load(SOURCE, str(tmp_path / "a")) is not kernels.load(SOURCE, str(tmp_path / "b"))
+
+
 def test_second_process_reuses_the_entry(tmp_path, monkeypatch):
     kernels = cache.KernelCache()  # what one process imported
     kernels.load(SOURCE, str(tmp_path))

@@ -141,10 +141,12 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 class KernelCache:
-    """The generated sources this process imported, by content hash: each is imported once."""
+    """The generated sources this process imported, by content hash and cache folder: each
+    is imported once per folder (a compile with its own ``kernel_cache_dir`` finds its
+    sources written there)."""
 
     def __init__(self) -> None:
-        self._loaded: dict[str, types.ModuleType] = {}
+        self._loaded: dict[tuple[str, str], types.ModuleType] = {}
         self._lock = threading.Lock()
 
     def load(self, source: str, cache_dir: str,
@@ -155,11 +157,12 @@ class KernelCache:
         Raises what writing or importing raises (a full disk, a source that does not
         parse)."""
         digest = source_hash(source)
+        key = (digest, os.path.abspath(cache_dir))
         with self._lock:
-            module = self._loaded.get(digest)
+            module = self._loaded.get(key)
             if module is None:
                 module, problem = _import(source, digest, cache_dir)
-                self._loaded[digest] = module
+                self._loaded[key] = module
                 if problem and repairs is not None:
                     repairs.append(problem)
             return module
@@ -175,7 +178,7 @@ def _import(source: str, digest: str, cache_dir: str) -> tuple[types.ModuleType,
     if problem:
         _write_atomic(path, source)
         _write_atomic(path[: -len(".py")] + ".sha256", digest + "\n")
-    name = f"kitsune_kernel_{digest[:24]}"
+    name = f"kitsune_kernel_{digest[:24]}_{source_hash(os.path.abspath(cache_dir))[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # Triton reads the kernel's source through its module
