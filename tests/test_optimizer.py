@@ -248,3 +248,28 @@ def test_amp_bf16_runs_the_forward_under_autocast_like_eager():
         KitsuneOptimizer(torch.optim.Adam, model.parameters(), model=model, amp="fp8")
     with pytest.raises(KitsuneConfigError, match="needs model="):
         KitsuneOptimizer(torch.optim.Adam, model.parameters(), amp="bf16")
+
+
+def test_grad_scaler_skips_a_step_with_an_inf_gradient_as_with_torch_optim():
+    """fp16-style loss scaling through torch.amp.GradScaler: an injected inf gradient skips
+    the update and halves the scale, with the wrapper exactly as with torch.optim."""
+    model, twin = _mlp(), _mlp()
+    opt = KitsuneOptimizer(torch.optim.Adam, model.parameters(), lr=1e-2)
+    ref = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2)]
+    torch.manual_seed(4)
+    for step in range(WARMUP_STEPS + 4):
+        x = torch.randn(6, 8)
+        for m, o, scaler in ((model, opt, scalers[0]), (twin, ref, scalers[1])):
+            o.zero_grad()
+            scaler.scale(m(x).pow(2).mean()).backward()
+            if step == WARMUP_STEPS + 2:
+                next(m.parameters()).grad[0, 0] = float("inf")
+            before = [p.detach().clone() for p in m.parameters()]
+            scaler.step(o)
+            scaler.update()
+            if step == WARMUP_STEPS + 2:  # skipped: nothing moved
+                assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert scalers[0].get_scale() == scalers[1].get_scale() == 512.0
+    _assert_same(list(model.parameters()), list(twin.parameters()), torch.float32)
+    assert opt.get_stats()["update"] == "kitsune"
