@@ -36,6 +36,8 @@ def test_an_update_of_an_input_is_stored_in_place(update, device):
 
     record = _run(step, torch.randn(64, device=device), torch.randn(64, device=device))
     assert not _copies(record)  # the kernel wrote p itself
+    assert record.stats["stored_in_place"] == 1
+    assert not [d for d in record.declines if "copy_" in d.reason]
     assert "is stored into in0, in place" in record.kernels[0].source
 
 
@@ -99,3 +101,14 @@ def test_a_plugin_that_removes_an_in_place_kernel_is_refused(registered):
     declines = [str(d) for d in kitsune_backend.last_compile().declines]
     assert any("plugin pass 'eliminate_dead_code' skipped" in d and "in place" in d
                for d in declines), declines
+
+
+def test_a_number_to_tensor_powers_fuses_and_matches_eager():
+    """``pow(0.999, step)`` (Adam's bias correction): in the kernel, equal to eager's."""
+    def bias_corrected(step, x):
+        return x / (1 - torch.pow(0.999, step)).sqrt()
+
+    for value in (1.0, 100.0, 54321.0):
+        torch._dynamo.reset()
+        record = _run(bias_corrected, torch.tensor(value), torch.randn(16))
+        assert len(record.kernels) == 1 and "tl.exp(" in record.kernels[0].source

@@ -63,6 +63,8 @@ def test_every_rule_matches_torch_optim(kind, options, device):
     assert stats["update"] == "kitsune" and stats["compiled_steps"] == 4
     assert stats["buckets"] == 1 and stats["parameters_compiled"] == 3
     assert stats["generated_kernels"] == 1  # every parameter's update in one kernel
+    # ... which stores parameters and moments in place; Adam's step count is one more copy
+    assert stats["update_kernels_per_step"] == (2 if "Adam" in kind.__name__ else 1)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

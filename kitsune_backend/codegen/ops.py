@@ -96,6 +96,10 @@ def _gelu_backward(args: list[str], node: fx.Node) -> str:
 
 
 def _pow(args: list[str], node: fx.Node) -> str:
+    if not isinstance(node.args[0], fx.Node):  # pow.Scalar: a positive number to tensor powers
+        log_base = math.log(float(torch.tensor(float(node.args[0]), dtype=torch.float32)))
+        # exp(e * log(base)) in float64: within an ulp of eager's float32 powf
+        return f"tl.exp({args[1]}.to(tl.float64) * {log_base!r}).to(tl.float32)"
     a, e = args[0], node.args[1]
     if isinstance(e, (int, float)) and float(e).is_integer() and abs(e) <= 4:
         e = int(e)
@@ -269,8 +273,13 @@ def _check_pointwise(node: fx.Node, op: Any) -> tuple[Optional[str], str]:
         return None, "_to_copy with memory_format/pin_memory changes more than the dtype"
     if op is aten._to_copy and node.kwargs.get("device") not in (None, value.device):
         return None, "_to_copy across devices"
-    if op is aten.pow and not isinstance(node.args[1], (int, float)):
-        return None, "pow with a tensor exponent has no lowering"
+    if op is aten.pow and isinstance(node.args[0], fx.Node) and not isinstance(
+            node.args[1], (int, float)):
+        return None, "pow of a tensor to tensor powers has no lowering"
+    if op is aten.pow and not isinstance(node.args[0], fx.Node) and not (
+            isinstance(node.args[0], (int, float)) and node.args[0] > 0
+            and value.dtype == torch.float32):
+        return None, "pow of a number to tensor powers: only a positive number, into float32"
     if op is aten.clone and node.kwargs.get("memory_format") not in (None, torch.preserve_format,
                                                                      torch.contiguous_format):
         return None, "clone to a memory format is a layout change"

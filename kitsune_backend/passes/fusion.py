@@ -79,9 +79,13 @@ def fuse(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         for name in alone if name not in ctx.lone_ops)
     result.stats.update(fused_regions=len(kept), nodes_fused=sum(len(r.nodes) for r in kept))
     if kept:
-        _rewrite(gm, ctx, grouping, kept)
+        stored = _rewrite(gm, ctx, grouping, kept)
         result.changed = True
         result.notes.append(f"{len(kept)} region(s), {result.stats['nodes_fused']} node(s) fused")
+        if stored:  # those copy_ nodes are gone: their kernels store in place
+            result.declines = [d for d in result.declines if d.node not in stored]
+            result.notes.append(f"{len(stored)} copy_ into an input stored in place by its kernel")
+        result.stats["stored_in_place"] = len(stored)
     return result
 
 
@@ -163,9 +167,10 @@ def _bind_outputs(graph: fx.Graph, call: fx.Node, outputs: list[fx.Node],
         env[out] = item
 
 
-def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> None:
+def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region]) -> set[str]:
     """Put one kernel-plan call in place of each kept region, in a topological order of
-    regions and loose nodes (:func:`~kitsune_backend.passes.grouping.schedule`)."""
+    regions and loose nodes (:func:`~kitsune_backend.passes.grouping.schedule`); returns
+    the names of the ``copy_`` nodes that kernels made unneeded by storing in place."""
     nodes = list(gm.graph.nodes)
     order = schedule(grouping, kept, nodes)
     graph = fx.Graph()
@@ -173,6 +178,7 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
     env: dict[fx.Node, fx.Node] = {}
     numbers = {id(u): i for i, u in enumerate(u for u in order if isinstance(u, Region))}
     dropped = _computed_in_kernels(nodes, {n for region in kept for n in region.nodes})
+    stored: set[str] = set()
     for unit in order:
         if not isinstance(unit, Region):
             if unit not in dropped:
@@ -185,6 +191,7 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
         names = [n.name for n in sorted([*inlined, *unit.nodes], key=grouping.index.__getitem__)]
         into, copies = stores_into(unit, inputs, outputs)
         dropped.update(copies)
+        stored.update(c.name for c in copies)
         plan = KernelPlan(
             name, _aten_region(unit, inputs, outputs),
             lambda config, r=unit, i=inputs, o=outputs, n=name, s=into: generate(
@@ -198,3 +205,4 @@ def _rewrite(gm: fx.GraphModule, ctx: PassContext, grouping, kept: list[Region])
         _bind_outputs(graph, call, [o for i, o in enumerate(outputs) if i not in into], env)
         ctx.regions[name] = names
     gm.graph = graph
+    return stored
