@@ -33,6 +33,7 @@ from .passes.decompositions import report_decompositions
 from .passes.fusion import fuse
 from .passes.matmul_bias import fold_matmul_bias
 from .passes.memory_plan import plan_memory
+from .passes.seeds import gather_seeds
 from .passes.streams import assign_streams
 from .plugin_check import check_plugin_graph
 from .plugins import STAGES
@@ -68,6 +69,10 @@ PIPELINE: tuple[Stage, ...] = (
           "before every pass that reads the graph: dead code gone, canonical ATen names and "
           "shape/dtype metadata on every node",
           cleanup),
+    Stage("seeds", "graph",
+          "after cleanup (dead dropouts gone); before fusion, so that no seed draw sits "
+          "between a dropout and the ops around it: one draw of every seed, at the start",
+          gather_seeds),
     Stage("cse", "graph",
           "after cleanup, whose metadata it compares; before folding, so that duplicates are "
           "folded once",

@@ -22,7 +22,7 @@ LAYERS = {  # higher imports lower; never the other way
     "compile": 6, "entry": 7, "training": 8, "package": 9,
 }
 LAYER_OF_MODULE = {
-    **dict.fromkeys(("ir", "record", "repro", "invariants", "graph_utils", "config", "errors", "log",
+    **dict.fromkeys(("ir", "record", "repro", "invariants", "graph_utils", "config", "errors", "log", "philox",
                      "dot", "models", "timing", "session"), "core"),
     **dict.fromkeys(("pipeline", "plugins", "plugin_check", "process", "inspection", "debug_dump"), "pipeline"),
     "compiler": "compile",

@@ -14,7 +14,7 @@ from kitsune_backend.record import NodeSnapshot
 
 from tests.helpers import assert_close
 
-STAGES = ["decompose", "cleanup", "cse", "constant_fold", "fusion", "matmul_bias", "streams",
+STAGES = ["decompose", "cleanup", "seeds", "cse", "constant_fold", "fusion", "matmul_bias", "streams",
           "memory_plan", "kernels", "precompile", "arena", "streams_code", "capture"]
 
 

@@ -264,6 +264,7 @@ def test_plugin_passes_run_at_their_stage_in_order(all_plugins):
         assert passes == [
             ("decompose", "decompose"),
             ("cleanup", "cleanup"),
+            ("seeds", "seeds"),
             ("cse", "cse"),
             ("constant_fold", "constant_fold"),
             ("pre_fusion", "relu_to_clamp"),  # order 1

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import is_view
+from ..philox import PHILOX_UNIFORM
 from . import index_sources
 from .node_kinds import is_identity_view, literal, packet
 
@@ -230,6 +231,10 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
     aten.native_dropout_backward: (lambda a, n: f"({a[0]} * {a[1]} * {a[2]})", "result"),
 }
 
+PHILOX = PHILOX_UNIFORM.overloadpacket
+"""``kitsune.philox_uniform``: computed in the kernel from its seed and each element's index."""
+NOT_IN_REDUCTIONS = (aten.cat, aten.index, PHILOX)
+"""Pointwise ops whose lowering needs a pointwise kernel's element positions."""
 REDUCTIONS = {aten.sum: "sum", aten.mean: "mean", aten.amax: "amax", aten.amin: "amin"}
 """Reduction overload packets and the accumulator each uses."""
 
@@ -247,6 +252,10 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
     if is_view(node):
         return None, (f"{name} reorders or broadcasts elements: it stays an ATen view and "
                       "kernels read it through its strides")
+    if op is PHILOX:
+        seed = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+        ok = isinstance(seed, torch.Tensor) and seed.dim() == 0 and seed.dtype == torch.int64
+        return ("pointwise", "") if ok else (None, "philox_uniform of a seed that is not a 0-d int64")
     if op in POINTWISE:
         return _check_pointwise(node, op)
     if op in REDUCTIONS:

@@ -38,6 +38,8 @@ class PointwiseBody:
             expr = self.cat_expr(node, space)
         elif ops.packet(node) is ops.aten.index:
             expr = self.gather_expr(node, space)
+        elif ops.packet(node) is ops.PHILOX:
+            expr = self.uniform_expr(node, space)
         else:
             expr = self.lower(node, lambda a: self.value_at(a, node, space))
         var = self.fresh("v")
@@ -73,6 +75,14 @@ class PointwiseBody:
         for value, end in zip(reversed(parts[:-1]), reversed(ends[:-1])):
             expr = f"tl.where({position} < {end}, {value}, {expr})"
         return expr
+
+    def uniform_expr(self, node: fx.Node, space: Space) -> str:
+        """``kitsune.philox_uniform(seed, like)``: Triton's ``tl.rand`` of the seed at each
+        lane's row-major element index (what :mod:`kitsune_backend.philox` computes)."""
+        seed = self.load_at(node.args[0], space, shape_of(node))
+        shape = shape_of(node)
+        index = self.block_offset(space, collapse(shape, contiguous_strides(shape)))
+        return f"tl.rand({seed}, {index})"
 
     def load_at(self, arg: fx.Node, space: Space, target: tuple[int, ...]) -> str:
         """Kernel input (or inlined source) ``arg`` broadcast to ``target``, in ``space``."""

@@ -99,7 +99,7 @@ class Region:
             if kind == "reduction":
                 return self._why_not_first_reduction(node)
             return self._why_not_pointwise(node, merging)
-        if ops.packet(node) in (ops.aten.cat, ops.aten.index):
+        if ops.packet(node) in ops.NOT_IN_REDUCTIONS:
             return f"{ops.packet(node).__name__} inside a reduction kernel", ""
         if kind == "reduction":
             source = node.args[0]
@@ -156,9 +156,9 @@ class Region:
         source = node.args[0]
         if source not in self.context:
             return "reduces a value from outside the region", ""
-        if any(self.context[n] == "sub" or ops.packet(n) in (ops.aten.cat, ops.aten.index)
+        if any(self.context[n] == "sub" or ops.packet(n) in ops.NOT_IN_REDUCTIONS
                for n in self.nodes):
-            return "the region holds a cat, a gather or values of other sizes", ""
+            return "the region holds a cat, a gather, random numbers or values of other sizes", ""
         shape = shape_of(source)
         if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
             return "reduces only size-1 dims (a copy)", ""

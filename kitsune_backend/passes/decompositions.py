@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch._decomp import get_decompositions
 
 from ..ir import PassContext, PassResult
-from . import maxpool_decompositions
+from . import dropout_decomposition, maxpool_decompositions
 
 aten = torch.ops.aten
 
@@ -156,6 +156,7 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.max_pool2d_with_indices.default] = maxpool_decompositions.max_pool2d_with_indices
     table[aten.max_pool2d_with_indices_backward.default] = (
         maxpool_decompositions.max_pool2d_with_indices_backward)
+    table[aten.native_dropout.default] = dropout_decomposition.native_dropout
     return table
 
 
