@@ -104,9 +104,9 @@ def test_reduction_over_a_symbolic_row_loops(sizes):
     assert any("while roff <" in k.source for k in record.kernels)
 
 
-@SETTINGS
+@hypothesis.settings(max_examples=5, deadline=None)
 @hypothesis.given(shapes=st.lists(  # disjoint ranges: no two dims share a symbol
-    st.tuples(st.integers(2, 9), st.integers(10, 19), st.integers(20, 29)),
+    st.tuples(st.integers(2, 4), st.integers(5, 8), st.integers(9, 13)),
     min_size=3, max_size=3, unique=True))
 def test_reductions_over_other_symbolic_dims(shapes):
     def fn(x, y):
@@ -122,31 +122,54 @@ def test_one_generated_source_for_every_size():
     def fn(x):
         return (x + 1).relu() * x
 
-    record = run_sizes(fn, lambda n: [torch.randn(n)], [5, 17, 1000, 33])
-    (entry,) = record.kernels
-    assert "xmask = xindex < s" in entry.source and "def " in entry.source
-    assert entry.kernel.source == entry.source  # generated once, launched at four sizes
+    _fresh()
+    compiled = torch.compile(fn, backend="kitsune", dynamic=True, options={"strict": True})
+    x = torch.randn(5)
+    assert_close(compiled(x), fn(x))
+    (entry,) = kitsune_backend.last_compile().records[0].kernels
+    kernel, generated = entry.kernel, entry.kernel.generated
+    assert "xmask = xindex < s" in generated.source
+    for n in (17, 3000, 33):  # new sizes: no recompile, no new source; 3000 takes 3 blocks
+        x = torch.randn(n)
+        assert_close(compiled(x), fn(x))
+    assert len(kitsune_backend.history()) == 1
+    assert kernel.generated is generated and kernel.fallback_calls == 0
+    assert kernel.at_call([torch.empty(3000), 3000]).grid == 3  # cdiv(3000, 1024)
 
 
-def test_unsupported_region_declines_with_its_reason_while_the_rest_fuses():
-    def fn(x, y):
-        joined = torch.cat([x.exp(), y], 0)  # cat parts of symbolic sizes
-        return joined * 2 + 1, (x * 3).relu().neg()
+def test_unsupported_ops_decline_with_their_reason_while_the_rest_fuses():
+    def fn(x):
+        positions = torch.arange(x.shape[-1])  # a source of symbolic size: an ATen op
+        picked = x[torch.arange(2) * 2]  # a gather from a value of symbolic size
+        return (x + positions).relu() * 2, picked.exp() + 1
 
     _fresh()
     compiled = torch.compile(fn, backend="kitsune", dynamic=True, options={"strict": True})
-    for n in (4, 9, 13):
-        x, y = torch.randn(n, 5), torch.randn(n + 2, 5)
-        assert_close(compiled(x, y), fn(x, y))
+    for n in (8, 9, 13):
+        x = torch.randn(4, n)
+        assert_close(compiled(x), fn(x))
     (session,) = kitsune_backend.history()
     record = session.records[0]
-    reasons = [d.reason for d in record.declines if d.reason.startswith(DYNAMIC_SHAPES)]
-    assert any("cat.default with symbolic sizes" in r for r in reasons), reasons
-    assert all("generated kernels need static sizes" not in r for r in reasons)
-    fused = {name for entry in record.kernels for name in entry.nodes}
-    assert "cat" not in fused and {"exp", "relu", "neg"} <= fused, fused
-    assert len(record.kernels) == 2  # before the cat, and after it
+    reasons = {d.node: d.reason for d in record.declines if d.reason.startswith(DYNAMIC_SHAPES)}
+    assert set(reasons) == {"arange", "index"}, reasons
+    assert "a source of symbolic size" in reasons["arange"]
+    assert "index.Tensor with symbolic sizes" in reasons["index"]
+    assert sorted(len(entry.nodes) for entry in record.kernels) == [2, 3]  # the rest fuses
     assert all(entry.kernel.fallback_calls == 0 for entry in record.kernels)
+
+
+@SETTINGS
+@hypothesis.given(sizes=SIZES)
+def test_cats_of_parts_of_symbolic_sizes(sizes):
+    def fn(x, y):
+        rows = torch.cat([x.exp(), y, x * 2], 0).sigmoid()
+        columns = torch.cat([x.t(), (y * 3).t()], 1) + 1
+        return rows, columns
+
+    record = run_sizes(fn, lambda n: [torch.randn(n, 71), torch.randn(n + 72, 71)], sizes)
+    assert_kernels_ran(record, len(sizes))
+    fused = {name for entry in record.kernels for name in entry.nodes}
+    assert {"cat", "cat_1"} <= fused, fused
 
 
 @SETTINGS

@@ -257,9 +257,10 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return _check_pointwise(node, op)
     if op in REDUCTIONS:
         return _check_reduction(node)
-    if op in (aten.cat, aten.index) and has_symbolic_size(node):
-        return None, (f"{DYNAMIC_SHAPES}: {name} with symbolic sizes (kernels index cats and "
-                      "gathers by static sizes only): it runs as its ATen op")
+    if op is aten.index and has_symbolic_size(node):
+        return None, (f"{DYNAMIC_SHAPES}: {name} with symbolic sizes (kernels prove a "
+                      "gather's indices in range against static sizes only): it runs as its "
+                      "ATen op")
     if op is aten.cat:
         return _check_cat(node)
     if op is aten.index:
@@ -301,7 +302,7 @@ def _check_cat(node: fx.Node) -> tuple[Optional[str], str]:
         part_value = part.meta.get("val")
         if not isinstance(part_value, torch.Tensor) or part_value.dim() != value.dim():
             return None, f"cat input {part.name} has another rank (a legacy empty tensor)"
-        if part_value.numel() == 0:
+        if size(part_value.numel()) == 0:
             return None, f"cat input {part.name} is empty"
     return "pointwise", ""
 
