@@ -17,6 +17,7 @@ from kitsune_backend.codegen.lowering import same_kernel_key
 from kitsune_backend.passes.fusion import DYNAMIC_SHAPES
 
 from .helpers import assert_close
+from .test_fusion_random_graphs import programs, run_program, second_input
 
 SIZES = st.lists(st.integers(2, 70), min_size=3, max_size=4, unique=True)
 SETTINGS = hypothesis.settings(max_examples=8, deadline=None)
@@ -253,3 +254,22 @@ def test_sizes_that_depend_on_data_decline_with_their_reason():
     assert reasons["exp"].startswith(f"{DYNAMIC_SHAPES}: not fused: exp: size u")
     (entry,) = record.kernels  # the static region still fuses
     assert "relu" in entry.nodes and entry.kernel.launched
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(program=programs(), grow=st.lists(st.integers(0, 9), min_size=2, max_size=2))
+def test_random_programs_serve_every_size(program, grow):
+    """The random pointwise/reduction/cat programs of the static fuzz test, compiled once
+    with symbolic sizes and run at three sizes (rows and columns never equal, never 1)."""
+    steps, rows, _, dtype, layout = program
+    sizes = [(rows + 1 + k, rows + 12 + 2 * k) for k in (0, *grow)]
+    hypothesis.assume(len(set(sizes)) == 3)
+    _fresh()
+    torch.manual_seed(0)  # the data is part of the example: a failure replays
+    compiled = torch.compile(lambda a, b: run_program(steps, a, b), backend="kitsune",
+                             options={"strict": True}, dynamic=True)
+    for r, c in sizes:
+        x, y = torch.randn(r, c).to(dtype), second_input(r, c, dtype, layout)
+        assert_close(compiled(x, y), run_program(steps, x, y), f"size {(r, c)}")
+    (session,) = kitsune_backend.history()
+    assert all(e.kernel.fallback_calls == 0 for e in session.records[0].kernels)
