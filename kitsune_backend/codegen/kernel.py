@@ -12,6 +12,11 @@ at its first launch (a compile error; under the interpreter, any error; on CUDA 
 corrupt entry of Triton's own cache), keeps the reason in ``compile_error`` and runs as the
 region's ATen ops from then on: only its region falls back, not the graph. An out-of-memory
 error at the first launch is not a compile error: it propagates, as eager's would.
+
+A kernel generated for symbolic sizes is called with the values of its size symbols after
+its tensors (``kernel(x, s0)``; then any sizes only the ATen ops read): it evaluates its
+layout at those sizes (:meth:`FusedKernel.at_call`), checks its inputs against it,
+allocates its outputs with it and launches its grid, so one kernel serves every size.
 """
 
 from __future__ import annotations

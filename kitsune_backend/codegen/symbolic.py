@@ -13,7 +13,8 @@ Static sizes stay plain ``int``\\ s: :func:`size` returns an ``int`` whenever it
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Union
+import operator
+from typing import Any, Callable, Iterable, Union
 
 import sympy
 import torch
@@ -34,6 +35,15 @@ class Undecided(TypeError):
     """Two symbolic sizes whose order the symbols' ranges do not decide."""
 
 
+_DECIDE: dict[str, tuple[Callable[[ValueRanges], bool], Callable[[ValueRanges], bool]]] = {
+    "<": (lambda r: r.upper < 0, lambda r: r.lower >= 0),
+    "<=": (lambda r: r.upper <= 0, lambda r: r.lower > 0),
+    ">": (lambda r: r.lower > 0, lambda r: r.upper <= 0),
+    ">=": (lambda r: r.lower >= 0, lambda r: r.upper < 0),
+}
+"""For each order ``a op b``: when the bounds of ``a - b`` make it true, and when false."""
+
+
 def _expr(value: Any) -> sympy.Expr:
     return value.expr if isinstance(value, Size) else sympy.sympify(value)
 
@@ -48,20 +58,28 @@ class Size:
         self.expr = expr
         self.hint = hint
 
-    def _make(self, expr: sympy.Expr, other: Any, fn) -> Union[int, "Size"]:
+    def _make(self, expr: sympy.Expr, other: Any, fn: Callable[[int, int], int]
+              ) -> Union[int, "Size"]:
         other_hint = other.hint if isinstance(other, Size) else other
         return _wrap(expr, fn(self.hint, other_hint))
 
-    def __add__(self, other): return self._make(self.expr + _expr(other), other, lambda a, b: a + b)
-    def __radd__(self, other): return self.__add__(other)
-    def __mul__(self, other): return self._make(self.expr * _expr(other), other, lambda a, b: a * b)
-    def __rmul__(self, other): return self.__mul__(other)
-    def __sub__(self, other): return self._make(self.expr - _expr(other), other, lambda a, b: a - b)
-    def __rsub__(self, other): return self._make(_expr(other) - self.expr, other, lambda a, b: b - a)
-    def __neg__(self): return _wrap(-self.expr, -self.hint)
+    def __add__(self, other: Any) -> Union[int, "Size"]:
+        return self._make(self.expr + _expr(other), other, operator.add)
 
-    def __floordiv__(self, other):
-        return self._make(FloorDiv(self.expr, _expr(other)), other, lambda a, b: a // b)
+    def __mul__(self, other: Any) -> Union[int, "Size"]:
+        return self._make(self.expr * _expr(other), other, operator.mul)
+
+    def __sub__(self, other: Any) -> Union[int, "Size"]:
+        return self._make(self.expr - _expr(other), other, operator.sub)
+
+    def __rsub__(self, other: Any) -> Union[int, "Size"]:
+        return self._make(_expr(other) - self.expr, other, lambda a, b: b - a)
+
+    def __floordiv__(self, other: Any) -> Union[int, "Size"]:
+        return self._make(FloorDiv(self.expr, _expr(other)), other, operator.floordiv)
+
+    __radd__ = __add__
+    __rmul__ = __mul__
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, (int, Size)):
@@ -83,15 +101,23 @@ class Size:
         expanded, factored = bound_sympy(expr, ranges), bound_sympy(sympy.factor(expr), ranges)
         return ValueRanges(max(expanded.lower, factored.lower), min(expanded.upper, factored.upper))
 
-    def __lt__(self, other): return self._order(other, lambda r: r.upper < 0, lambda r: r.lower >= 0, "<")
-    def __le__(self, other): return self._order(other, lambda r: r.upper <= 0, lambda r: r.lower > 0, "<=")
-    def __gt__(self, other): return self._order(other, lambda r: r.lower > 0, lambda r: r.upper <= 0, ">")
-    def __ge__(self, other): return self._order(other, lambda r: r.lower >= 0, lambda r: r.upper < 0, ">=")
+    def __lt__(self, other: Any) -> bool:
+        return self._order(other, "<")
 
-    def _order(self, other: Any, true, false, op: str) -> bool:
+    def __le__(self, other: Any) -> bool:
+        return self._order(other, "<=")
+
+    def __gt__(self, other: Any) -> bool:
+        return self._order(other, ">")
+
+    def __ge__(self, other: Any) -> bool:
+        return self._order(other, ">=")
+
+    def _order(self, other: Any, op: str) -> bool:
         if not isinstance(other, (int, Size)):
             return NotImplemented
         bounds = self._difference_bounds(other)
+        true, false = _DECIDE[op]
         if true(bounds):
             return True
         if false(bounds):
