@@ -148,9 +148,18 @@ def size(value: Any) -> Union[int, Size]:
         expr = value.node.expr
         if expr.is_Integer:
             return int(expr)
-        # a size that depends on data has no hint (why_not_arguments keeps it out of kernels)
-        return Size(expr, value.node.shape_env.optimization_hint(expr, fallback=HINT_FALLBACK))
+        return Size(expr, _hint_of(value.node.shape_env, expr))
     return int(value)
+
+
+def _hint_of(shape_env: Any, expr: sympy.Expr) -> int:
+    """The value of ``expr`` at the traced sizes, without a guard; :data:`HINT_FALLBACK`
+    for a size that depends on data (:func:`why_not_arguments` keeps those out of
+    kernels). ``optimization_hint`` is torch 2.13's name; older ones have ``size_hint``."""
+    if hasattr(shape_env, "optimization_hint"):
+        return int(shape_env.optimization_hint(expr, fallback=HINT_FALLBACK))
+    found = shape_env.size_hint(expr, allow_none=True)
+    return HINT_FALLBACK if found is None else int(found)
 
 
 def why_not_arguments(value: torch.Tensor) -> str:
