@@ -3,8 +3,8 @@
 One hierarchy under ``kitsune_backend``:
 
 * ``kitsune_backend.compile``: one INFO line per compiled graph (what it became and how
-  long it took); a WARNING, once per function, when a graph with symbolic sizes loses
-  fusion;
+  long it took); a WARNING, once per function, when symbolic sizes keep regions of a
+  graph from fusing;
 * ``kitsune_backend.graph``, ``kitsune_backend.lowering``, ``kitsune_backend.runtime``: a
   DEBUG line per stage of that phase (its time and notes) and one per decline.
 
@@ -80,13 +80,15 @@ def configure_from_env(environ: Optional[Mapping[str, str]] = None) -> None:
 
 
 def warn_dynamic(where: str) -> None:
-    """Warn that the graph of the function at ``where`` has symbolic sizes and so runs
-    without fusion (the compiler calls this once per function)."""
+    """Warn that the graph of the function at ``where`` has symbolic sizes and that some of
+    its regions were not fused because of them (the compiler calls this once per
+    function)."""
     get("compile").warning(
         "%s was recompiled with symbolic sizes (its input shapes changed between calls): "
-        "kitsune's generated kernels need static sizes, so this graph runs as ATen ops, "
-        "without fusion. To keep fusion, compile with dynamic=False (one compile per "
-        "shape) or pad inputs to a few fixed shapes.", where)
+        "kitsune's kernels take the sizes as arguments, but some regions of this graph "
+        "need static sizes and run as ATen ops (kitsune_backend.explain() lists them, "
+        "under 'dynamic shapes'). To fuse them, compile with dynamic=False (one compile "
+        "per shape) or pad inputs to a few fixed shapes.", where)
 
 
 class Progress:

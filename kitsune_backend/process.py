@@ -5,7 +5,8 @@
 * ``kernel_cache``: the generated sources imported so far;
 * ``compile_pool``: the compile worker processes (started on demand, closed at exit);
 * ``captures``: what the captured CUDA graphs know of each other's memory;
-* ``warned_dynamic``: the functions already warned that symbolic sizes cost them fusion.
+* ``warned_dynamic``: the functions already warned that symbolic sizes kept regions of
+  theirs from fusing.
 
 The backend hands :data:`PROCESS` to every compile (``PassContext.process``); nothing below
 this module keeps process state of its own.

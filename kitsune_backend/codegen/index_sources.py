@@ -18,6 +18,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from ..graph_utils import is_view
 from .node_kinds import is_identity_view, literal
+from .symbolic import DYNAMIC_SHAPES
 
 aten = torch.ops.aten
 
@@ -78,6 +79,8 @@ def problem(node: fx.Node) -> Optional[str]:
         return "result is not a single tensor"
     if node.kwargs.get("device") not in (None, value.device):
         return "made on another device"
+    if any(isinstance(s, torch.SymInt) for s in value.shape):
+        return f"{DYNAMIC_SHAPES}: a source of symbolic size is made by its ATen op"
     if node.target.overloadpacket is aten.arange:
         start, step = _arange_args(node)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):

@@ -12,10 +12,16 @@ at its first launch (a compile error; under the interpreter, any error; on CUDA 
 corrupt entry of Triton's own cache), keeps the reason in ``compile_error`` and runs as the
 region's ATen ops from then on: only its region falls back, not the graph. An out-of-memory
 error at the first launch is not a compile error: it propagates, as eager's would.
+
+A kernel generated for symbolic sizes is called with the values of its size symbols after
+its tensors (``kernel(x, s0)``; then any sizes only the ATen ops read): it evaluates its
+layout at those sizes (:meth:`FusedKernel.at_call`), checks its inputs against it,
+allocates its outputs with it and launches its grid, so one kernel serves every size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,7 +30,7 @@ import torch.fx as fx
 
 from . import cache
 from .heuristics import LaunchConfig
-from .kernel_source import KernelSource, TensorSpec, stored_in_place
+from .specs import KernelSource, TensorSpec, at_sizes, layout_function, stored_in_place
 
 
 def _matches(tensor: Any, spec: TensorSpec) -> bool:
@@ -87,6 +93,7 @@ class FusedKernel:
         self._launched = False
         self._tuned = not autotune
         self._launch_fn: Any = None
+        self._layout = layout_function(generated) if generated.symbols else None
         try:
             self._launch_fn = self._load(generated)
         except Exception as exc:  # noqa: BLE001 - the region runs as its ATen ops instead
@@ -117,9 +124,22 @@ class FusedKernel:
     def __repr__(self) -> str:
         return f"<FusedKernel {self.__name__}: {', '.join(self.generated.nodes)}>"
 
-    def why_not_launch(self, args: Sequence[Any]) -> str:
-        """Why these arguments run as ATen instead of the kernel ('' when they launch)."""
-        for tensor, spec in zip(args, self.generated.inputs):
+    def at_call(self, args: Sequence[Any]) -> KernelSource:
+        """The generated kernel as a call on ``args`` launches it: a kernel of symbolic
+        sizes with its grid, shapes and strides at the sizes ``args`` carry (after the
+        tensors, one per symbol)."""
+        generated = self.generated
+        if self._layout is None:
+            return generated
+        first = len(generated.inputs)
+        grid, inputs, outputs = self._layout(*args[first:first + len(generated.symbols)])
+        return dataclasses.replace(generated, grid=grid, inputs=at_sizes(generated.inputs, inputs),
+                                   outputs=at_sizes(generated.outputs, outputs))
+
+    def why_not_launch(self, args: Sequence[Any], launch: Optional[KernelSource] = None) -> str:
+        """Why these arguments run as ATen instead of the kernel ('' when they launch);
+        ``launch`` is :meth:`at_call` of ``args`` when the caller has it."""
+        for tensor, spec in zip(args, (launch or self.at_call(args)).inputs):
             if not _matches(tensor, spec):
                 got = (tuple(tensor.shape), tensor.stride(), tensor.dtype) if isinstance(
                     tensor, torch.Tensor) else type(tensor).__name__
@@ -133,16 +153,17 @@ class FusedKernel:
 
     def __call__(self, *args: Any, out: Optional[Sequence[torch.Tensor]] = None) -> Any:
         """Compute the region's outputs from its inputs (see the module docstring)."""
-        reason = self.why_not_launch(args)
+        launch = self.at_call(args)
+        reason = self.why_not_launch(args, launch)
         if reason:
             return self._run_aten(reason, args, out)
         try:
-            return self._run_kernel(args, out)
+            return self._run_kernel(launch, args, out)
         except Exception as exc:
             if self._launched or isinstance(exc, torch.OutOfMemoryError):
                 raise
             self.compile_error = _first_line(exc)
-            return self._run_aten(self.why_not_launch(args), args, out)
+            return self._run_aten(self.why_not_launch(args, launch), args, out)
 
     def _run_aten(self, reason: str, args: Sequence[Any], out: Optional[Sequence[Any]]) -> Any:
         """The region's ATen ops on ``args`` (written into ``out`` when given)."""
@@ -155,32 +176,39 @@ class FusedKernel:
             results = tuple(out)
         return results[0] if len(results) == 1 else results
 
-    def _run_kernel(self, args: Sequence[Any], out: Optional[Sequence[Any]]) -> Any:
-        """Launch the generated kernel on ``args``, into ``out`` or fresh outputs."""
+    def _run_kernel(self, launch: KernelSource, args: Sequence[Any],
+                    out: Optional[Sequence[Any]]) -> Any:
+        """Launch the generated kernel (as :meth:`at_call` gives it) on ``args``, into
+        ``out`` or fresh outputs."""
         device = args[0].device if args else self.device
         if out is None:
             out = tuple(
                 torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=device)
-                for s in self.generated.outputs
+                for s in launch.outputs
             )
-        if self.generated.grid > 0:
+        if launch.grid > 0:
             if self._launched and self._tuned:
-                self._launch(self._launch_fn, self.generated, args, out)
+                self._launch(self._launch_fn, launch, args, out)
             else:  # the first launch (and tuning) compiles, into this compile's Triton cache
                 with cache.triton_binaries_under(self.cache_dir):
-                    self._first_launch(device, args, out)
+                    self._first_launch(device, launch, args, out)
         return out[0] if len(out) == 1 else tuple(out)
 
-    def _first_launch(self, device: torch.device, args: Sequence[Any], out: Sequence[Any]) -> None:
+    def _first_launch(self, device: torch.device, launch: KernelSource, args: Sequence[Any],
+                      out: Sequence[Any]) -> None:
         if not self._tuned and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
             from .autotune import tune
 
             self.generated, self._launch_fn = tune(self, args, out)
+            launch = self.generated
             self._tuned = True
-        self._launch(self._launch_fn, self.generated, args, out)
+        self._launch(self._launch_fn, launch, args, out)
         self._launched = True
 
     @staticmethod
     def _launch(fn: Any, generated: KernelSource, args: Sequence[Any], out: Sequence[Any]) -> None:
-        """Launch ``fn`` (a kernel of ``generated``) on the given inputs and outputs."""
-        fn[(generated.grid,)](*args, *out, num_warps=generated.config.num_warps)
+        """Launch ``fn`` (a kernel of ``generated``, its grid at this call's sizes) on the
+        given inputs and outputs; a symbolic kernel's sizes follow the outputs."""
+        first = len(generated.inputs)
+        sizes = args[first:first + len(generated.symbols)]
+        fn[(generated.grid,)](*args[:first], *out, *sizes, num_warps=generated.config.num_warps)

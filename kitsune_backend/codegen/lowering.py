@@ -66,9 +66,12 @@ def _cache_declines(kernels: dict[tuple, FusedKernel]) -> list[Decline]:
 def same_kernel_key(generated: KernelSource) -> tuple:
     """What makes two generated kernels interchangeable: the code without its comments
     (which name the FX nodes) and with the kernel's name taken out, the exact layouts it
-    was generated for, and its launch."""
+    was generated for, and its launch. A kernel of symbolic sizes differs from every static
+    one: its layouts hold :class:`~kitsune_backend.codegen.symbolic.Size` expressions
+    (never equal to an int) and its size arguments are part of the key; two symbolic ones
+    are alike only over the same symbols, at the same positions."""
     code = [line.split("  # ")[0] for line in generated.source.splitlines()
             if not line.startswith("#")]
     layouts = tuple((s.shape, s.stride, s.dtype) for s in (*generated.inputs, *generated.outputs))
     return ("\n".join(code).replace(generated.name, "KERNEL"), layouts, generated.grid,
-            generated.config, generated.columns)
+            generated.config, generated.columns, generated.symbols)

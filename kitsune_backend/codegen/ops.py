@@ -26,6 +26,17 @@ from ..graph_utils import is_view
 from ..philox import PHILOX_UNIFORM
 from . import index_sources
 from .node_kinds import is_identity_view, literal, packet
+from .symbolic import DYNAMIC_SHAPES, is_symbolic, size
+
+
+def has_symbolic_size(node: fx.Node) -> bool:
+    """Whether ``node`` or one of its tensor inputs has a symbolic size or stride."""
+    for item in (node, *node.all_input_nodes):
+        value = item.meta.get("val")
+        if isinstance(value, torch.Tensor) and any(
+                is_symbolic(size(s)) for s in (*value.shape, *value.stride())):
+            return True
+    return False
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -260,12 +271,18 @@ def classify(node: fx.Node) -> tuple[Optional[str], str]:
         return _check_pointwise(node, op)
     if op in REDUCTIONS:
         return _check_reduction(node)
+    if op is aten.index and has_symbolic_size(node):
+        return None, (f"{DYNAMIC_SHAPES}: {name} with symbolic sizes (kernels prove a "
+                      "gather's indices in range against static sizes only): it runs as its "
+                      "ATen op")
     if op is aten.cat:
         return _check_cat(node)
     if op is aten.index:
         return _check_gather(node)
     if op in index_sources.SOURCES:
         why = index_sources.problem(node)
+        if why and why.startswith(DYNAMIC_SHAPES):  # keeps the prefix first
+            return None, why.replace(": ", f": {name}: ", 1)
         return (None, f"{name}: {why}") if why else ("source", "")
     if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
         return None, f"{name} is a random op"
@@ -304,7 +321,7 @@ def _check_cat(node: fx.Node) -> tuple[Optional[str], str]:
         part_value = part.meta.get("val")
         if not isinstance(part_value, torch.Tensor) or part_value.dim() != value.dim():
             return None, f"cat input {part.name} has another rank (a legacy empty tensor)"
-        if part_value.numel() == 0:
+        if size(part_value.numel()) == 0:
             return None, f"cat input {part.name} is empty"
     return "pointwise", ""
 
@@ -349,8 +366,8 @@ def _check_reduction(node: fx.Node) -> tuple[Optional[str], str]:
                       "accumulates in a kernel)")
     if node.kwargs.get("dtype") not in (None, value.dtype):
         return None, "reduction with a dtype argument"
-    reduce_size = math.prod(source.shape[d] for d in reduced_dims(node))
-    if reduce_size == 0 and value.numel() > 0:
+    reduce_size = math.prod(size(source.shape[d]) for d in reduced_dims(node))
+    if reduce_size == 0 and size(value.numel()) > 0:
         return None, "reduction over an empty dim (eager decides its identity value)"
     return "reduction", ""
 

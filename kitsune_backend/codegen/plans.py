@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from .heuristics import LaunchConfig
-from .kernel_source import KernelSource, stored_in_place
+from .specs import KernelSource, stored_in_place
 
 
 class KernelPlan:

@@ -19,11 +19,13 @@ from . import index_sources, ops
 from .indexing import broadcast_strides, collapse, offset_expr, strip_leading, uses
 from .region import shape_of
 from .spaces import Space, contiguous_strides
+from .symbolic import size
 
 
 def _spec(node: fx.Node) -> SimpleNamespace:
     value = node.meta["val"]
-    return SimpleNamespace(shape=tuple(value.shape), stride=tuple(value.stride()), dtype=value.dtype)
+    return SimpleNamespace(shape=tuple(size(s) for s in value.shape),
+                           stride=tuple(size(s) for s in value.stride()), dtype=value.dtype)
 
 
 class PointwiseBody:

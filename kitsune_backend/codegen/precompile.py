@@ -186,7 +186,10 @@ def precompile(kernels: Sequence[Any], config: Config, device: Optional[torch.de
     report = PrecompileReport()
     # Longest source first (a rough guess at the longest compile): with more kernels than
     # workers, the short ones then fill in behind the long ones instead of following them.
-    launching = sorted((k for k in kernels if k.generated.grid > 0 and not k.compile_error),
+    # A kernel of symbolic sizes (its grid not an int) is left to its first launch: Triton
+    # compiles it once per specialisation of its size arguments, known only then.
+    launching = sorted((k for k in kernels if isinstance(k.generated.grid, int)
+                        and k.generated.grid > 0 and not k.compile_error),
                        key=lambda k: -len(k.generated.source))
     report.kernels = len(launching)
     report.skipped = why_not_precompile(config, device, pool)

@@ -26,11 +26,18 @@ import torch
 import torch.fx as fx
 
 from . import ops
+from .symbolic import Size, Undecided, size, why_not_arguments
 
 
-def shape_of(node: fx.Node) -> tuple[int, ...]:
-    """The static shape of a node's (fake) tensor value."""
-    return tuple(int(s) for s in node.meta["val"].shape)
+def shape_of(node: fx.Node) -> tuple[int | Size, ...]:
+    """The shape of a node's (fake) tensor value: ints, and a :class:`Size` for each
+    symbolic size."""
+    return tuple(size(s) for s in node.meta["val"].shape)
+
+
+def numel_of(node: fx.Node) -> int | Size:
+    """The element count of a node's (fake) tensor value."""
+    return size(node.meta["val"].numel())
 
 
 def strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -78,7 +85,7 @@ class Region:
 
         A pointwise region grows to a larger node's element count: what it held before
         becomes ``sub`` (computed where the larger node needs it)."""
-        numel = node.meta["val"].numel()
+        numel = numel_of(node)
         if self.kind == "pointwise" and numel > self.numel:
             self.numel = numel
             self.context = {n: "sub" for n in self.context}
@@ -125,13 +132,15 @@ class Region:
     def _why_not_pointwise(self, node: fx.Node, merging: bool) -> tuple[Optional[str], str]:
         if ops.packet(node) is ops.aten.index and node.args[0] in self.context:
             return "gathers from a value of the region (a kernel gathers from its inputs)", ""
-        numel = node.meta["val"].numel()
+        numel = numel_of(node)
         if numel == self.numel:
             return None, "full"
         if numel < self.numel:
             if merging:
                 return None, "sub"
             return f"has {numel} elements, the region's ops {self.numel}", ""
+        if not numel > self.numel:  # neither equal nor smaller by structure: undecided
+            raise Undecided(f"{numel} and {self.numel} elements are not ordered by structure")
         if merging:
             return f"has {numel} elements, more than the region's {self.numel}", ""
         operands = set(node.all_input_nodes)
@@ -140,6 +149,13 @@ class Region:
                 return (f"has {numel} elements, the region's ops {self.numel}, and the "
                         f"region's {sink.name} does not feed it"), ""
         return None, "full"
+
+    def sizes(self) -> list[tuple]:
+        """The shape of each node, and each size a node reads as a value: what the
+        kernel's size symbols are drawn from."""
+        read = [(size(a.meta["val"]),) for n in self.nodes for a in n.all_input_nodes
+                if isinstance(a.meta.get("val"), torch.SymInt)]
+        return [shape_of(n) for n in self.nodes] + read
 
     def sinks(self) -> list[fx.Node]:
         """The region's nodes that no node of the region reads."""
@@ -186,25 +202,23 @@ class Region:
 
 def new_region(region_id: int, node: fx.Node, kind: str) -> Region:
     """A region that starts at ``node`` (pointwise or reduction)."""
-    value = node.meta["val"]
     if kind == "reduction":
         region = Region(region_id, "pointwise", 0)
         region.make_reduction(node)
         region.add(node, "row")
         return region
-    region = Region(region_id, "pointwise", value.numel())
+    region = Region(region_id, "pointwise", numel_of(node))
     region.add(node, "full")
     return region
 
 
 def supported_tensor(value: object) -> Optional[str]:
-    """Why a tensor value cannot be read or written by a kernel, or ``None`` when it can."""
+    """Why a tensor value cannot be read or written by a kernel, or ``None`` when it can
+    (of symbolic sizes and strides too, when the sizes can be kernel arguments)."""
     if not isinstance(value, torch.Tensor):
         return "not a tensor"
     if value.dtype not in ops.TL_DTYPES:
         return f"dtype {value.dtype} has no Triton type"
     if value.device.type not in ("cuda", "cpu"):
         return f"device {value.device.type}"
-    if any(not isinstance(s, int) for s in (*value.shape, *value.stride())):
-        return "symbolic shape"
-    return None
+    return why_not_arguments(value) or None

@@ -9,9 +9,12 @@ last loop writes the full-size outputs, recomputing what it needs (reads, not wr
 
 Values compute in fp32 for fp16/bf16 inputs; every load and store casts, and a value of
 an fp16/bf16 node is rounded to its dtype where an op of another dtype reads it, as eager
-holds it (:func:`kitsune_backend.codegen.ops.held_as_eager`). Shapes and
-strides are constants of the source (kitsune compiles static shapes only); the launcher
-checks the tensors it receives against them.
+holds it (:func:`kitsune_backend.codegen.ops.held_as_eager`). Static shapes and
+strides are constants of the source; a symbolic size is an integer argument of the kernel
+(its symbol, ``s0``, after the pointers), and the index math, masks and loop bounds use
+it by name: such a kernel indexes in int64, masks every block, and loops over a symbolic
+row (:mod:`kitsune_backend.codegen.symbolic`). The launcher checks the tensors it receives
+against the shapes and strides, evaluated at the call's sizes for a symbolic kernel.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import torch.fx as fx
 
 from . import index_sources, ops
 from .heuristics import LaunchConfig
-from .kernel_source import KernelSource, TensorSpec
 from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, split_dims,
                        strip_leading, uses)
 from .pointwise import PointwiseBody
 from .region import Region, shape_of
 from .spaces import Spaces, contiguous_strides, plan
+from .specs import KernelSource, TensorSpec, cdiv, layout_source, symbols_in
+from .symbolic import is_size_node, is_symbolic, size
 
 INT32_LIMIT = 2**31 - 1
 
@@ -44,14 +48,16 @@ def generate(
     body = writer.write()
     in_specs = tuple(TensorSpec.of(n) for n in inputs)
     out_specs = tuple(TensorSpec.of(n) for i, n in enumerate(outputs) if i not in stores_into)
+    symbols = symbols_in((*in_specs, *out_specs), region.sizes())
     if region.kind == "pointwise":
-        grid = -(-region.numel // config.xblock)
+        grid = cdiv(region.numel, config.xblock)
         what = f"pointwise over {region.numel} elements"
     else:
-        grid = -(-region.rows // config.xblock) if region.columns else 0
-        passes = "one pass per row" if config.rblock >= region.columns else "looped rows"
+        grid = cdiv(region.rows, config.xblock) if region.columns else 0
+        passes = "looped rows" if writer.looped else "one pass per row"
         what = (f"row reduction over dims {list(region.reduced)} of {list(region.shape)}: "
                 f"{region.rows} rows x {region.columns} columns, {passes}")
+    arguments = [f"in{i}" for i in range(len(inputs))] + [f"out{i}" for i in range(len(out_specs))]
     header = [
         f"# kitsune generated kernel {name}",
         f"# FX nodes: {', '.join(n.name for n in region.nodes)}",
@@ -59,20 +65,23 @@ def generate(
         *(f"# out{i}: {s.describe()}" for i, s in enumerate(out_specs)),
         *(f"# {outputs[j].name} is stored into in{k}, in place" for j, k in sorted(stores_into.items())),
         f"# {what}; {config.describe()}; grid ({grid},)",
+        *([f"# sizes {', '.join(symbols)}: kernel arguments, given at each launch"]
+          if symbols else []),
         "import triton",
         "import triton.language as tl",
         "",
-        f"GRID = ({grid},)",
+        f"GRID = ({grid},)" if not symbols else f"GRID = lambda {', '.join(symbols)}: ({grid},)",
         f"NUM_WARPS = {config.num_warps}",
         "",
         "",
         "@triton.jit",
-        f"def {name}({', '.join([f'in{i}' for i in range(len(inputs))] + [f'out{i}' for i in range(len(out_specs))])}):",
+        f"def {name}({', '.join([*arguments, *symbols])}):",
     ]
     source = "\n".join(header + body) + "\n"
     columns = region.columns if region.kind == "reduction" else 0
+    layout = layout_source(symbols, grid, in_specs, out_specs) if symbols else ""
     return KernelSource(name, source, in_specs, out_specs, grid, config,
-                        tuple(n.name for n in region.nodes), columns,
+                        tuple(n.name for n in region.nodes), columns, symbols, layout,
                         tuple(sorted(stores_into.items())))
 
 
@@ -93,18 +102,20 @@ class _Writer(PointwiseBody):
         self.top: dict[object, str] = {}
         self.values: dict[tuple, str] = {}  # pointwise: (node, space key) -> variable
         self.count = 0
-        self.looped = region.kind == "reduction" and config.rblock < region.columns
         specs = [TensorSpec.of(n) for n in (*inputs, *outputs)]
-        work = region.numel if region.kind == "pointwise" else region.rows * max(region.columns, 1)
-        self.int64 = work > INT32_LIMIT or any(
-            max_offset(s.shape, s.stride) > INT32_LIMIT for s in specs
-        )
-        if region.kind == "pointwise":
-            self.xmask = region.numel % config.xblock != 0
-            self.rmask = False
-        else:
-            self.xmask = region.rows % config.xblock != 0
-            self.rmask = region.columns % config.rblock != 0
+        symbolic = any(map(is_symbolic, (region.numel, *(d for s in specs for d in s.shape))))
+        columns = region.columns if region.kind == "reduction" else 0
+        # a symbolic row loops (its length is unknown); a symbolic size may pass 2**31; the
+        # sizes' remainders by the blocks are unknown: every block is masked
+        self.looped = region.kind == "reduction" and (
+            is_symbolic(columns) or config.rblock < columns)
+        work = region.numel if region.kind == "pointwise" else region.rows * max(columns, 1)
+        self.int64 = symbolic or work > INT32_LIMIT or any(
+            max_offset(s.shape, s.stride) > INT32_LIMIT for s in specs)
+        rows = region.numel if region.kind == "pointwise" else region.rows
+        self.xmask = is_symbolic(rows) or rows % config.xblock != 0
+        self.rmask = region.kind == "reduction" and (
+            is_symbolic(columns) or columns % config.rblock != 0)
 
     # -- plumbing ---------------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -144,7 +155,7 @@ class _Writer(PointwiseBody):
             scope = self.phase(full_outputs)
             for node in full_outputs:
                 self.store(self.outputs.index(node), node, scope)
-            self.depth = 1
+            self.close_loop()
         for node in self.outputs:
             if self.region.context[node] == "row":
                 self.ensure_rows([node])
@@ -184,7 +195,7 @@ class _Writer(PointwiseBody):
         op = ops.packet(node)
         result = node.meta["val"].dtype
         mode = ops.cast_mode(node)
-        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and not is_size_node(a)]
         if mode == "promote":
             dtypes = [a.meta["val"].dtype for a in tensors]
             target = dtypes[0]
@@ -198,7 +209,9 @@ class _Writer(PointwiseBody):
         keep_bool = ops.BOOL_OPERANDS.get(op)
         args = []
         for position, arg in enumerate(node.args):
-            if isinstance(arg, fx.Node):
+            if isinstance(arg, fx.Node) and is_size_node(arg):  # a size argument's value
+                args.append(f"({size(arg.meta['val'])}).to({want})")
+            elif isinstance(arg, fx.Node):
                 expr = value(arg)
                 if arg in self.region.context:
                     expr = ops.held_as_eager(expr, arg.meta["val"].dtype, result)
@@ -300,7 +313,14 @@ class _Writer(PointwiseBody):
         """Open a pass over the columns and define the full-size ``targets`` in it."""
         full, rows = self.needed(targets)
         self.define_rows(rows)
-        if self.looped:
+        if self.looped and is_symbolic(self.region.columns):
+            # a while loop: Triton's interpreter cannot take a size argument as a range bound
+            self.line("roff = 0")
+            self.line(f"while roff < {self.region.columns}:")
+            self.depth += 1
+            scope: dict = {}
+            self.open_columns("roff")
+        elif self.looped:
             self.line(f"for roff in range(0, {self.region.columns}, {self.config.rblock}):")
             self.depth += 1
             scope: dict = {}
@@ -310,6 +330,12 @@ class _Writer(PointwiseBody):
         for node in full:
             self.emit(node, scope)
         return scope
+
+    def close_loop(self) -> None:
+        """End the pass over the columns :meth:`phase` opened (a while loop steps first)."""
+        if self.looped and is_symbolic(self.region.columns):
+            self.line(f"roff += {self.config.rblock}")
+        self.depth = 1
 
     def reduce(self, node: fx.Node) -> None:
         """Define the per-row value of reduction ``node``."""
@@ -340,9 +366,10 @@ class _Writer(PointwiseBody):
             else:
                 pick = "maximum" if kind == "amax" else "minimum"
                 self.line(f"{acc} = tl.{pick}({acc}, {value}, {ops.NAN})")
-            self.depth = 1
+            self.close_loop()
             value = acc
-        scale = f" / {float(self.region.columns)!r}" if kind == "mean" else ""
+        columns = self.region.columns
+        scale = f" / {columns if is_symbolic(columns) else float(columns)!r}" if kind == "mean" else ""
         self.line(f"{var} = {combine}({value}, 1)[:, None]{scale}  # {node.name}")
         if kind in ("amax", "amin"):  # tl.max/tl.min skip NaN; eager returns it
             self.line(f"{var} = tl.where(tl.max(({value} != {value}).to(tl.int8), 1)[:, None] > 0, "

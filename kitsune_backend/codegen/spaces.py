@@ -36,7 +36,7 @@ import torch.fx as fx
 
 from . import ops
 from .indexing import broadcast_strides, collapse, offset_expr
-from .region import shape_of
+from .region import numel_of, shape_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Spaces:
         if ops.packet(consumer) is ops.aten.cat:
             return [self.cat_part(space, consumer, k)
                     for k, part in enumerate(consumer.args[0]) if part is operand]
-        if operand.meta["val"].numel() == consumer.meta["val"].numel():
+        if numel_of(operand) == numel_of(consumer):
             return [space]
         return [self.broadcast(space, shape_of(consumer), shape_of(operand))]
 
@@ -160,7 +160,7 @@ def plan(nodes: list[fx.Node], inside: dict, numel: int, spaces: Spaces) -> dict
     """For each region node (graph order ``nodes``, membership ``inside``), the spaces it is
     computed in: top for the ``numel``-element nodes, derived spaces for the others."""
     where: dict[fx.Node, list[Space]] = {
-        n: ([spaces.top] if n.meta["val"].numel() == numel else []) for n in nodes
+        n: ([spaces.top] if numel_of(n) == numel else []) for n in nodes
     }
     for node in reversed(nodes):
         for space in where[node]:

@@ -29,6 +29,7 @@ from ..graph_utils import is_mutating
 from ..ir import Decline
 from ..codegen import index_sources, ops
 from ..codegen.region import Region, new_region, supported_tensor
+from ..codegen.symbolic import DYNAMIC_SHAPES, Undecided
 
 STAGE = "fusion"
 
@@ -55,13 +56,28 @@ def is_barrier(node: fx.Node) -> bool:
     return torch.Tag.nondeterministic_seeded in tags
 
 
+def declined(what: str, why: str) -> str:
+    """The decline text ``<what>: <why>``; a reason about symbolic sizes keeps its
+    :data:`DYNAMIC_SHAPES` prefix first (``dynamic shapes: <what>: ...``)."""
+    if why.startswith(DYNAMIC_SHAPES):
+        return f"{DYNAMIC_SHAPES}: {what}: {why[len(DYNAMIC_SHAPES) + 2:]}"
+    return f"{what}: {why}"
+
+
 def _tensor_problem(node: fx.Node, device: torch.device) -> Optional[str]:
     for item in (node, *node.all_input_nodes):
-        problem = supported_tensor(item.meta.get("val"))
+        value = item.meta.get("val")
+        if isinstance(value, torch.SymInt) and item is not node:
+            if ops.is_identity_view(node):
+                continue  # a view's target size: folded into the kernel's index math
+            if ops.packet(node) in ops.POINTWISE and node.meta["val"].dtype.is_floating_point:
+                continue  # computed from the kernel's size arguments
+            return f"{DYNAMIC_SHAPES}: {node.name} reads the size {item.name} as a value"
+        problem = supported_tensor(value)
         if problem is None and item.meta["val"].device != device:
             problem = f"on {item.meta['val'].device}, the graph on {device}"
         if problem is not None:
-            return f"{item.name}: {problem}"
+            return declined(item.name, problem)
     return None
 
 
@@ -79,19 +95,20 @@ def find_regions(gm: fx.GraphModule, device: torch.device) -> Grouping:
             continue  # a source (or a view of one): computed inside each region reading it
         kind, why = ops.classify(node)
         if kind is None:
-            if node.op == "call_function" and node.target is not operator.getitem:
+            if node.op == "call_function" and node.target is not operator.getitem and not (
+                    isinstance(node.meta.get("val"), torch.SymInt)):  # size arithmetic
                 apart.append((node, why))
             continue
         problem = _tensor_problem(node, device)
         if problem is not None:
-            grouping.declines.append(Decline(STAGE, f"not fused: {problem}", node.name))
+            grouping.declines.append(Decline(STAGE, declined("not fused", problem), node.name))
             continue
         if not _join(grouping, node, kind) and kind != "view":
             _start(grouping, node, kind)
     _merge_siblings(grouping)
     for node, why in apart:  # a boundary: it feeds a region or reads one
         if any(n in grouping.region_of for n in (*node.all_input_nodes, *node.users)):
-            grouping.declines.append(Decline(STAGE, f"not fused: {why}", node.name))
+            grouping.declines.append(Decline(STAGE, declined("not fused", why), node.name))
     return grouping
 
 
@@ -103,7 +120,7 @@ def _join(grouping: Grouping, node: fx.Node, kind: str) -> bool:
         if grouping.segment[region.nodes[0]] != grouping.segment[node]:
             reason = "an in-place or random op lies between it and the region"
         else:
-            reason, context = region.why_not(node, kind)
+            reason, context = _why_not(region, node, kind)
             if reason is None and _makes_cycle(grouping, region, node):
                 reason = "joining would make a cycle between kernels"
         if reason is None:
@@ -115,9 +132,17 @@ def _join(grouping: Grouping, node: fx.Node, kind: str) -> bool:
                 _absorb(grouping, region, other)
             return True
         grouping.declines.append(
-            Decline(STAGE, f"not fused with region {region.id}: {reason}", node.name)
-        )
+            Decline(STAGE, declined(f"not fused with region {region.id}", reason), node.name))
     return False
+
+
+def _why_not(region: Region, node: fx.Node, kind: str,
+             merging: bool = False) -> tuple[Optional[str], str]:
+    """:meth:`Region.why_not`, with symbolic sizes it cannot order as a reason."""
+    try:
+        return region.why_not(node, kind, merging)
+    except Undecided as exc:
+        return f"{DYNAMIC_SHAPES}: {exc}", ""
 
 
 def _start(grouping: Grouping, node: fx.Node, kind: str) -> None:
@@ -141,7 +166,7 @@ def _absorb(grouping: Grouping, region: Region, other: Region) -> bool:
     trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
-        reason, context = trial.why_not(member, kind, merging=True)
+        reason, context = _why_not(trial, member, kind, merging=True)
         if reason is not None or kind == "reduction":
             return False
         trial.add(member, context)
@@ -201,7 +226,7 @@ def _fold(grouping: Grouping, region: Region, other: Region) -> bool:
     trial = _trial_copy(region)
     for member in other.nodes:
         kind, _ = ops.classify(member)
-        reason, context = trial.why_not(member, kind, merging=True)
+        reason, context = _why_not(trial, member, kind, merging=True)
         if reason is not None:
             return False
         trial.add(member, context)

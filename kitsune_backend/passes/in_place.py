@@ -66,6 +66,9 @@ def _copies_into_input(node: fx.Node, value: fx.Node) -> bool:
 
 def _same_layout(target: fx.Node, value: fx.Node, region: Region) -> bool:
     a, b = target.meta.get("val"), value.meta.get("val")
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or any(
+            isinstance(d, torch.SymInt) for t in (a, b) for d in (*t.shape, *t.stride())):
+        return False  # symbolic sizes: not decided here (comparing them would guard)
     return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
             and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
             and a.numel() == region.numel)
