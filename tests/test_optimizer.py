@@ -78,6 +78,9 @@ def test_random_parameters_groups_and_missing_gradients(config, shapes, dtype, t
     """Random shapes and dtypes, one or two param groups with different learning rates, a
     parameter that never gets a gradient: the same parameters as torch.optim's."""
     kind, options = config
+    if dtype != torch.float32 and kind is not torch.optim.SGD:
+        # eps=1e-8 is 0 in half precision: torch.optim's own fp16 Adam then divides by zero
+        options = {**options, "eps": 1e-3}
     ours, theirs = _twins(shapes, dtype)
 
     def groups(params):
