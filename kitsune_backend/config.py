@@ -59,7 +59,8 @@ class Config:
     """How far the arena of a multi-stream plan may exceed the arena of the same graph on one
     stream, as a fraction (0.10: by 10% at most; 0: not at all; ``inf``: no limit). Where it
     would, the memory plan puts the side-stream branches that cost the most bytes per
-    microsecond of overlap back onto their predecessor's stream, until the arena fits."""
+    microsecond of overlap back onto their predecessor's stream, until the arena fits (with
+    ``memory_pool=False`` there is no arena, and nothing is weighed)."""
     cuda_graphs: bool = True
     """Capture the whole schedule into one CUDA graph and replay it."""
     memory_pool: bool = True

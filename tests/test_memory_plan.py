@@ -100,3 +100,11 @@ def test_one_stream_reports_its_own_arena_as_the_single_stream_arena():
     assert stats["bytes_single_stream"] == stats["bytes_planned"] == 2 * 1024
     assert stats["bytes_peak_planned"] == 2 * 1024 + 1024  # the returned sin
     assert "streams_wanted" not in stats
+
+
+def test_without_an_arena_the_budget_moves_nothing():
+    gm, inputs = trace(wide_heads, (64, 256), *[(256, 4096)] * 8)
+    ctx = context(inputs, memory_pool=False, stream_memory_budget=0.0)
+    result = planned(gm, ctx)
+    assert ctx.stream_plan.streams_used == 8
+    assert [d.reason for d in result.declines] == ["memory pool is off (memory_pool=False)"]
