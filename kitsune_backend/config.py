@@ -9,9 +9,9 @@ Where a setting comes from, lowest precedence first:
 
 Every source is validated the same way: an unknown name or a value of the wrong type is a
 :class:`KitsuneConfigError` (a ``ValueError``) that lists what is valid. Types are strict in
-code (``num_streams="4"`` and ``fusion="false"`` are errors); only environment variables,
-which are strings, are parsed. The environment is checked when the package is imported
-(:func:`check_environment`).
+code (``num_streams="4"`` and ``fusion="false"`` are errors; an int is accepted where a
+float is expected); only environment variables, which are strings, are parsed. The
+environment is checked when the package is imported (:func:`check_environment`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ class Config:
     """Run independent kernels concurrently on several CUDA streams."""
     num_streams: int = 8
     """Most streams one compiled graph may use (the caller's stream included)."""
+    stream_memory_budget: float = 0.10
+    """How far the arena of a multi-stream plan may exceed the arena of the same graph on one
+    stream, as a fraction (0.10: by 10% at most; 0: not at all; ``inf``: no limit). Where it
+    would, the memory plan puts the side-stream branches that cost the most bytes per
+    microsecond of overlap back onto their predecessor's stream, until the arena fits (with
+    ``memory_pool=False`` there is no arena, and nothing is weighed)."""
     cuda_graphs: bool = True
     """Capture the whole schedule into one CUDA graph and replay it."""
     memory_pool: bool = True
@@ -116,12 +122,13 @@ def _check_names(values: Mapping[str, Any], source: str) -> None:
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-_ARTICLE = {bool: "a", int: "an", str: "a"}
+_ARTICLE = {bool: "a", int: "an", float: "a", str: "a"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check one value against its field's type. Only the environment's strings are parsed
-    (``"0"``, ``"off"``, ``"8"``); in code a value must already have the field's type."""
+    (``"0"``, ``"off"``, ``"8"``, ``"0.25"``); in code a value must already have the field's
+    type (an int will do for a float)."""
     kind = type(FIELDS[name].default)
     parse = source == "environment" and isinstance(value, str)
     if kind is bool:
@@ -134,6 +141,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return value
         if parse and value.strip().lstrip("-").isdigit():
             return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if parse:
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif kind is str:
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)
@@ -153,6 +168,12 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
         raise KitsuneConfigError(
             "kitsune option 'compile_workers' must be 0 (compile in this process) or more, "
             f"got {coerced['compile_workers']}"
+        )
+    budget = coerced.get("stream_memory_budget", 0.0)
+    if not budget >= 0.0:  # NaN fails this test too
+        raise KitsuneConfigError(
+            "kitsune option 'stream_memory_budget' must be a fraction >= 0 (0.1: the arena "
+            f"may grow 10% over one stream's; inf: no limit), got {budget}"
         )
     if coerced.get("matmul_kernels", "auto") not in MATMUL_KERNELS:
         raise KitsuneConfigError(

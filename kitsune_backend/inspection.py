@@ -95,6 +95,7 @@ def _explain_record(record: CompileRecord) -> list[str]:
     lines = [f"  {summary}"]
     if fallback:
         lines.append(f"    {fallback}")
+    lines.extend(_memory_lines(record.stats))
     phase = ""
     for p in record.passes:
         if p.phase != phase:
@@ -107,6 +108,30 @@ def _explain_record(record: CompileRecord) -> list[str]:
         lines.append(f"      {where:<26} {p.seconds * 1e3:8.2f} ms  {changed}  {notes}".rstrip())
     lines.extend(_grouped_declines(record))
     return lines
+
+
+def byte_size(n: int) -> str:
+    """``n`` bytes in the largest binary unit it reaches (``"1.5 MiB"``, ``"512 B"``)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _memory_lines(stats: dict) -> list[str]:
+    """The memory plan of one graph: its arena, the arena of the same graph on one stream,
+    the peak planned (arena, outputs and own-storage intermediates), and streams given up
+    to the memory budget. Nothing when no arena was planned."""
+    if "bytes_peak_planned" not in stats:
+        return []
+    line = (f"    memory: arena {byte_size(stats['bytes_planned'])} (single-stream arena "
+            f"{byte_size(stats['bytes_single_stream'])}), peak planned "
+            f"{byte_size(stats['bytes_peak_planned'])} with outputs")
+    if stats.get("branches_kept_back"):
+        line += (f"; {stats['streams_wanted']} streams wanted, {stats['streams_used']} used "
+                 f"within the memory budget (arena on {stats['streams_wanted']}: "
+                 f"{byte_size(stats['bytes_streams_unbudgeted'])})")
+    return [line]
 
 
 def _grouped_declines(record: CompileRecord, shown_nodes: int = 4) -> list[str]:

@@ -165,7 +165,8 @@ class PassContext:
     Set by stages (``None`` until the stage that sets it has run; the pipeline lists which
     stage requires and which ensures each one, and checks it in debug mode):
     ``regions`` (fusion: region name -> the node names it fused), ``lone_ops`` (fusion: ops
-    left alone, which matmul_bias may take), ``stream_plan`` (streams), ``memory_plan``
+    left alone, which matmul_bias may take), ``stream_plan`` (streams; memory_plan replaces
+    it when it moves branches back to fit the memory budget), ``memory_plan``
     (memory_plan), ``kernels`` (kernels: a :class:`KernelRecord` per generated kernel),
     ``runner`` (the runtime stages: the callable being built, finally the compiled graph).
     """

@@ -92,12 +92,15 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("post_fusion", "graph",
           "user passes see fused kernels as single nodes, before they are scheduled"),
     Stage("streams", "graph",
-          "after fusion and plugins: the kernel DAG is final, so chains and events are final",
+          "after fusion and plugins: the kernel DAG is final, so chains and events are final "
+          "(memory_plan may yet put branches back onto one stream, within the memory budget)",
           assign_streams, ensures=("stream_plan",), annotates=True),
     Stage("memory_plan", "graph",
           "last graph pass: whether two buffers may share memory depends on the stream/event "
-          "order",
-          plan_memory, requires=("stream_plan",), ensures=("memory_plan",), annotates=True),
+          "order (and where that order would grow the arena past the memory budget, it "
+          "moves side-stream branches back first)",
+          plan_memory, requires=("stream_plan",), ensures=("memory_plan", "stream_plan"),
+          annotates=True),
     Stage("kernels", "lowering",
           "after every graph decision: each kernel plan's layouts and neighbours are final",
           generate_kernels, ensures=("kernels",)),

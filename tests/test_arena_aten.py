@@ -65,14 +65,14 @@ def three_matmuls(x, w):
     return ((x @ w) @ w) @ w  # two intermediates, each read by the next matmul
 
 
-def all_at_zero(buffers, clash, alignment=arena_algo.ALIGNMENT):
+def all_at_zero(buffers, plan, alignment=arena_algo.ALIGNMENT, shared=None):
     """A deliberately bad plan: every buffer at offset 0, clashing or not."""
     sizes = [arena_algo.align(max(b.size, 1), alignment) for b in buffers]
     return {b.name: 0 for b in buffers}, max(sizes, default=0)
 
 
 def test_bad_plan_is_caught_before_an_op_writes_over_its_own_input(monkeypatch):
-    monkeypatch.setattr(arena_algo, "assign_offsets", all_at_zero)
+    monkeypatch.setattr(arena_algo, "plan_arena", all_at_zero)
     compiled = torch.compile(three_matmuls, backend="kitsune")
     x, w = torch.randn(8, 16), torch.randn(16, 16)
     assert_close(compiled(x, w), three_matmuls(x, w))
@@ -93,7 +93,7 @@ def test_without_the_overlap_check_the_bad_plan_gives_wrong_results(monkeypatch)
     over the matmul result it reads. ATen's cat refuses such an ``out=`` (a RuntimeError);
     a matmul may instead give wrong numbers or, in recent CPU builds, copy on its own, so
     the case is a cat."""
-    monkeypatch.setattr(arena_algo, "assign_offsets", all_at_zero)
+    monkeypatch.setattr(arena_algo, "plan_arena", all_at_zero)
     monkeypatch.setattr(arena_binding, "_overlaps", lambda ranges: False)
     compiled = torch.compile(matmul_then_cat, backend="kitsune")
     x, w = torch.randn(8, 16), torch.randn(16, 16)

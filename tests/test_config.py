@@ -145,3 +145,39 @@ def test_a_misspelt_environment_variable_fails_the_import():
     assert run.returncode != 0
     assert "KitsuneConfigError: unknown environment variable KITSUNE_FUSOIN" in run.stderr
     assert "KITSUNE_FUSION" in run.stderr
+
+
+def test_float_option_takes_floats_and_ints_in_code_and_parses_the_environment(monkeypatch):
+    assert Config().stream_memory_budget == 0.10
+    cfg = resolve(options={"stream_memory_budget": 1})
+    assert cfg.stream_memory_budget == 1.0 and type(cfg.stream_memory_budget) is float
+    assert Config().replace(stream_memory_budget=0.25).stream_memory_budget == 0.25
+    assert resolve(options={"stream_memory_budget": float("inf")}).stream_memory_budget > 1e300
+    for text, value in (("0.25", 0.25), (" 2 ", 2.0), ("1e-1", 0.1), ("inf", float("inf"))):
+        monkeypatch.setenv("KITSUNE_STREAM_MEMORY_BUDGET", text)
+        assert resolve().stream_memory_budget == value
+
+
+@pytest.mark.parametrize("value", ["0.1", True, None, [0.1]])
+def test_float_option_is_strict_in_code(value):
+    with pytest.raises(KitsuneConfigError, match="'stream_memory_budget' must be a float"):
+        resolve(options={"stream_memory_budget": value})
+    with pytest.raises(KitsuneConfigError, match="'stream_memory_budget' must be a float"):
+        with config.patch(stream_memory_budget=value):
+            pass
+
+
+@pytest.mark.parametrize("text", ["ten percent", "0.1.2", "", "true"])
+def test_float_option_rejects_bad_environment_text(monkeypatch, text):
+    monkeypatch.setenv("KITSUNE_STREAM_MEMORY_BUDGET", text)
+    with pytest.raises(KitsuneConfigError, match="'stream_memory_budget' must be a float"):
+        resolve()
+
+
+@pytest.mark.parametrize("value", [-0.01, -1, float("nan")])
+def test_float_option_range_is_checked(monkeypatch, value):
+    with pytest.raises(KitsuneConfigError, match="'stream_memory_budget' must be a fraction >= 0"):
+        resolve(options={"stream_memory_budget": value})
+    monkeypatch.setenv("KITSUNE_STREAM_MEMORY_BUDGET", str(value))
+    with pytest.raises(KitsuneConfigError, match="must be a fraction >= 0"):
+        resolve()

@@ -175,3 +175,29 @@ def test_svg_without_graphviz_is_a_clear_error(trained, monkeypatch, tmp_path):
 def test_unknown_stage_lists_the_stages(trained):
     with pytest.raises(KeyError, match="memory_plan"):
         inspection.graph_dot(trained.forward, "no_such_pass")
+
+
+def test_explain_shows_each_graphs_memory_plan(trained):
+    text = kitsune_backend.explain()
+    for record in trained.records:
+        stats = record.stats
+        assert stats["bytes_single_stream"] == stats["bytes_planned"] > 0  # CPU: one stream
+        assert stats["bytes_peak_planned"] > stats["bytes_planned"]
+        size = inspection.byte_size
+        line = (f"memory: arena {size(stats['bytes_planned'])} (single-stream arena "
+                f"{size(stats['bytes_single_stream'])}), peak planned "
+                f"{size(stats['bytes_peak_planned'])} with outputs")
+        assert line in kitsune_backend.explain(record) and line in text
+    assert "streams wanted" not in text
+    assert [inspection.byte_size(n) for n in (512, 1536, 3 << 20, 5 << 30)] == [
+        "512 B", "1.5 KiB", "3.0 MiB", "5.0 GiB"]
+
+
+def test_explain_says_which_streams_the_memory_budget_took():
+    stats = {"bytes_planned": 2 << 20, "bytes_single_stream": 2 << 20,
+             "bytes_peak_planned": 3 << 20, "branches_kept_back": 7, "streams_wanted": 8,
+             "streams_used": 1, "bytes_streams_unbudgeted": 16 << 20}
+    [line] = inspection._memory_lines(stats)
+    assert line.endswith("8 streams wanted, 1 used within the memory budget (arena on 8: "
+                         "16.0 MiB)")
+    assert inspection._memory_lines({"bytes_planned": 0}) == []

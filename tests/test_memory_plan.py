@@ -27,9 +27,10 @@ def test_chain_reuses_dead_buffers_and_never_plans_inputs_or_outputs():
 
 def test_multi_stream_plan_respects_happens_before():
     gm, inputs = branchy_graph()
-    ctx = context(inputs, num_streams=4)
+    ctx = context(inputs, num_streams=4, stream_memory_budget=float("inf"))
     result = planned(gm, ctx)
     plan = ctx.stream_plan
+    assert plan.streams_used == 4 and result.declines == []
     reach = nx.transitive_closure_dag(order_graph(plan))
     mem = ctx.memory_plan
     assert arena.check_plan(mem.buffers, mem.offsets, lambda a, b: reach.has_edge(a, b)) == []
@@ -55,3 +56,55 @@ def test_declines():
     result = planned(gm, context(inputs, memory_pool=False))
     assert "memory_pool=False" in result.declines[0].reason
     assert not any("kitsune_offset" in n.meta for n in gm.graph.nodes)
+
+
+def wide_heads(x, *ws):
+    """Independent heads, each with two 1 MiB intermediates, reduced to one column each."""
+    return torch.cat([torch.relu(x @ w).exp().sum(1, keepdim=True) for w in ws], 1)
+
+
+def test_wide_heads_get_fewer_streams_within_the_budget_and_say_why():
+    results = {}
+    for budget in (0.1, 1.0, float("inf")):
+        gm, inputs = trace(wide_heads, (64, 256), *[(256, 4096)] * 8)
+        ctx = context(inputs, stream_memory_budget=budget)
+        results[budget] = (planned(gm, ctx), ctx)
+    free, _ = results[float("inf")]
+    single = free.stats["bytes_single_stream"]
+    assert free.stats["streams_used"] == 8 and free.stats["bytes_planned"] > 4 * single
+    for budget in (0.1, 1.0):
+        result, ctx = results[budget]
+        stats = result.stats
+        assert stats["streams_wanted"] == 8 > stats["streams_used"] == ctx.stream_plan.streams_used
+        assert stats["bytes_single_stream"] == single
+        assert stats["bytes_streams_unbudgeted"] == free.stats["bytes_planned"]
+        assert stats["bytes_planned"] <= (1 + budget) * single
+        assert stats["bytes_peak_planned"] > stats["bytes_planned"]  # plus the output
+        kept = [d for d in result.declines if d.reason.startswith("kept on stream")]
+        assert len(kept) == stats["branches_kept_back"] == 8 - stats["streams_used"]
+        assert all("past the memory budget" in d.reason and "us of overlap" in d.reason
+                   for d in kept)
+        assert {d.node for d in kept} <= {n.name for n in ctx.stream_plan.order}
+        plan = ctx.stream_plan
+        assert all(n.meta["kitsune_stream"] == plan.stream[n] and n.meta["kitsune_wait"]
+                   == [u.name for u in plan.waits[n]] for n in plan.order)
+        reach = nx.transitive_closure_dag(order_graph(plan))
+        mem = ctx.memory_plan
+        assert arena.check_plan(mem.buffers, mem.offsets, lambda a, b: reach.has_edge(a, b)) == []
+    assert results[0.1][0].stats["streams_used"] < results[1.0][0].stats["streams_used"]
+
+
+def test_one_stream_reports_its_own_arena_as_the_single_stream_arena():
+    gm, inputs = trace(lambda x: torch.relu(x).exp().neg().sin(), (16, 16))
+    stats = planned(gm, context(inputs)).stats
+    assert stats["bytes_single_stream"] == stats["bytes_planned"] == 2 * 1024
+    assert stats["bytes_peak_planned"] == 2 * 1024 + 1024  # the returned sin
+    assert "streams_wanted" not in stats
+
+
+def test_without_an_arena_the_budget_moves_nothing():
+    gm, inputs = trace(wide_heads, (64, 256), *[(256, 4096)] * 8)
+    ctx = context(inputs, memory_pool=False, stream_memory_budget=0.0)
+    result = planned(gm, ctx)
+    assert ctx.stream_plan.streams_used == 8
+    assert [d.reason for d in result.declines] == ["memory pool is off (memory_pool=False)"]

@@ -36,6 +36,7 @@ def test_overlapping_ranges_have_ordered_lifetimes(case):
     clash = arena.conflicts(buffers, plan.happens_before)
     assert clash == arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
     offsets, size = arena.assign_offsets(buffers, clash)
+    assert arena.plan_arena(buffers, plan) == (offsets, size)
     assert arena.check_plan(buffers, offsets, reachable(plan)) == []
     assert all(offsets[b.name] % arena.ALIGNMENT == 0 for b in buffers)
     assert size <= sum(arena.align(b.size) for b in buffers)

@@ -11,9 +11,10 @@ streams, a "later" kernel may run while an "earlier" one still reads.
 
 from __future__ import annotations
 
+import bisect
 from typing import Callable, Hashable, Mapping, Sequence
 
-from ..ir import Buffer
+from ..ir import Buffer, StreamPlan
 
 ALIGNMENT = 256
 
@@ -42,37 +43,127 @@ def conflicts(
     return found
 
 
+def shared_work(buffers: Sequence[Buffer]) -> tuple[list[int], list[int]]:
+    """Two bit masks per buffer ``i`` (bit ``j``: buffer ``j``): the buffers whose producer
+    produces or uses ``i``, and the buffers that ``i``'s producer produces or uses. Such
+    pairs are never ordered, whatever the schedule: one node's work is in both."""
+    produces: dict[Hashable, int] = {}
+    touches: dict[Hashable, int] = {}
+    for i, b in enumerate(buffers):
+        produces[b.producer] = produces.get(b.producer, 0) | 1 << i
+        for x in {b.producer, *b.users}:
+            touches[x] = touches.get(x, 0) | 1 << i
+    rows = []
+    for b in buffers:
+        mask = 0
+        for x in {b.producer, *b.users}:
+            mask |= produces.get(x, 0)
+        rows.append(mask)
+    return rows, [touches[b.producer] for b in buffers]
+
+
+def _at_least(values: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The values sorted, and ``masks[k]``: the indices of the values >= ``sorted[k]``
+    (``masks[len]`` = 0); look up with ``bisect_left``."""
+    ranked = sorted(range(len(values)), key=values.__getitem__)
+    masks = [0] * (len(values) + 1)
+    for k in range(len(values) - 1, -1, -1):
+        masks[k] = masks[k + 1] | 1 << ranked[k]
+    return [values[i] for i in ranked], masks
+
+
+def _at_most(values: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The values sorted, and ``masks[k]``: the indices of the ``k`` smallest values; look
+    up with ``bisect_right``."""
+    ranked = sorted(range(len(values)), key=values.__getitem__)
+    masks = [0] * (len(values) + 1)
+    for k, i in enumerate(ranked):
+        masks[k + 1] = masks[k] | 1 << i
+    return [values[i] for i in ranked], masks
+
+
+def clash_masks(
+    buffers: Sequence[Buffer],
+    stream: Mapping[Hashable, int],
+    position: Mapping[Hashable, int],
+    clock: Mapping[Hashable, Sequence[int]],
+    shared: tuple[list[int], list[int]] | None = None,
+) -> list[int]:
+    """Per buffer, a bit mask of the buffers whose lifetimes a vector-clock happens-before
+    (``x`` before ``y`` when ``clock[y][stream[x]] >= position[x]``) does not order with it.
+    Buffer ``a`` is before ``b`` when the clock of ``b``'s producer covers the last position
+    of ``a``'s work on every stream: per stream, the buffers past a threshold are one mask
+    of sorted values. ``shared`` is :func:`shared_work` of ``buffers``, if the caller has it."""
+    width = len(next(iter(clock.values()), ()))
+    need = [[0] * width for _ in buffers]
+    for i, b in enumerate(buffers):
+        for x in (b.producer, *b.users):
+            need[i][stream[x]] = max(need[i][stream[x]], position[x])
+    produced = [clock[b.producer] for b in buffers]
+    rows, columns = shared_work(buffers) if shared is None else shared
+    everyone = (1 << len(buffers)) - 1
+    before = [everyone & ~r for r in rows]  # before[i]: the buffers that may follow i
+    after = [everyone & ~c for c in columns]  # after[i]: the buffers that i may follow
+    for t in range(width):
+        done, done_masks = _at_least([p[t] for p in produced])
+        needed, needed_masks = _at_most([n[t] for n in need])
+        for i in range(len(buffers)):
+            before[i] &= done_masks[bisect.bisect_left(done, need[i][t])]
+            after[i] &= needed_masks[bisect.bisect_right(needed, produced[i][t])]
+    return [everyone & ~(before[i] | after[i] | 1 << i) for i in range(len(buffers))]
+
+
+def bits(mask: int) -> list[int]:
+    """The indices of the set bits of ``mask``, lowest first."""
+    found = []
+    while mask:
+        low = mask & -mask
+        found.append(low.bit_length() - 1)
+        mask ^= low
+    return found
+
+
 def conflicts_from_clocks(
     buffers: Sequence[Buffer],
     stream: Mapping[Hashable, int],
     position: Mapping[Hashable, int],
     clock: Mapping[Hashable, Sequence[int]],
 ) -> dict[Hashable, set[Hashable]]:
-    """Same answer as :func:`conflicts` for a vector-clock happens-before (``x`` before ``y``
-    when ``clock[y][stream[x]] >= position[x]``), in O(buffers^2 x streams)."""
-    width = len(next(iter(clock.values()), ()))
-    reach = []
-    for b in buffers:
-        need = [0] * width
-        for x in (b.producer, *b.users):
-            need[stream[x]] = max(need[stream[x]], position[x])
-        reach.append((need, {b.producer, *b.users}))
+    """Same answer as :func:`conflicts` for a vector-clock happens-before
+    (:func:`clash_masks` as sets of names)."""
+    masks = clash_masks(buffers, stream, position, clock)
+    return {b.name: {buffers[j].name for j in bits(m)} for b, m in zip(buffers, masks)}
 
-    def before(i: int, j: int) -> bool:
-        need, nodes = reach[i]
-        producer = buffers[j].producer
-        if producer in nodes:
-            return False
-        known = clock[producer]
-        return all(n <= k for n, k in zip(need, known))
 
-    found: dict[Hashable, set[Hashable]] = {b.name: set() for b in buffers}
-    for i, a in enumerate(buffers):
-        for j in range(i + 1, len(buffers)):
-            if not (before(i, j) or before(j, i)):
-                found[a.name].add(buffers[j].name)
-                found[buffers[j].name].add(a.name)
-    return found
+def _first_fit(
+    buffers: Sequence[Buffer], clash: Sequence[int], alignment: int
+) -> tuple[dict[Hashable, int], int]:
+    """Greedy by size: each buffer, largest first, takes the lowest aligned gap that none of
+    the buffers in its ``clash`` mask already placed occupies. The byte ranges taken are
+    read from the clashing buffers one by one, or from the distinct ranges placed so far
+    (each with a mask of its buffers), whichever is fewer."""
+    offsets: dict[Hashable, int] = {}
+    sizes = [align(max(b.size, 1), alignment) for b in buffers]
+    placed: dict[int, int] = {}
+    spans: dict[tuple[int, int], int] = {}  # (start, end) -> the buffers placed there
+    placed_mask = arena = 0
+    for i in sorted(range(len(buffers)), key=lambda i: (-sizes[i], str(buffers[i].name))):
+        mine = clash[i] & placed_mask
+        if mine.bit_count() < len(spans):
+            taken = sorted({(placed[o], placed[o] + sizes[o]) for o in bits(mine)})
+        else:
+            taken = sorted(span for span, there in spans.items() if there & mine)
+        offset = 0
+        for start, end in taken:
+            if start - offset >= sizes[i]:
+                break
+            offset = max(offset, end)
+        placed[i] = offsets[buffers[i].name] = offset
+        span = (offset, offset + sizes[i])
+        spans[span] = spans.get(span, 0) | 1 << i
+        placed_mask |= 1 << i
+        arena = max(arena, offset + sizes[i])
+    return offsets, arena
 
 
 def assign_offsets(
@@ -82,21 +173,24 @@ def assign_offsets(
 ) -> tuple[dict[Hashable, int], int]:
     """Greedy by size: each buffer, largest first, takes the lowest aligned gap that no
     clashing buffer already placed occupies. Returns (offsets, arena size)."""
-    offsets: dict[Hashable, int] = {}
-    sizes = {b.name: align(max(b.size, 1), alignment) for b in buffers}
-    arena = 0
-    for b in sorted(buffers, key=lambda b: (-sizes[b.name], str(b.name))):
-        taken = sorted(
-            (offsets[o], offsets[o] + sizes[o]) for o in clash.get(b.name, ()) if o in offsets
-        )
-        offset = 0
-        for start, end in taken:
-            if start - offset >= sizes[b.name]:
-                break
-            offset = max(offset, end)
-        offsets[b.name] = offset
-        arena = max(arena, offset + sizes[b.name])
-    return offsets, arena
+    index = {b.name: i for i, b in enumerate(buffers)}
+    masks = [sum(1 << index[o] for o in clash.get(b.name, ())) for b in buffers]
+    return _first_fit(buffers, masks, alignment)
+
+
+def plan_arena(
+    buffers: Sequence[Buffer],
+    plan: StreamPlan,
+    alignment: int = ALIGNMENT,
+    shared: tuple[list[int], list[int]] | None = None,
+) -> tuple[dict[Hashable, int], int]:
+    """:func:`assign_offsets` for ``buffers`` under the happens-before of ``plan``
+    (``shared``: :func:`shared_work` of ``buffers``, if the caller has it). Returns
+    (offsets, arena size)."""
+    if not buffers:
+        return {}, 0
+    masks = clash_masks(buffers, plan.stream, plan.position, plan.clock, shared)
+    return _first_fit(buffers, masks, alignment)
 
 
 def eager_peak(buffers: Sequence[Buffer], order: Sequence[Hashable]) -> int:

@@ -2,7 +2,10 @@
 
 The offsets come from :mod:`kitsune_backend.passes.arena_planning` (plain data, testable alone); the
 order that decides which buffers may share bytes is the stream plan's happens-before, which
-this pass reads from ``ctx.stream_plan``.
+this pass reads from ``ctx.stream_plan``. Where that plan's arena would exceed the arena of
+the same graph on one stream by more than ``stream_memory_budget``, this pass first moves
+side-stream branches back (:mod:`kitsune_backend.passes.stream_memory`) and writes the
+plan that fits on the nodes and into ``ctx.stream_plan``.
 
 Buffers are found by storage: every tensor a node produces whose storage no placeholder, no
 constant and no graph output holds is an intermediate; views and ``getitem`` share their
@@ -25,9 +28,10 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import has_symbolic_shapes, is_view, iter_tensors, storage_dependent_args
-from . import arena_planning as arena
+from . import arena_planning as arena, stream_memory
 from ..ir import META_OFFSET, Buffer, Decline, MemoryPlan, PassContext, PassResult
-from .streams import is_scheduled
+from .stream_cost import node_cost_us
+from .streams import annotate, is_scheduled, kernel_dag
 
 
 def _raw_storages(value: Any) -> list[tuple[int, int]]:
@@ -98,6 +102,7 @@ class _Scan:
     """What one walk over the graph found, per buffer key (see :class:`Storages`)."""
 
     outside: set[int] = dataclasses.field(default_factory=set)
+    inputs: set[int] = dataclasses.field(default_factory=set)
     producer: dict[int, fx.Node] = dataclasses.field(default_factory=dict)
     size: dict[int, int] = dataclasses.field(default_factory=dict)
     users: dict[int, list[fx.Node]] = dataclasses.field(default_factory=dict)
@@ -106,12 +111,14 @@ class _Scan:
 
 def _scan(gm: fx.GraphModule, storages: Storages) -> _Scan:
     """Every storage's producer, size, readers and name; the storages of inputs, constants
-    and outputs (``outside``: never in the arena)."""
+    and outputs (``outside``: never in the arena), and of inputs and constants alone
+    (``inputs``)."""
     found = _Scan()
     for node in gm.graph.nodes:
         value = node.meta.get("val")
         if node.op in ("placeholder", "get_attr"):
-            found.outside |= {key for key, _ in storages.of(value)}
+            found.inputs |= {key for key, _ in storages.of(value)}
+            found.outside |= found.inputs
         elif node.op == "output":
             for arg in node.all_input_nodes:
                 found.outside |= {key for key, _ in storages.of(arg.meta.get("val"))}
@@ -132,16 +139,19 @@ def _scan(gm: fx.GraphModule, storages: Storages) -> _Scan:
     return found
 
 
-def find_buffers(gm: fx.GraphModule) -> tuple[list[Buffer], list[Decline]]:
+def find_buffers(gm: fx.GraphModule) -> tuple[list[Buffer], list[Decline], int]:
     """The intermediates of ``gm`` (see the module docstring), each named after the node
     that holds it alone: its producer, or the ``getitem`` that takes it out of a tuple;
-    and one decline per intermediate kept off the arena because an op depends on its storage."""
+    one decline per intermediate kept off the arena because an op depends on its storage;
+    and the bytes that the graph's nodes allocate outside the arena (those intermediates,
+    and the outputs that are not inputs or constants)."""
     storages = Storages(gm)
     addressed = storages_addressed(gm, storages)
     scan = _scan(gm, storages)
-    buffers, declines = [], []
+    buffers, declines, outside_bytes = [], [], 0
     for index, (key, producer) in enumerate(scan.producer.items()):
         if key in scan.outside or scan.size[key] <= 0:
+            outside_bytes += scan.size[key] if key not in scan.inputs else 0
             continue
         buffer_name = scan.name.get(key, f"{producer.name}.{index}")
         if key in addressed:
@@ -150,10 +160,44 @@ def find_buffers(gm: fx.GraphModule) -> tuple[list[Buffer], list[Decline]]:
                 f"{buffer_name} keeps a storage of its own, not the arena: {addressed[key].name}"
                 f" ({getattr(op, '__name__', op)}) depends on its storage, not only its elements"),
                 buffer_name))
+            outside_bytes += scan.size[key]
             continue
         users = tuple(u for u in dict.fromkeys(scan.users.get(key, [])) if u is not producer)
         buffers.append(Buffer(buffer_name, scan.size[key], producer, users))
-    return buffers, declines
+    return buffers, declines, outside_bytes
+
+
+def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer]) -> PassResult:
+    """Bring the stream plan within the memory budget (config ``stream_memory_budget``,
+    method in :mod:`~kitsune_backend.passes.stream_memory`): side-stream branches that cost
+    the most bytes per microsecond of overlap go back onto their predecessor's stream, on
+    the nodes and in ``ctx.stream_plan``; one decline per branch moved."""
+    plan = ctx.stream_plan
+    dag, _ = kernel_dag(gm)
+    cost = {n: node_cost_us(n) for n in plan.order}
+    budget = ctx.config.stream_memory_budget
+    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget)
+    if fit.moves:
+        annotate(gm, fit.plan)
+        ctx.stream_plan = fit.plan
+    declines = [Decline("memory_plan", (
+        f"kept on stream {fit.plan.stream[m.nodes[0]]}: a side stream would keep its "
+        f"{m.held_bytes} B of buffers live beside other work, past the memory budget (arena "
+        f"{fit.before_bytes} B > {int(fit.limit_bytes)} B), for {m.overlap_us:.1f} us of "
+        "overlap"), m.nodes[0].name) for m in fit.moves]
+    stats = {
+        "streams_wanted": plan.streams_used,
+        "streams_used": fit.plan.streams_used,
+        "events": fit.plan.events,
+        "join_events": len(fit.plan.joins),
+        "branches_kept_back": len(fit.moves),
+        "bytes_single_stream": fit.single_bytes,
+        "bytes_streams_unbudgeted": fit.before_bytes,
+    }
+    notes = [f"memory budget {budget:.0%} over one stream's arena ({fit.single_bytes} B): "
+             f"{plan.streams_used} -> {fit.plan.streams_used} stream(s), arena "
+             f"{fit.before_bytes} -> {fit.after_bytes} B"] if fit.moves else []
+    return PassResult(stats=stats, notes=notes, declines=declines)
 
 
 def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -169,6 +213,9 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     After (meta ``kitsune_offset``; ``c`` is an output, so it is not in the arena)::
 
         a: 0; b: 4096   # b is written while a is read, so they cannot share
+
+    With several streams, branches whose buffers would push the arena past the memory
+    budget are first moved back onto their predecessor's stream (see :func:`_fit_budget`).
     """
     ctx.memory_plan = MemoryPlan(buffers=[], offsets={}, arena_bytes=0)  # until planned
     if not ctx.config.memory_pool:
@@ -176,10 +223,9 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         return PassResult(declines=[off])
     if has_symbolic_shapes(gm):
         return PassResult(declines=[Decline("memory_plan", "symbolic shapes: sizes unknown")])
-    buffers, declines = find_buffers(gm)
-    plan = ctx.stream_plan
-    clash = arena.conflicts_from_clocks(buffers, plan.stream, plan.position, plan.clock)
-    offsets, arena_bytes = arena.assign_offsets(buffers, clash)
+    buffers, declines, outside_bytes = find_buffers(gm)
+    fitted = _fit_budget(gm, ctx, buffers) if ctx.stream_plan.streams_used > 1 else PassResult()
+    offsets, arena_bytes = arena.plan_arena(buffers, ctx.stream_plan)
     by_name = {n.name: n for n in gm.graph.nodes}
     for node in gm.graph.nodes:
         node.meta.pop(META_OFFSET, None)
@@ -190,9 +236,13 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     total = sum(b.size for b in buffers)
     stats = {
         "bytes_planned": arena_bytes,
+        "bytes_single_stream": arena_bytes,
+        "bytes_peak_planned": arena_bytes + outside_bytes,
         "bytes_intermediates": total,
-        "bytes_eager_peak": arena.eager_peak(buffers, plan.order),
+        "bytes_eager_peak": arena.eager_peak(buffers, ctx.stream_plan.order),
         "buffers_planned": len(buffers),
+        **fitted.stats,
     }
-    notes = [f"{len(buffers)} intermediate(s): arena {arena_bytes} B for {total} B in total"]
-    return PassResult(stats=stats, notes=notes, declines=declines)
+    notes = [f"{len(buffers)} intermediate(s): arena {arena_bytes} B for {total} B in total",
+             *fitted.notes]
+    return PassResult(stats=stats, notes=notes, declines=declines + fitted.declines)

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from ..graph_utils import alias_base, has_symbolic_shapes, is_mutating, is_view, launches_kernel
-from ..ir import META_STREAM, META_WAIT, Decline, PassContext, PassResult
+from ..ir import META_STREAM, META_WAIT, Decline, PassContext, PassResult, StreamPlan
 from . import stream_planning
 from .stream_cost import EVENT_US, LAUNCH_US, node_cost_us
 
@@ -64,6 +64,17 @@ def kernel_dag(gm: fx.GraphModule) -> tuple[nx.DiGraph, list[fx.Node]]:
         for base in bases:
             readers.setdefault(base, []).append(node)
     return dag, order
+
+
+def annotate(gm: fx.GraphModule, plan: StreamPlan) -> None:
+    """Write ``plan`` on the nodes: each scheduled node's stream and the producers it waits
+    for (meta ``kitsune_stream`` / ``kitsune_wait``); no other node keeps either."""
+    for node in gm.graph.nodes:
+        node.meta.pop(META_STREAM, None)
+        node.meta.pop(META_WAIT, None)
+    for node in plan.order:
+        node.meta[META_STREAM] = plan.stream[node]
+        node.meta[META_WAIT] = [u.name for u in plan.waits[node]]
 
 
 def _decline_reason(ctx: PassContext, symbolic: bool) -> str:
@@ -117,12 +128,7 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             )
         else:
             plan = multi
-    for node in gm.graph.nodes:
-        node.meta.pop(META_STREAM, None)
-        node.meta.pop(META_WAIT, None)
-    for node in order:
-        node.meta[META_STREAM] = plan.stream[node]
-        node.meta[META_WAIT] = [u.name for u in plan.waits[node]]
+    annotate(gm, plan)
     ctx.stream_plan = plan
     stats.update(
         streams_used=plan.streams_used,
