@@ -27,6 +27,7 @@
 #   results_<phase>_<date>.json       every number of the benchmark, with GPU/torch/triton/date
 #   trace_branchy_kitsune.json        (count) Chrome trace of one kitsune branchy iteration
 #   compile_time_<date>.json          (count) ResNet-18 first-step compile time, cold and warm
+# TESTS_WORKERS=N runs the GPU tests over N pytest-xdist processes (one GPU, shared).
 # Time limits (seconds, override through the environment): TESTS_TIMEOUT=240 for pytest (540 with
 # PHASE=tests; 0 skips the tests),
 # BENCH_BUDGET=300 after which no new benchmark row starts, BENCH_TIMEOUT=370 hard stop,
@@ -89,10 +90,13 @@ PY
     stamp "done"
     exit 0
   fi
+  if [ -n "${TESTS_WORKERS:-}" ] && ! python3 -c "import xdist" 2>/dev/null; then
+    echo "pytest-xdist is not installed: TESTS_WORKERS ignored"; TESTS_WORKERS=""
+  fi
   if [ "$PHASE" != count ] && [ "$TESTS_LIMIT" != "0" ]; then
     stamp "GPU tests (KITSUNE_TEST_GPU=1 pytest -m gpu)"
     KITSUNE_TEST_GPU=1 timeout "$TESTS_LIMIT" python3 -m pytest -m gpu -q -p no:cacheprovider \
-      --ignore=tests/test_opinfo_fused.py > "$OUT/gpu_tests.log" 2>&1
+      ${TESTS_WORKERS:+-n "$TESTS_WORKERS"} --ignore=tests/test_opinfo_fused.py > "$OUT/gpu_tests.log" 2>&1
     echo "pytest exit code: $? (full output in gpu_tests.log)"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -20
   fi

@@ -270,8 +270,13 @@ def test_a_corrupt_triton_binary_cache_falls_back_with_the_reason(tmp_path, monk
     torch.compile(lambda t: torch.sigmoid(t) * 2 + 1, backend="kitsune", options=options)(x)
     for root, _, files in os.walk(cache.triton_dir(str(tmp_path))):
         for name in files:
-            with open(os.path.join(root, name), "wb") as f:
+            # a new file put in its place, as another process would: writing into the
+            # file itself would change the pages of a library this process has loaded
+            # (a bus error when it touches them)
+            path = os.path.join(root, name)
+            with open(path + ".new", "wb") as f:
                 f.write(os.urandom(64))
+            os.replace(path + ".new", path)
     monkeypatch.setattr(PROCESS, "kernel_cache", cache.KernelCache())  # a new process
     torch._dynamo.reset()
     out = torch.compile(lambda t: torch.sigmoid(t) * 2 + 1, backend="kitsune", options=options)(x)
