@@ -39,8 +39,8 @@ class Backend:
     documentation of Inductor's ``mode="reduce-overhead"`` asks: each call is a new step,
     and the last step's outputs may be overwritten."""
     update: str = "eager"
-    """How a training row's Adam update runs: ``"eager"`` (torch.optim), ``"compiled"``
-    (``torch.compile(optimizer.step)``, Inductor) or ``"kitsune"`` (KitsuneOptimizer)."""
+    """How a training row's Adam update runs (:class:`~benchmarks.measure.TrainStep`):
+    ``"eager"``, ``"compiled"``, ``"kitsune"``, ``"step"`` or ``"captured"``."""
     train_only: bool = False
     """A training arrangement: skipped on inference workloads."""
 
@@ -98,6 +98,12 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("kitsune", "kitsune, all features on", {"backend": "kitsune"}),
     Backend("kitsune-optim", "kitsune, plus KitsuneOptimizer (the update as kitsune kernels)",
             {"backend": "kitsune"}, update="kitsune", train_only=True),
+    Backend("kitsune-step", "kitsune, KitsuneOptimizer, the whole step under "
+            "kitsune_backend.compile_step (one CUDA graph per step)",
+            {"backend": "kitsune"}, cuda_only=True, update="step", train_only=True),
+    Backend("eager-step", "eager model, Adam(capturable=True), the whole step under "
+            "compile_step: the eager step captured in one CUDA graph, unfused",
+            None, cuda_only=True, update="captured", train_only=True),
     _kitsune_without("fusion"),
     _kitsune_without("streams"),
     _kitsune_without("cuda_graphs"),

@@ -72,27 +72,39 @@ counted, so that rows of a few tens of microseconds can be checked at all."""
 
 
 class TrainStep:
-    """One training step: zero grads, compiled forward+loss, backward, Adam step (run as
-    the backend's ``update`` says: eager, ``torch.compile``d, or KitsuneOptimizer)."""
+    """One training step: zero grads, compiled forward+loss, backward, Adam step, run as
+    the backend's ``update`` says: ``"eager"`` (torch.optim), ``"compiled"``
+    (``torch.compile(optimizer.step)``), ``"kitsune"`` (KitsuneOptimizer), ``"step"``
+    (KitsuneOptimizer, the whole step under :func:`kitsune_backend.compile_step`) or
+    ``"captured"`` (torch.optim's Adam with ``capturable=True``, the whole step under
+    ``compile_step``: with an eager model, the step captured in one CUDA graph unfused)."""
 
     def __init__(self, model: nn.Module, compiled: Callable, inputs: tuple, lr: float,
                  update: str = "eager") -> None:
         self.model, self.compiled, self.inputs = model, compiled, inputs
-        if update == "kitsune":
+        if update in ("kitsune", "step"):
             self.optimizer = kitsune_backend.KitsuneOptimizer(
                 torch.optim.Adam, model.parameters(), lr=lr)
         else:
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr,
+                                              capturable=update == "captured")
         self.update = (torch.compile(self.optimizer.step) if update == "compiled"
                        else self.optimizer.step)
+        self.whole = (kitsune_backend.compile_step(self._step)
+                      if update in ("step", "captured") else None)
 
-    def __call__(self) -> torch.Tensor:
-        """Run one step on ``self.inputs``; returns the (detached) loss."""
+    def _step(self, *inputs: Any) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.compiled(*self.inputs)
+        loss = self.compiled(*inputs)
         loss.backward()
         self.update()
         return loss.detach()
+
+    def __call__(self) -> torch.Tensor:
+        """Run one step on ``self.inputs``; returns the (detached) loss."""
+        if self.whole is not None:
+            return self.whole(*self.inputs)
+        return self._step(*self.inputs)
 
     def snapshot(self, result: torch.Tensor) -> dict[str, torch.Tensor]:
         """The step's loss and a sample of every parameter's gradient, on the CPU (a missing

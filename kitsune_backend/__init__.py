@@ -19,7 +19,7 @@ from .errors import (
 )
 from .inspection import explain, history, last_compile
 from .ir import Decline, PassContext, PassResult
-from .optim import KitsuneOptimizer
+from .optim import KitsuneOptimizer, compile_step
 from .plugins import PluginPass
 from .process import clear_history, register_pass, unregister_pass
 
@@ -42,6 +42,7 @@ __all__ = [
     "PluginPass",
     "clear_history",
     "compile",
+    "compile_step",
     "config",
     "explain",
     "history",

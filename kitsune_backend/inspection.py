@@ -13,7 +13,7 @@ for training, ``inference`` otherwise). A record holds the graph after every pas
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import networkx as nx
 
@@ -47,10 +47,13 @@ def history() -> list[CompileSession]:
     return PROCESS.history.sessions()
 
 
-def explain(target: Union[CompileSession, CompileRecord, None] = None) -> str:
+def explain(target: Union[CompileSession, CompileRecord, Any, None] = None) -> str:
     """A readable summary of a session (default: the last) or of one of its records:
     for each graph its summary stats, every stage by phase with its time and notes, and the
-    reason behind every decline."""
+    reason behind every decline. Given a step from :func:`kitsune_backend.compile_step`,
+    what that step did (its own ``explain()``)."""
+    if target is not None and not isinstance(target, (CompileSession, CompileRecord)):
+        return target.explain()
     target = target if target is not None else last_compile()
     if isinstance(target, CompileRecord):
         return "\n".join(_explain_record(target))

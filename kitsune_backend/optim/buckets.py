@@ -110,16 +110,25 @@ class Bucket:
         for p, view in zip(self.params, views):
             p.grad = view
 
-    def run(self, lr: Any) -> None:
-        """One step: the gradients gathered, ``lr`` set on the device, the update run."""
+    def run(self, lr: Any, capturing: bool = False) -> None:
+        """One step: the gradients gathered, ``lr`` set on the device, the update run.
+
+        ``capturing``: the step is being captured into a CUDA graph. A float ``lr`` is then
+        not set (a fill would replay the value seen at capture): whoever replays the graph
+        calls :meth:`set_lr` before each replay. A tensor ``lr`` is copied in the graph."""
         self.gather_gradients()
         if isinstance(lr, torch.Tensor):
             self.lr.copy_(lr)
             self.last_lr = None
-        elif lr != self.last_lr:
+        elif not capturing:
+            self.set_lr(lr)
+        self.update()
+
+    def set_lr(self, lr: Any) -> None:
+        """Set a float learning rate on the device (nothing runs when it did not change)."""
+        if not isinstance(lr, torch.Tensor) and lr != self.last_lr:
             self.lr.fill_(lr)
             self.last_lr = lr
-        self.update()
 
     def zero_gradients(self) -> bool:
         """Zero the gradients in one fill if they all live in the flat buffer (returns

@@ -107,8 +107,9 @@ class KitsuneOptimizer(torch.optim.Optimizer):
         ``get_stats``."""
         first = not self._sessions
         before = PROCESS.history.started
+        capturing = _capturing(self._device)
         for group, bucket in self._buckets:
-            bucket.run(group["lr"])
+            bucket.run(group["lr"], capturing)
         if first:
             self._sessions = [s for s in PROCESS.history.sessions() if s.id >= before]
         self._compiled_steps += 1
@@ -117,11 +118,24 @@ class KitsuneOptimizer(torch.optim.Optimizer):
     def _timing(self, reason: str) -> str:
         """Which figure this step's time goes to: the last warm-up step's ("eager"), the
         first :data:`TIMED_STEPS` compiled steps after the one that compiled ("kitsune")."""
+        if _capturing(self._device):
+            return ""  # timing synchronizes, which a capture may not
         if self._steps == WARMUP_STEPS:
             return "eager"
         if not reason and self._compiled_steps >= 1 and len(self._times["kitsune"]) < TIMED_STEPS:
             return "kitsune"
         return ""
+
+    def before_replay(self, count: bool = True) -> None:
+        """Called by :func:`~kitsune_backend.compile_step` before each replay of a captured
+        step holding this optimizer's update: the learning rates of the buckets are set on
+        the device (the graph reads them there) and, with ``count``, the step is counted
+        (the first replay runs the step counted while it was captured)."""
+        if count:
+            self._steps += 1
+            self._compiled_steps += 1
+        for group, bucket in self._buckets:
+            bucket.set_lr(group["lr"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch.optim's; with ``set_to_none=False`` and gradients in the flat buffers,
@@ -275,6 +289,11 @@ def _make(optimizer_class: type, params: Iterable[Any], options: dict) -> Any:
             f"{optimizer_class.__name__} refused its arguments ({exc}); its options are: "
             f"{', '.join(accepted)}; kitsune's options are: mode, model, amp, {valid_names()}"
         ) from exc
+
+
+def _capturing(device: Optional[torch.device]) -> bool:
+    return device is not None and device.type == "cuda" and \
+        torch.cuda.is_current_stream_capturing()
 
 
 def _now(device: Optional[torch.device]) -> float:

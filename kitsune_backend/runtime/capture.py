@@ -27,6 +27,11 @@ step does not need a second instance (with a second copy of every activation).
 
 RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fresh numbers.
 
+Inside a CUDA graph that someone else is capturing (a user's ``torch.cuda.graph``, or
+:func:`kitsune_backend.compile_step` capturing a whole training step), and while
+:func:`outer_capture` says such a capture is being prepared, the schedule runs uncaptured:
+its kernels become part of the outer graph, and no graph of its own is made.
+
 A capture that fails (out of memory for the graph's pool included) is not retried: that
 call and every later one run the schedule uncaptured (the multi-stream runner), and a
 ``cuda_graphs`` decline says why.
@@ -67,6 +72,25 @@ def own_cublas_workspaces() -> Iterator[None]:
         yield
     finally:
         torch._C._cuda_clearCublasWorkspaces()
+
+
+class _OuterCapture:
+    """How many :func:`outer_capture` blocks are open (a count, not a thread-local: the
+    autograd engine runs backward graphs on threads of its own)."""
+
+    depth = 0
+
+
+@contextlib.contextmanager
+def outer_capture() -> Iterator[None]:
+    """While open, every :class:`CapturedRunner` runs its schedule uncaptured: a caller
+    warms up and captures a larger graph around kitsune's (its warm-up calls then make no
+    graphs of kitsune's own that its capture would never use)."""
+    _OuterCapture.depth += 1
+    try:
+        yield
+    finally:
+        _OuterCapture.depth -= 1
 
 
 _DATA_PTRS_EQUAL = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
@@ -227,9 +251,14 @@ class CapturedRunner:
         self.calls = 0
         self.disabled = ""
         self.uncaptured_calls = 0
+        self._stream_capturing: Callable[[], bool] = (
+            torch.cuda.is_current_stream_capturing if torch.cuda.is_available()
+            else lambda: False)
 
     def __call__(self, *args: Any) -> Any:
         """Replay a free instance, or take the slow path (warm-up, capture, uncaptured)."""
+        if _OuterCapture.depth or self._stream_capturing():
+            return self.run(*args)  # part of a graph someone else captures
         for inst in self.instances:
             if inst.outputs_free() and inst.statics_match(args) and inst.inputs_match(args):
                 return inst.replay(args)
