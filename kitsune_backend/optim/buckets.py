@@ -24,10 +24,16 @@ from .rules import Rule
 
 class FlatUpdate(torch.nn.Module):
     """One bucket's update as a module whose buffers are the flat tensors (what kitsune
-    compiles: the buffers are static inputs the compiled graph updates in place)."""
+    compiles: the buffers are static inputs the compiled graph updates in place).
+
+    With ``scaling`` (two 0-d float32 tensors: the gradients' loss scale and GradScaler's
+    ``found_inf``), the update divides the gradients by the scale and leaves parameters,
+    state and step count as they were where ``found_inf`` is non-zero: torch.optim's fused
+    Adam's contract with ``torch.amp.GradScaler``, decided on the device."""
 
     def __init__(self, rule: Rule, param: torch.Tensor, grad: torch.Tensor,
-                 state: dict[str, torch.Tensor], lr: torch.Tensor, step: torch.Tensor) -> None:
+                 state: dict[str, torch.Tensor], lr: torch.Tensor, step: torch.Tensor,
+                 scaling: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> None:
         super().__init__()
         self.rule = rule
         self.keys = tuple(state)
@@ -37,11 +43,23 @@ class FlatUpdate(torch.nn.Module):
             self.register_buffer(f"state_{key}", value)
         self.register_buffer("lr", lr)
         self.register_buffer("step", step)
+        self.scaled = scaling is not None
+        if scaling is not None:
+            self.register_buffer("grad_scale", scaling[0])
+            self.register_buffer("found_inf", scaling[1])
 
     def forward(self) -> None:
         """Apply the rule to the flat buffers, in place."""
         state = {key: getattr(self, f"state_{key}") for key in self.keys}
-        self.rule.apply(self.param, self.grad, state, self.lr, self.step)
+        if not self.scaled:
+            self.rule.apply(self.param, self.grad, state, self.lr, self.step)
+            return
+        updated = [self.param, self.step, *state.values()]
+        before = [t.clone() for t in updated]
+        self.rule.apply(self.param, self.grad / self.grad_scale, state, self.lr, self.step)
+        skip = self.found_inf != 0
+        for now, old in zip(updated, before):
+            now.copy_(torch.where(skip, old, now))
 
 
 def is_dense(tensor: torch.Tensor) -> bool:
@@ -87,8 +105,11 @@ class Bucket:
                 entry[key] = stretch
             if rule.counts_steps:
                 entry["step"] = self.step
+        self.compile_update = compile_update
         self.update = compile_update(FlatUpdate(rule, self.flat_param, self.flat_grad,
                                                 self.flat_state, self.lr, self.step))
+        self.scaling: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.scaled_update: Optional[Callable[[], Any]] = None  # made at the first use
 
     def _view(self, flat: torch.Tensor, index: int) -> torch.Tensor:
         p = self.params[index]
@@ -110,19 +131,41 @@ class Bucket:
         for p, view in zip(self.params, views):
             p.grad = view
 
-    def run(self, lr: Any, capturing: bool = False) -> None:
+    def run(self, lr: Any, capturing: bool = False,
+            scaling: Optional[tuple[Optional[torch.Tensor], torch.Tensor]] = None) -> None:
         """One step: the gradients gathered, ``lr`` set on the device, the update run.
 
         ``capturing``: the step is being captured into a CUDA graph. A float ``lr`` is then
         not set (a fill would replay the value seen at capture): whoever replays the graph
-        calls :meth:`set_lr` before each replay. A tensor ``lr`` is copied in the graph."""
+        calls :meth:`set_lr` before each replay. A tensor ``lr`` is copied in the graph.
+        ``scaling``: GradScaler's ``(grad_scale, found_inf)`` for this step (``grad_scale``
+        None when the gradients were unscaled already); the scaled update runs."""
         self.gather_gradients()
         if isinstance(lr, torch.Tensor):
             self.lr.copy_(lr)
             self.last_lr = None
         elif not capturing:
             self.set_lr(lr)
-        self.update()
+        if scaling is None:
+            self.update()
+            return
+        grad_scale, found_inf = self._scaled_update()
+        if scaling[0] is None:
+            grad_scale.fill_(1.0)
+        else:
+            grad_scale.copy_(scaling[0])
+        found_inf.copy_(scaling[1])
+        self.scaled_update()
+
+    def _scaled_update(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scaled update's scale and ``found_inf`` tensors (compiled at the first use)."""
+        if self.scaling is None:
+            device = self.flat_param.device
+            self.scaling = (torch.ones((), device=device), torch.zeros((), device=device))
+            self.scaled_update = self.compile_update(FlatUpdate(
+                self.rule, self.flat_param, self.flat_grad, self.flat_state, self.lr,
+                self.step, self.scaling))
+        return self.scaling
 
     def set_lr(self, lr: Any) -> None:
         """Set a float learning rate on the device (nothing runs when it did not change)."""

@@ -37,7 +37,8 @@ from .rules import UNKNOWN_OPTIMIZER, Rule, rule_for
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The ``amp`` option's values: the dtype the forward autocasts to. (fp16 wants loss scaling:
-use ``torch.amp.GradScaler`` with the wrapper as with any optimizer.)"""
+use ``torch.amp.GradScaler`` with the wrapper as with any optimizer; the wrapper unscales
+and checks for infs on the device.)"""
 WARMUP_STEPS = 2
 """Steps torch.optim runs itself before kitsune's update takes over."""
 TIMED_STEPS = 5
@@ -54,6 +55,11 @@ class KitsuneOptimizer(torch.optim.Optimizer):
     runs both; ``amp="bf16"`` or ``"fp16"`` (with ``model=``) runs that forward under
     autocast.
     """
+
+    _step_supports_amp_scaling = True
+    """``torch.amp.GradScaler.step`` then leaves the inf check and the unscaling to
+    ``step()`` (it sets ``grad_scale`` and ``found_inf`` on the optimizer): the compiled
+    update does both on the device, so a scaled step reads nothing back to the host."""
 
     def __init__(self, optimizer_class: type, params: Iterable[Any], *,
                  model: Optional[torch.nn.Module] = None, amp: Optional[str] = None,
@@ -83,10 +89,11 @@ class KitsuneOptimizer(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One update of every parameter with a gradient; returns ``closure()``'s loss."""
         self._steps += 1
+        scaling = _scaling(self)
         unknown = rule_for(self.optimizer, self.param_groups[0])
         if isinstance(unknown, str) and unknown.endswith(UNKNOWN_OPTIMIZER):
             self._eager_reason = unknown  # its step may need the closure itself (LBFGS)
-            return self.optimizer.step(closure)
+            return self._torch_step(scaling, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -95,21 +102,21 @@ class KitsuneOptimizer(torch.optim.Optimizer):
         timed = self._timing(reason)
         start = _now(self._device) if timed else 0.0
         if reason:
-            self._eager_step(reason)
+            self._eager_step(reason, scaling)
         else:
-            self._compiled_step()
+            self._compiled_step(scaling)
         if timed:
             self._times[timed].append(_now(self._device) - start)
         return loss
 
-    def _compiled_step(self) -> None:
+    def _compiled_step(self, scaling: Optional[tuple]) -> None:
         """Every bucket's compiled update; the compiles a first call makes are kept for
         ``get_stats``."""
         first = not self._sessions
         before = PROCESS.history.started
         capturing = _capturing(self._device)
         for group, bucket in self._buckets:
-            bucket.run(group["lr"], capturing)
+            bucket.run(group["lr"], capturing, scaling)
         if first:
             self._sessions = [s for s in PROCESS.history.sessions() if s.id >= before]
         self._compiled_steps += 1
@@ -233,7 +240,7 @@ class KitsuneOptimizer(torch.optim.Optimizer):
     def _compile(self, module: torch.nn.Module) -> Callable[[], Any]:
         return torch.compile(module, backend=bound_backend(self.config))
 
-    def _eager_step(self, reason: str) -> None:
+    def _eager_step(self, reason: str, scaling: Optional[tuple]) -> None:
         """torch.optim's update, each parameter with a step count of its own again."""
         self._eager_reason = reason
         if self._buckets:
@@ -241,7 +248,20 @@ class KitsuneOptimizer(torch.optim.Optimizer):
                 if isinstance(entry.get("step"), torch.Tensor):
                     entry["step"] = entry["step"].clone()
             self._buckets, self._signature = [], None
-        self.optimizer.step()
+        self._torch_step(scaling)
+
+    def _torch_step(self, scaling: Optional[tuple], closure: Optional[Callable] = None) -> Any:
+        """torch.optim's update; under GradScaler, skipped when it found an inf or NaN (a
+        value read back to the host, as GradScaler does) and run on unscaled gradients."""
+        if scaling is not None:
+            grad_scale, found_inf = scaling
+            if found_inf.item() != 0:
+                return None
+            if grad_scale is not None:
+                grads = [p.grad for g in self.param_groups for p in g["params"]
+                         if p.grad is not None]
+                torch._foreach_div_(grads, grad_scale)
+        return self.optimizer.step(closure)
 
 
 def _compile_forward(model: torch.nn.Module, config: Any,
@@ -289,6 +309,13 @@ def _make(optimizer_class: type, params: Iterable[Any], options: dict) -> Any:
             f"{optimizer_class.__name__} refused its arguments ({exc}); its options are: "
             f"{', '.join(accepted)}; kitsune's options are: mode, model, amp, {valid_names()}"
         ) from exc
+
+
+def _scaling(optimizer: Any) -> Optional[tuple]:
+    """``(grad_scale, found_inf)`` when ``torch.amp.GradScaler.step`` called this step
+    (``grad_scale`` None when the gradients were unscaled already), else None."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    return None if found_inf is None else (getattr(optimizer, "grad_scale", None), found_inf)
 
 
 def _capturing(device: Optional[torch.device]) -> bool:

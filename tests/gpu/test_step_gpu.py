@@ -158,3 +158,28 @@ def test_dropout_draws_a_new_mask_at_every_replay():
     assert step.get_stats()["replays"] >= 4
     replayed = losses[-4:]
     assert len(set(replayed)) == len(replayed), replayed  # a fresh mask each replay
+
+
+def test_fp16_with_grad_scaler_is_captured_whole_and_trains():
+    """A capture fails at any host synchronization, so a captured step proves the scaled
+    step reads nothing back to the host."""
+    torch.manual_seed(0)
+    model = MLP((784, 256, 128, 10)).cuda()
+    opt = kitsune_backend.KitsuneOptimizer(torch.optim.Adam, model.parameters(), model=model,
+                                           amp="fp16", lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 16)
+
+    def body(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    x, y = _batches((64, 784), n=1)[0]
+    losses, step = _loop(model, opt, [(x, y)] * 30, body=body)
+    stats = step.get_stats()
+    assert stats["reason"] == "" and stats["captures"] == 1, stats
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert opt.get_stats()["update"] == "kitsune"
