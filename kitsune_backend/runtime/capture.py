@@ -31,9 +31,9 @@ inference tensors have no version counter and are always copied.
 Outputs are never overwritten while someone holds them: a replay hands out fresh aliases
 of the static outputs, and an instance is only replayed when the use count of each of its
 output storages is back to its own references. Otherwise another instance is used or
-captured (up to ``MAX_INSTANCES`` per signature), and past that the call runs uncaptured. This covers the
-forward outputs that autograd saves for backward: they stay referenced until backward ran.
-Small outputs the caller receives (at most ``COPY_OUT_MAX_BYTES``: a loss, logits) are
+captured (up to ``MAX_INSTANCES`` per signature), and past that the call runs uncaptured.
+This covers the forward outputs that autograd saves for backward: they stay referenced
+until backward ran. Small outputs the caller receives (at most ``COPY_OUT_MAX_BYTES``: a loss, logits) are
 handed out as copies instead, so a caller who keeps the last loss while running the next
 step does not need a second instance (with a second copy of every activation).
 
