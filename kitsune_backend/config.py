@@ -27,6 +27,8 @@ from .errors import KitsuneConfigError
 ENV_PREFIX = "KITSUNE_"
 MATMUL_KERNELS = ("auto", "always", "never")
 """The values of the ``matmul_kernels`` option."""
+BATCH_BUCKETS = ("pow2", "off")
+"""The values of the ``batch_buckets`` option."""
 
 # mode -> the settings it implies. ``None`` and "default" change nothing.
 MODES: dict[str | None, dict[str, Any]] = {
@@ -63,6 +65,15 @@ class Config:
     ``memory_pool=False`` there is no arena, and nothing is weighed)."""
     cuda_graphs: bool = True
     """Capture the whole schedule into one CUDA graph and replay it."""
+    capture_shapes: int = 8
+    """Most input-shape signatures (tensor shapes and the values of size inputs, after
+    batch padding) of one compiled graph of symbolic sizes whose CUDA graphs are kept; a new
+    signature past that drops the captures of the least recently used one."""
+    batch_buckets: str = "pow2"
+    """Where a graph of symbolic sizes keeps the rows of its batch apart (checked on the
+    graph), pad the batch up to a bucket before a captured call, so that a serving loop needs
+    few captures, and slice the outputs back: ``"pow2"`` (the next power of two), or
+    ``"off"`` (one capture per batch size)."""
     memory_pool: bool = True
     """Plan one arena per compiled graph; generated kernels write their outputs into it."""
     autotune: bool = False
@@ -174,6 +185,15 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
         raise KitsuneConfigError(
             "kitsune option 'stream_memory_budget' must be a fraction >= 0 (0.1: the arena "
             f"may grow 10% over one stream's; inf: no limit), got {budget}"
+        )
+    if coerced.get("capture_shapes", 1) < 1:
+        raise KitsuneConfigError(
+            f"kitsune option 'capture_shapes' must be at least 1, got {coerced['capture_shapes']}"
+        )
+    if coerced.get("batch_buckets", "pow2") not in BATCH_BUCKETS:
+        raise KitsuneConfigError(
+            f"kitsune option 'batch_buckets' must be one of {', '.join(BATCH_BUCKETS)}, "
+            f"got {coerced['batch_buckets']!r}"
         )
     if coerced.get("matmul_kernels", "auto") not in MATMUL_KERNELS:
         raise KitsuneConfigError(

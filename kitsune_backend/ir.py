@@ -7,11 +7,11 @@ Nothing here imports another kitsune module but :mod:`~kitsune_backend.config` a
   reports) are what every stage returns.
 * :class:`PassContext` is what a stage reads besides the graph, and the typed fields in which
   stages hand their results to later ones (``regions``, ``stream_plan``, ``memory_plan``,
-  ``kernels``, ``runner``). :data:`META_KEYS` lists the few facts kept on the nodes
-  themselves (``node.meta``), because they belong to one node: its region, stream, waits
-  and arena offset.
-* :class:`StreamPlan` and :class:`Buffer` / :class:`MemoryPlan` are plain data, produced by
-  the graph passes and read by the runtime.
+  ``batch_split``, ``kernels``, ``runner``). :data:`META_KEYS` lists the few facts kept on
+  the nodes themselves (``node.meta``), because they belong to one node: its region,
+  stream, waits and arena offset.
+* :class:`StreamPlan`, :class:`Buffer` / :class:`MemoryPlan` and :class:`BatchSplit` are
+  plain data, produced by the graph passes and read by the runtime.
 """
 
 from __future__ import annotations
@@ -139,6 +139,31 @@ class MemoryPlan:
     arena_bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSplit:
+    """Whether a graph of symbolic sizes may be padded along its batch, and how (the
+    batch_split stage's answer, read by the capture stage).
+
+    ``symbol`` is the batch size's symbol (``s0``) and ``reason`` why the graph may not be
+    padded ("" when it may). ``size_inputs`` are the positions of the int inputs whose value
+    is the batch size; ``inputs`` and ``outputs`` the (position, dim) of the tensor inputs
+    and outputs that carry the batch in that dim, batch-major (a dim of size ``k * s0``
+    holds ``k`` consecutive entries per row of the batch); ``most`` is the largest batch
+    size the graph's guards allow (0: no bound)."""
+
+    symbol: str = ""
+    reason: str = ""
+    size_inputs: tuple[int, ...] = ()
+    inputs: tuple[tuple[int, int], ...] = ()
+    outputs: tuple[tuple[int, int], ...] = ()
+    most: int = 0
+
+    @property
+    def separable(self) -> bool:
+        """True when padding the batch leaves every row's result as it was."""
+        return not self.reason
+
+
 @dataclasses.dataclass
 class RuntimeReport:
     """Where a compiled graph's runtime reports while it runs: counters (``runtime_info``:
@@ -167,7 +192,8 @@ class PassContext:
     ``regions`` (fusion: region name -> the node names it fused), ``lone_ops`` (fusion: ops
     left alone, which matmul_bias may take), ``stream_plan`` (streams; memory_plan replaces
     it when it moves branches back to fit the memory budget), ``memory_plan``
-    (memory_plan), ``kernels`` (kernels: a :class:`KernelRecord` per generated kernel),
+    (memory_plan), ``batch_split`` (batch_split: a :class:`BatchSplit`), ``kernels``
+    (kernels: a :class:`KernelRecord` per generated kernel),
     ``runner`` (the runtime stages: the callable being built, finally the compiled graph).
     """
 
@@ -183,6 +209,7 @@ class PassContext:
     lone_ops: Optional[list[str]] = None
     stream_plan: Optional[StreamPlan] = None
     memory_plan: Optional[MemoryPlan] = None
+    batch_split: Optional[BatchSplit] = None
     kernels: Optional[list[KernelRecord]] = None
     runner: Optional[Callable] = None
 

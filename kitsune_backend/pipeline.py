@@ -28,6 +28,7 @@ from .errors import KitsuneError, KitsunePluginError
 from .graph_utils import copy_graph_module
 from .invariants import check_graph
 from .ir import Decline, PassContext, PassFn, PassResult
+from .passes.batch_split import split_batch
 from .passes.cleanup import cleanup, fold_constants_stage, merge_duplicates
 from .passes.decompositions import report_decompositions
 from .passes.fusion import fuse
@@ -83,6 +84,10 @@ PIPELINE: tuple[Stage, ...] = (
           fold_constants_stage),
     Stage("pre_fusion", "graph",
           "user passes see plain, clean ATen with metadata, before kitsune groups nodes"),
+    Stage("batch_split", "graph",
+          "after the pre-fusion plugins, whose ops it must see, and before fusion: it reads "
+          "what each ATen op does to the rows of the batch, and fusion replaces ops by kernels",
+          split_batch, ensures=("batch_split",)),
     Stage("fusion", "graph",
           "before streams: fusion decides what one kernel is, and streams schedule kernels",
           fuse, ensures=("regions", "lone_ops")),
@@ -116,7 +121,7 @@ PIPELINE: tuple[Stage, ...] = (
           instrument_streams, requires=("stream_plan",), ensures=("runner",)),
     Stage("capture", "runtime",
           "last: a CUDA graph records the finished schedule, streams and arena included",
-          capture, requires=("runner",), ensures=("runner",)),
+          capture, requires=("runner", "batch_split"), ensures=("runner",)),
 )
 
 

@@ -22,7 +22,7 @@ from .codegen.cache import KernelCache
 from .codegen.compile_pool import CompilePool
 from .ir import PassFn
 from .plugins import PassRegistry, PluginPass
-from .runtime.capture import CaptureRegistry
+from .runtime.capture_registry import CaptureRegistry
 from .session import History
 
 

@@ -31,6 +31,10 @@ def test_unknown_mode_lists_valid_modes():
         ({"fusion": 1}, "'fusion' must be a bool"),
         ({"num_streams": 0}, "at least 1"),
         ({"streams": False, "num_streams": 4}, "conflicting"),
+        ({"capture_shapes": 0}, "'capture_shapes' must be at least 1"),
+        ({"capture_shapes": "8"}, "'capture_shapes' must be an int"),
+        ({"batch_buckets": "pow3"}, "'batch_buckets' must be one of pow2, off"),
+        ({"batch_buckets": False}, "'batch_buckets' must be a str"),
     ],
 )
 def test_bad_values_are_clear_errors(options, message):
@@ -55,6 +59,17 @@ def test_environment_overrides_defaults(monkeypatch):
     monkeypatch.setenv("KITSUNE_DEBUG_DIR", "/tmp/somewhere")
     cfg = resolve()
     assert cfg.fusion is False and cfg.num_streams == 7 and cfg.debug_dir == "/tmp/somewhere"
+
+
+def test_capture_shape_options_from_the_environment(monkeypatch):
+    assert (resolve().capture_shapes, resolve().batch_buckets) == (8, "pow2")
+    monkeypatch.setenv("KITSUNE_CAPTURE_SHAPES", "3")
+    monkeypatch.setenv("KITSUNE_BATCH_BUCKETS", "off")
+    cfg = resolve()
+    assert cfg.capture_shapes == 3 and cfg.batch_buckets == "off"
+    monkeypatch.setenv("KITSUNE_BATCH_BUCKETS", "pow4")
+    with pytest.raises(KitsuneConfigError, match="'batch_buckets' must be one of"):
+        resolve()
 
 
 def test_unknown_environment_variable_is_an_error(monkeypatch):

@@ -14,8 +14,9 @@ from kitsune_backend.record import NodeSnapshot
 
 from tests.helpers import assert_close
 
-STAGES = ["decompose", "cleanup", "seeds", "cse", "constant_fold", "fusion", "matmul_bias", "streams",
-          "memory_plan", "kernels", "precompile", "arena", "streams_code", "capture"]
+STAGES = ["decompose", "cleanup", "seeds", "cse", "constant_fold", "batch_split", "fusion",
+          "matmul_bias", "streams", "memory_plan", "kernels", "precompile", "arena",
+          "streams_code", "capture"]
 
 
 @pytest.fixture

@@ -270,6 +270,7 @@ def test_plugin_passes_run_at_their_stage_in_order(all_plugins):
             ("pre_fusion", "relu_to_clamp"),  # order 1
             ("pre_fusion", "count_clamps"),  # order 5, name sorts first
             ("pre_fusion", "count_nodes"),  # order 5
+            ("batch_split", "batch_split"),
             ("fusion", "fusion"),
             ("matmul_bias", "matmul_bias"),
             ("post_fusion", "after_fusion"),

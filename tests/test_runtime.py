@@ -149,7 +149,8 @@ def test_capture_decline_reasons():
     gm, _ = trace(mutate, (4,), (4,))
     assert "writes into input" in capture_decline(gm, fake_cuda((4,), (4,)), ())
     assert "writes into input" not in capture_decline(gm, fake_cuda((4,), (4,)), (0,))
-    assert "non-tensor input" in capture_decline(gm, fake_cuda((4,)) + [3], ())
+    assert "non-tensor input" in capture_decline(gm, fake_cuda((4,)) + [3.0], ())
+    assert "non-tensor input" not in capture_decline(gm, fake_cuda((4,)) + [3], ())  # a size
 
 
 def test_render_schedule(tmp_path):

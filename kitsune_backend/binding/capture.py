@@ -1,15 +1,18 @@
 """capture: wrap the schedule in CUDA graph capture and replay, where a replay is right.
 
-:func:`capture_decline` says why a graph cannot be captured: CPU tensors, non-tensor
-inputs, ops that synchronize with the host or size outputs from data, symbolic shapes,
-in-place writes into (or storage reads of) inputs that replays would copy, and CPU tensors
-that depend on the inputs (a replay would reuse the value seen at capture). Otherwise the
-runner becomes a :class:`~kitsune_backend.runtime.capture.CapturedRunner`.
+:func:`capture_decline` says why a graph cannot be captured: CPU tensors, inputs that are
+neither tensors nor ints (sizes arrive as ints, and are part of each capture's signature),
+ops that synchronize with the host or size outputs from data, in-place writes into (or
+storage reads of) inputs that replays would copy, and CPU tensors that depend on the inputs
+(a replay would reuse the value seen at capture). Otherwise the runner becomes a
+:class:`~kitsune_backend.runtime.capture.CapturedRunner`; a graph of symbolic sizes gets one
+capture per input-shape signature (at most ``capture_shapes`` kept), and its batch is padded
+to a bucket where the batch_split stage allows (:func:`batch_padder`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -17,6 +20,7 @@ import torch.fx as fx
 from ..graph_utils import (STORAGE_COPYING, alias_base, has_symbolic_shapes, iter_tensors,
                            op_overload, storage_addressed_args, written_inputs)
 from ..ir import Decline, PassContext, PassResult
+from ..runtime.batch_padding import BatchPadder
 from ..runtime.capture import CapturedRunner
 
 # Ops that synchronize with the host or size their output from data: not capturable.
@@ -33,22 +37,41 @@ def capture(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Make ``ctx.runner`` a captured runner (warm-up, capture, replay per input signature),
     or say why not.
 
-    Before: ``ctx.runner`` runs the schedule at every call. After: the first call runs it,
-    the second captures it into a CUDA graph, later calls replay (see
-    :mod:`kitsune_backend.runtime.capture`).
+    Before: ``ctx.runner`` runs the schedule at every call. After: the first call of each
+    input-shape signature runs it, the second captures it into a CUDA graph, later calls
+    replay (see :mod:`kitsune_backend.runtime.capture`).
     """
     reason = "cuda_graphs=False" if not ctx.config.cuda_graphs else capture_decline(
         gm, ctx.example_inputs, ctx.static_input_indices)
     if reason:
         return PassResult(declines=[Decline("cuda_graphs", reason)],
                           stats={"capture": "declined: " + reason})
+    symbolic = has_symbolic_shapes(gm)
+    keyed = [i for i in range(len(ctx.example_inputs)) if i not in ctx.static_input_indices]
+    padder, declines = batch_padder(ctx) if symbolic else (None, [])
     ctx.runner = CapturedRunner(ctx.runner, ctx.static_input_indices, torch.device(ctx.device),
                                 ctx.runtime_report, ctx.process.captures,
-                                ctx.caller_output_indices)
-    return PassResult(notes=["replayed as one CUDA graph per input-shape signature, after one "
-                             "warm-up call"],
+                                ctx.caller_output_indices, keyed=keyed if symbolic else (),
+                                max_shapes=ctx.config.capture_shapes, padder=padder)
+    how = "replayed as one CUDA graph per input-shape signature, after one warm-up call"
+    if padder is not None:
+        how += f"; batches padded to powers of two ({ctx.batch_split.symbol})"
+    return PassResult(notes=[how], declines=declines,
                       stats={"capture": "replay per input-shape signature after 1 warm-up call",
-                             "cuda_graph_instances": 0})
+                             "cuda_graph_instances": 0, "cuda_graph_captures": 0})
+
+
+def batch_padder(ctx: PassContext) -> tuple[Optional[BatchPadder], list[Decline]]:
+    """The padder of a captured graph of symbolic sizes, where the batch_split stage found
+    its batch separable and no post-fusion plugin pass ran after that decision (else none,
+    with a decline when a plugin is why)."""
+    split = ctx.batch_split
+    if split is None or not split.separable:
+        return None, []  # batch_split said why
+    if ctx.process.plugins.passes_for("post_fusion"):
+        return None, [Decline("cuda_graphs", "batch not padded: post-fusion plugin passes ran "
+                              "after the batch_split stage, which could not check them")]
+    return BatchPadder(split), []
 
 
 def capture_decline(
@@ -59,14 +82,12 @@ def capture_decline(
         return "CPU tensors: CUDA graphs need CUDA inputs"
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, example_inputs):
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, (torch.Tensor, int, torch.SymInt)) or isinstance(value, bool):
             return f"non-tensor input {node.name} ({type(value).__name__})"
     for node in gm.graph.nodes:
         overload = op_overload(node)
         if overload is not None and overload.overloadpacket.__name__ in HOST_SYNC:
             return f"node {node.name} ({overload}) synchronizes with the host"
-    if has_symbolic_shapes(gm):
-        return "symbolic shapes: a CUDA graph fixes every shape"
     return _copied_input_decline(gm, placeholders, static) or _host_value_decline(gm)
 
 

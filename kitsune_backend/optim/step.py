@@ -9,7 +9,7 @@ arguments' values):
    while a call still compiles something), on a side stream: Dynamo and kitsune compile,
    the optimizers create their state, libraries set up their per-stream state. kitsune's
    compiled graphs make no CUDA graphs of their own meanwhile
-   (:func:`~kitsune_backend.runtime.capture.outer_capture`);
+   (:func:`~kitsune_backend.runtime.outer.outer_capture`);
 2. captures the next call into one :class:`torch.cuda.CUDAGraph`: every kernel of the
    forward, the loss, the backward and the optimizer update (kitsune's generated kernels,
    cuBLAS and cuDNN calls, eager ops between graph breaks), reading static copies of the
@@ -45,7 +45,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..process import PROCESS
-from ..runtime.capture import outer_capture, own_cublas_workspaces
+from ..runtime.capture import own_cublas_workspaces
+from ..runtime.outer import outer_capture
 
 WARMUP_CALLS = 3
 """Calls per input signature that run ``train_step`` itself before the capture (a

@@ -7,6 +7,18 @@ Calls go like this:
    memory pool, static input buffers, static outputs) and replays it;
 3. later calls replay an instance whose outputs nobody holds any more.
 
+Shapes: a graph of symbolic sizes keeps its instances per input-shape *signature* (the
+shapes and strides of its inputs that are not parameters or buffers, and the values of its
+int inputs, where the sizes arrive): each signature has its own warm-up and captures, and
+at most ``capture_shapes`` signatures keep theirs, the least recently used dropped first
+(:mod:`~kitsune_backend.runtime.shape_cache`). Where the batch_split stage found that the
+graph keeps the rows of its batch apart, each call first moves to its batch's bucket (the
+next power of two, ``batch_buckets``): replays copy the real rows into the front of the
+padded input buffers and zero the rest, and the outputs are sliced back to the real rows
+(:mod:`~kitsune_backend.runtime.batch_padding`), so a serving loop needs one signature per
+bucket. ``runtime_info`` counts the captures (``cuda_graph_captures``), the instances held,
+the signatures held and dropped, and the padded calls.
+
 Inputs: parameters and buffers (``static_input_indices``) are read where they are, and so
 are inputs that live in another instance's static outputs (the forward activations a
 backward graph reads) or in the memory of another instance's parameters (the transposed
@@ -19,9 +31,9 @@ inference tensors have no version counter and are always copied.
 Outputs are never overwritten while someone holds them: a replay hands out fresh aliases
 of the static outputs, and an instance is only replayed when the use count of each of its
 output storages is back to its own references. Otherwise another instance is used or
-captured (up to ``MAX_INSTANCES``), and past that the call runs uncaptured. This covers the
-forward outputs that autograd saves for backward: they stay referenced until backward ran.
-Small outputs the caller receives (at most ``COPY_OUT_MAX_BYTES``: a loss, logits) are
+captured (up to ``MAX_INSTANCES`` per signature), and past that the call runs uncaptured.
+This covers the forward outputs that autograd saves for backward: they stay referenced
+until backward ran. Small outputs the caller receives (at most ``COPY_OUT_MAX_BYTES``: a loss, logits) are
 handed out as copies instead, so a caller who keeps the last loss while running the next
 step does not need a second instance (with a second copy of every activation).
 
@@ -29,7 +41,7 @@ RNG: PyTorch's CUDA generator registers with the graph, so each replay draws fre
 
 Inside a CUDA graph that someone else is capturing (a user's ``torch.cuda.graph``, or
 :func:`kitsune_backend.compile_step` capturing a whole training step), and while
-:func:`outer_capture` says such a capture is being prepared, the schedule runs uncaptured:
+:func:`~kitsune_backend.runtime.outer.outer_capture` says such a capture is being prepared, the schedule runs uncaptured:
 its kernels become part of the outer graph, and no graph of its own is made.
 
 A capture that fails (out of memory for the graph's pool included) is not retried: that
@@ -47,6 +59,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from ..ir import Decline, RuntimeReport
+from .batch_padding import BatchPadder, copy_rows
+from .capture_registry import CaptureRegistry
+from .outer import outer_capture_open
+from .shape_cache import ShapeCache, signature
 
 aten = torch.ops.aten
 
@@ -74,58 +90,16 @@ def own_cublas_workspaces() -> Iterator[None]:
         torch._C._cuda_clearCublasWorkspaces()
 
 
-class _OuterCapture:
-    """How many :func:`outer_capture` blocks are open (a count, not a thread-local: the
-    autograd engine runs backward graphs on threads of its own)."""
-
-    depth = 0
-
-
-@contextlib.contextmanager
-def outer_capture() -> Iterator[None]:
-    """While open, every :class:`CapturedRunner` runs its schedule uncaptured: a caller
-    warms up and captures a larger graph around kitsune's (its warm-up calls then make no
-    graphs of kitsune's own that its capture would never use)."""
-    _OuterCapture.depth += 1
-    try:
-        yield
-    finally:
-        _OuterCapture.depth -= 1
-
-
 _DATA_PTRS_EQUAL = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
 """``f(tensors, data_ptrs, indices)``: whether ``tensors[i].data_ptr() == data_ptrs[i]`` for
 every ``i`` in ``indices`` (what Inductor's CUDA graph trees check their inputs with)."""
-
-class CaptureRegistry:
-    """What the captured graphs of one process know of each other's memory (one per process,
-    in :class:`~kitsune_backend.process.ProcessState`).
-
-    ``pool_outputs``: storage address -> the instance whose static outputs live there. An
-    input found here at capture time (a forward output saved for backward, say) is read in
-    place, not copied. ``static_storages``: storage address -> a parameter/buffer some
-    instance reads in place. While that tensor lives nothing else can sit at its address, so
-    an input found here (a view of a weight saved for backward, say) is read in place too.
-    """
-
-    def __init__(self) -> None:
-        self.pool_outputs: "weakref.WeakValueDictionary[int, _Instance]" = \
-            weakref.WeakValueDictionary()
-        self.static_storages: "weakref.WeakValueDictionary[int, torch.Tensor]" = \
-            weakref.WeakValueDictionary()
-
-    def read_in_place(self, x: torch.Tensor) -> bool:
-        """True when ``x`` lives in memory that stays put between calls: another instance's
-        static outputs, or a parameter/buffer."""
-        address = x.untyped_storage().data_ptr()
-        return address in self.pool_outputs or address in self.static_storages
-
 
 class _Instance:
     """One captured graph with its static input buffers and static outputs."""
 
     def __init__(self, run: Callable, args: Sequence[Any], static: Sequence[int], stream: Any,
-                 registry: CaptureRegistry, caller_outputs: Sequence[int] = ()):
+                 registry: CaptureRegistry, caller_outputs: Sequence[int] = (),
+                 pads: Optional[dict[int, int]] = None):
         self.static = [(i, args[i], args[i].data_ptr()) for i in static if i < len(args)]
         for _, param, _ in self.static:
             registry.static_storages[param.untyped_storage().data_ptr()] = param
@@ -133,12 +107,14 @@ class _Instance:
         self._static_ptrs: list[Optional[int]] = [None] * len(args)
         for i, _, ptr in self.static:
             self._static_ptrs[i] = ptr
-        dynamic = [i for i in range(len(args)) if i not in set(static)]
+        dynamic = [i for i in range(len(args))
+                   if i not in set(static) and isinstance(args[i], torch.Tensor)]
         self.inplace = [(i, args[i].data_ptr()) for i in dynamic if registry.read_in_place(args[i])]
         read_in_place = {i for i, _ in self.inplace}
         self.buffers = [(i, torch.empty_strided(
             args[i].shape, args[i].stride(), dtype=args[i].dtype, device=args[i].device
         )) for i in dynamic if i not in read_in_place]
+        self.pads = pads or {}  # input -> the dim whose rows it fills (the rest are zeroed)
         self.last: dict[int, Any] = {}
         self.versions: dict[int, int] = {}
         captured = list(args)
@@ -196,16 +172,19 @@ class _Instance:
         return True
 
     def replay(self, args: Sequence[Any]) -> Any:
-        """Copy changed inputs in, replay, hand out fresh aliases of the outputs (copies of
-        the small ones the caller receives)."""
-        last, versions = self.last, self.versions
+        """Copy changed inputs in (the first rows of a padded one), replay, hand out fresh
+        aliases of the outputs (copies of the small ones the caller receives)."""
+        last, versions, pads = self.last, self.versions, self.pads
         for i, buf in self.buffers:
             x = args[i]
             ref = last.get(i)  # a weak reference: holding inputs would keep them alive
             # Inference tensors (made under inference_mode) have no version counter, so an
             # in-place change cannot be seen: they are copied every time.
             if ref is None or ref() is not x or x.is_inference() or x._version != versions[i]:
-                buf.copy_(x)
+                if i in pads:
+                    copy_rows(buf, x, pads[i])
+                else:
+                    buf.copy_(x)
                 last[i] = weakref.ref(x)
                 versions[i] = -1 if x.is_inference() else x._version
         self.graph.replay()
@@ -229,8 +208,31 @@ def copy_out_indices(outputs: list, caller_outputs: Sequence[int], inputs: set) 
     )
 
 
+class _Shape:
+    """The captures of one input-shape signature: its calls so far, its instances."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.instances: list[_Instance] = []
+
+
+def _free_instance(shape: Optional[_Shape], args: Sequence[Any]) -> Optional[_Instance]:
+    """An instance of ``shape`` that ``args`` may replay: nobody holds its outputs, and its
+    parameters and in-place inputs are where they were captured."""
+    for inst in shape.instances if shape is not None else ():
+        if inst.outputs_free() and inst.statics_match(args) and inst.inputs_match(args):
+            return inst
+    return None
+
+
 class CapturedRunner:
-    """Warm-up, capture and replay of one compiled graph's schedule (see the module doc)."""
+    """Warm-up, capture and replay of one compiled graph's schedule (see the module doc).
+
+    ``keyed``: the inputs whose shape or value may change from call to call (a graph of
+    symbolic sizes: every input but parameters and buffers; none: one signature), whose
+    signatures keep captures of their own, at most ``max_shapes`` of them
+    (:class:`~kitsune_backend.runtime.shape_cache.ShapeCache`); ``padder``: pads each call's
+    batch to its bucket first (:mod:`~kitsune_backend.runtime.batch_padding`)."""
 
     def __init__(
         self,
@@ -240,49 +242,113 @@ class CapturedRunner:
         record: RuntimeReport,
         registry: CaptureRegistry,
         caller_outputs: Sequence[int] = (),
+        keyed: Sequence[int] = (),
+        max_shapes: int = 1,
+        padder: Optional[BatchPadder] = None,
     ) -> None:
         self.run = run
         self.registry = registry
         self.static = tuple(static)
         self.caller_outputs = tuple(caller_outputs)
+        self.keyed = tuple(keyed)
+        self.padder = padder
         self.stream = torch.cuda.Stream(device)
         self.record = record
-        self.instances: list[_Instance] = []
-        self.calls = 0
+        self.shapes: ShapeCache[_Shape] = ShapeCache(max_shapes)
+        self.captures = 0
         self.disabled = ""
         self.uncaptured_calls = 0
+        self.padded_calls = 0
         self._stream_capturing: Callable[[], bool] = (
             torch.cuda.is_current_stream_capturing if torch.cuda.is_available()
             else lambda: False)
 
     def __call__(self, *args: Any) -> Any:
-        """Replay a free instance, or take the slow path (warm-up, capture, uncaptured)."""
-        if _OuterCapture.depth or self._stream_capturing():
-            return self.run(*args)  # part of a graph someone else captures
-        for inst in self.instances:
-            if inst.outputs_free() and inst.statics_match(args) and inst.inputs_match(args):
-                return inst.replay(args)
-        return self._slow(args)
+        """Replay a free instance of the call's signature, or take the slow path (warm-up,
+        capture, uncaptured); a padded graph's call goes through :meth:`_padded`. Inside a
+        graph someone else captures, the schedule runs as part of it."""
+        if outer_capture_open() or self._stream_capturing():
+            return self.run(*args)
+        if self.padder is not None:
+            return self._padded(args)
+        shape = self.shapes.get(signature(args, self.keyed) if self.keyed else None)
+        inst = _free_instance(shape, args)
+        return inst.replay(args) if inst is not None else self._slow(args, shape, None)
 
-    def _slow(self, args: Sequence[Any]) -> Any:
-        self.calls += 1
+    def _padded(self, args: Sequence[Any]) -> Any:
+        """Run the call at its batch's bucket: replay (copying the real rows into the padded
+        buffers) or take the slow path with padded inputs; slice the outputs back."""
+        n, padded = self.padder.batch(args)
+        if n != padded:
+            self.padded_calls += 1
+            self.record.runtime_info["padded_calls"] = self.padded_calls
+        args = self.padder.with_size(args, padded)
+        shape = self.shapes.get(self.padder.key(args, self.keyed, n, padded))
+        inst = _free_instance(shape, args)
+        result = inst.replay(args) if inst is not None else self._slow(args, shape, (n, padded))
+        return self.padder.unpad(result, n, padded)
+
+    def _slow(self, args: Sequence[Any], shape: Optional[_Shape],
+              padding: Optional[tuple[int, int]]) -> Any:
+        if shape is None:
+            shape = self._new_shape(args, padding)
+        shape.calls += 1
+        run_args = self.padder.pad(args, *padding) if padding else args
         if self.disabled:
-            return self._uncaptured(args)
-        if self.calls == 1:
-            return self._warm_up(args)
-        if any(not inst.statics_match(args) for inst in self.instances):
-            self.instances = [i for i in self.instances if i.statics_match(args)]
+            return self._uncaptured(run_args)
+        if shape.calls == 1:
+            return self._warm_up(run_args)
+        if any(not inst.statics_match(args) for inst in shape.instances):
+            shape.instances = [i for i in shape.instances if i.statics_match(args)]
             self._note("a parameter/buffer input moved: its captured graphs were dropped")
-        if len(self.instances) >= MAX_INSTANCES:
+        if len(shape.instances) >= MAX_INSTANCES:
             self._note(
                 f"none of the {MAX_INSTANCES} captured instances fits (outputs still "
                 "referenced, or inputs read in place have moved): this call runs uncaptured"
             )
-            return self._uncaptured(args)
+            return self._uncaptured(run_args)
+        inst = self._capture(run_args, self.padder.inputs if padding else None)
+        if inst is None:
+            return self._uncaptured(run_args)
+        shape.instances.append(inst)
+        self.captures += 1
+        self._count()
+        info = self.record.runtime_info
+        info["inputs_read_in_place"] = len(inst.inplace)
+        info["inputs_copied"] = len(inst.buffers)
+        info["outputs_copied_out"] = len(inst.copied)
+        return inst.replay(args)
+
+    def _new_shape(self, args: Sequence[Any], padding: Optional[tuple[int, int]]) -> _Shape:
+        """Start the signature of ``args``; past ``max_shapes``, the least recently used
+        one's captures are dropped (their memory goes back once no output is held)."""
+        if not self.keyed:
+            key = None
+        elif padding:
+            key = self.padder.key(args, self.keyed, *padding)
+        else:
+            key = signature(args, self.keyed)
+        shape = _Shape()
+        for dropped in self.shapes.add(key, shape):
+            dropped.instances.clear()
+        self._count()
+        return shape
+
+    def _count(self) -> None:
+        info = self.record.runtime_info
+        info["cuda_graph_instances"] = sum(len(s.instances) for s in self.shapes)
+        info["cuda_graph_captures"] = self.captures
+        info["shape_signatures"] = len(self.shapes)
+        info["shape_signatures_dropped"] = self.shapes.evicted
+
+    def _capture(self, args: Sequence[Any], pads: Optional[dict[int, int]]
+                 ) -> Optional[_Instance]:
+        """A new instance captured from ``args``, or None when the capture failed (then
+        every later call runs uncaptured, and a decline says why)."""
         caller = torch.cuda.current_stream()
         try:
-            inst = _Instance(self.run, args, self.static, self.stream, self.registry,
-                             self.caller_outputs)
+            return _Instance(self.run, args, self.static, self.stream, self.registry,
+                             self.caller_outputs, pads)
         except Exception as exc:  # capture is an optimization: run uncaptured from now on
             # (out of memory included: the uncaptured runner needs no graph pool). A capture
             # that failed to begin leaves its stream current (torch.cuda.graph's __exit__
@@ -292,14 +358,7 @@ class CapturedRunner:
             self.disabled = f"capture failed: {type(exc).__name__}: {said}"
             self.record.other_declines.append(Decline("cuda_graphs", self.disabled))
             self.record.runtime_info["capture"] = "declined: " + self.disabled
-            return self._uncaptured(args)
-        self.instances.append(inst)
-        info = self.record.runtime_info
-        info["cuda_graph_instances"] = len(self.instances)
-        info["inputs_read_in_place"] = len(inst.inplace)
-        info["inputs_copied"] = len(inst.buffers)
-        info["outputs_copied_out"] = len(inst.copied)
-        return inst.replay(args)
+            return None
 
     def _warm_up(self, args: Sequence[Any]) -> Any:
         """The first call, uncaptured, on the capture stream: libraries set up their
