@@ -88,7 +88,8 @@ def test_streams_bitwise_equal_to_one_stream_under_debug_delays(name, captured):
     with torch.no_grad():
         single = compile_with(model, num_streams=1, cuda_graphs=captured)
         expected = [single(x).clone() for x in inputs]
-        multi = compile_with(model, num_streams=8, cuda_graphs=captured, stream_debug_delays=True)
+        multi = compile_with(model, num_streams=8, cuda_graphs=captured, stream_debug_delays=True,
+                             stream_memory_budget=float("inf"))  # every branch on a stream
         for rep in range(3):
             for x, e in zip(inputs, expected):
                 out = multi(x)

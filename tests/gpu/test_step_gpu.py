@@ -44,20 +44,34 @@ def _batches(shape, n=STEPS, seed=1):
     (lambda: MLP((784, 256, 128, 10)), (64, 784)),
     (lambda: LeNet5(), (64, 1, 28, 28)),
 ])
-def test_a_captured_step_matches_eager_at_every_step(make, shape, no_tf32):
+def test_a_captured_step_matches_eager_at_every_step(make, shape, no_tf32, monkeypatch):
+    """The captured step against the same kitsune loop uncaptured (the same kernels: equal
+    to fp32 rounding at every step) and against eager torch (fused reductions round
+    differently, and Adam carries the difference on: close over the first steps, within
+    1% over all 50). cuDNN deterministic: its default weight-gradient algorithms add in a
+    different order from run to run."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     torch.manual_seed(0)
     model = make().cuda()
-    twin = copy.deepcopy(model)
-    opt = kitsune_backend.KitsuneOptimizer(torch.optim.Adam, model.parameters(), model=model,
-                                           lr=1e-3)
+    twins = [copy.deepcopy(model) for _ in range(2)]
     batches = _batches(shape)
+
+    def wrapped(m):
+        return kitsune_backend.KitsuneOptimizer(torch.optim.Adam, m.parameters(), model=m,
+                                                lr=1e-3)
+
+    opt = wrapped(model)
     losses, step = _loop(model, opt, batches)
-    ref_losses, _ = _loop(twin, torch.optim.Adam(twin.parameters(), lr=1e-3), batches,
-                          whole=False)
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses),
-                               rtol=1e-4, atol=1e-5)
-    for a, b in zip(model.parameters(), twin.parameters()):
+    uncaptured, _ = _loop(twins[0], wrapped(twins[0]), batches, whole=False)
+    eager, _ = _loop(twins[1], torch.optim.Adam(twins[1].parameters(), lr=1e-3), batches,
+                     whole=False)
+    losses, uncaptured, eager = map(torch.tensor, (losses, uncaptured, eager))
+    torch.testing.assert_close(losses, uncaptured, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses[:10], eager[:10], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses, eager, rtol=1e-2, atol=1e-3)
+    for a, b, c in zip(model.parameters(), twins[0].parameters(), twins[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        assert (a - c).norm() <= 1e-2 * c.norm(), "parameters drifted from eager's"
     stats = step.get_stats()
     assert stats["reason"] == "" and stats["captures"] == 1, stats
     assert stats["replays"] == STEPS - stats["warm_up"]
