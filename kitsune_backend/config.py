@@ -58,9 +58,10 @@ class Config:
     num_streams: int = 8
     """Most streams one compiled graph may use (the caller's stream included)."""
     stream_memory_budget: float = 0.10
-    """How far the arena of a multi-stream plan may exceed the arena of the same graph on one
-    stream, as a fraction (0.10: by 10% at most; 0: not at all; ``inf``: no limit). Where it
-    would, the memory plan puts the side-stream branches that cost the most bytes per
+    """How far a multi-stream plan may raise a graph's peak memory over the same graph on one
+    stream, as a fraction of that single-stream peak (its arena plus its inputs, parameters
+    and outputs; 0.10: by 10% at most; 0: not at all; ``inf``: no limit). Where it would,
+    the memory plan puts the side-stream branches that cost the most bytes per
     microsecond of overlap back onto their predecessor's stream, until the arena fits (with
     ``memory_pool=False`` there is no arena, and nothing is weighed)."""
     cuda_graphs: bool = True
@@ -183,8 +184,8 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
     budget = coerced.get("stream_memory_budget", 0.0)
     if not budget >= 0.0:  # NaN fails this test too
         raise KitsuneConfigError(
-            "kitsune option 'stream_memory_budget' must be a fraction >= 0 (0.1: the arena "
-            f"may grow 10% over one stream's; inf: no limit), got {budget}"
+            "kitsune option 'stream_memory_budget' must be a fraction >= 0 (0.1: a graph's "
+            f"peak may grow 10% over one stream's; inf: no limit), got {budget}"
         )
     if coerced.get("capture_shapes", 1) < 1:
         raise KitsuneConfigError(

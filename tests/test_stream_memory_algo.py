@@ -34,19 +34,22 @@ def arena_of(buffers, plan):
 
 
 @settings(max_examples=150, deadline=None)
-@given(planned(), st.sampled_from([0.0, 0.05, 0.1, 0.5, 1.0]))
-def test_fitted_plan_is_within_budget_and_overlap_safe(case, budget):
+@given(planned(), st.sampled_from([0.0, 0.05, 0.1, 0.5, 1.0]),
+       st.sampled_from([0, 1 << 10, 1 << 20]))
+def test_fitted_plan_is_within_budget_and_overlap_safe(case, budget, resident):
+    """The peak (arena plus the resident bytes every plan holds) grows by at most the
+    budget's fraction of the single-stream peak."""
     dag, cost, plan, buffers, num_streams = case
-    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget)
+    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget, resident)
     single_size, _ = arena_of(buffers, chains.single_stream_plan(dag, plan.order))
     size, problems = arena_of(buffers, fit.plan)
     assert problems == []
     assert fit.single_bytes == single_size and fit.after_bytes == size
-    assert size <= (1 + budget) * single_size
+    assert size + resident <= (1 + budget) * (single_size + resident)
     check_plan(dag, fit.plan, num_streams)
     assert fit.plan.streams_used <= plan.streams_used
     if fit.moves:
-        assert fit.before_bytes > (1 + budget) * single_size
+        assert fit.before_bytes + resident > (1 + budget) * (single_size + resident)
         assert all(fit.plan.stream[m.nodes[0]] != plan.stream[m.nodes[0]] for m in fit.moves)
     else:
         assert fit.plan is plan and fit.before_bytes == fit.after_bytes <= fit.limit_bytes
@@ -102,6 +105,9 @@ def test_wide_heads_get_fewer_streams_and_the_cheapest_overlap_stays():
     assert fit.before_bytes > 1.5 * fit.single_bytes >= fit.after_bytes
     assert 1 < fit.plan.streams_used < 8 and len(fit.moves) == 8 - fit.plan.streams_used
     assert all(len(m.nodes) == 3 and m.held_bytes == 3 << 20 for m in fit.moves)
+    # parameters far larger than the arena leave room for every stream
+    roomy = stream_memory.fit_memory_budget(dag, plan, cost, buffers, 0.5, 64 << 20)
+    assert roomy.plan is plan and roomy.moves == []
     # a head with small buffers costs fewer bytes per microsecond: it is the last to go back
     light = [Buffer(b.name, 256, b.producer, b.users) if b.producer[0] == 7 else b
              for b in buffers]

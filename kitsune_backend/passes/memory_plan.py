@@ -3,7 +3,8 @@
 The offsets come from :mod:`kitsune_backend.passes.arena_planning` (plain data, testable alone); the
 order that decides which buffers may share bytes is the stream plan's happens-before, which
 this pass reads from ``ctx.stream_plan``. Where that plan's arena would exceed the arena of
-the same graph on one stream by more than ``stream_memory_budget``, this pass first moves
+the same graph on one stream by more than ``stream_memory_budget`` of that graph's
+single-stream peak (the arena plus inputs, parameters and outputs), this pass first moves
 side-stream branches back (:mod:`kitsune_backend.passes.stream_memory`) and writes the
 plan that fits on the nodes and into ``ctx.stream_plan``.
 
@@ -167,16 +168,28 @@ def find_buffers(gm: fx.GraphModule) -> tuple[list[Buffer], list[Decline], int]:
     return buffers, declines, outside_bytes
 
 
-def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer]) -> PassResult:
-    """Bring the stream plan within the memory budget (config ``stream_memory_budget``,
-    method in :mod:`~kitsune_backend.passes.stream_memory`): side-stream branches that cost
-    the most bytes per microsecond of overlap go back onto their predecessor's stream, on
-    the nodes and in ``ctx.stream_plan``; one decline per branch moved."""
+def input_bytes(gm: fx.GraphModule) -> int:
+    """The bytes of the storages of the graph's inputs and constants (parameters included)."""
+    storages = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            storages.update(_raw_storages(node.meta.get("val")))
+    return sum(storages.values())
+
+
+def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer],
+                resident_bytes: int) -> PassResult:
+    """Bring the stream plan within the memory budget (config ``stream_memory_budget``, a
+    fraction of the single-stream peak: the arena plus ``resident_bytes``, what every plan
+    holds alike; method in :mod:`~kitsune_backend.passes.stream_memory`): side-stream
+    branches that cost the most bytes per microsecond of overlap go back onto their
+    predecessor's stream, on the nodes and in ``ctx.stream_plan``; one decline per branch
+    moved."""
     plan = ctx.stream_plan
     dag, _ = kernel_dag(gm)
     cost = {n: node_cost_us(n) for n in plan.order}
     budget = ctx.config.stream_memory_budget
-    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget)
+    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget, resident_bytes)
     if fit.moves:
         annotate(gm, fit.plan)
         ctx.stream_plan = fit.plan
@@ -193,8 +206,10 @@ def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer]) -> 
         "branches_kept_back": len(fit.moves),
         "bytes_single_stream": fit.single_bytes,
         "bytes_streams_unbudgeted": fit.before_bytes,
+        "bytes_resident": resident_bytes,
     }
-    notes = [f"memory budget {budget:.0%} over one stream's arena ({fit.single_bytes} B): "
+    notes = [f"memory budget {budget:.0%} over one stream's peak (arena {fit.single_bytes} B "
+             f"+ {resident_bytes} B of inputs, parameters and outputs): "
              f"{plan.streams_used} -> {fit.plan.streams_used} stream(s), arena "
              f"{fit.before_bytes} -> {fit.after_bytes} B"] if fit.moves else []
     return PassResult(stats=stats, notes=notes, declines=declines)
@@ -224,7 +239,9 @@ def plan_memory(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if has_symbolic_shapes(gm):
         return PassResult(declines=[Decline("memory_plan", "symbolic shapes: sizes unknown")])
     buffers, declines, outside_bytes = find_buffers(gm)
-    fitted = _fit_budget(gm, ctx, buffers) if ctx.stream_plan.streams_used > 1 else PassResult()
+    fitted = PassResult()
+    if ctx.stream_plan.streams_used > 1:
+        fitted = _fit_budget(gm, ctx, buffers, input_bytes(gm) + outside_bytes)
     offsets, arena_bytes = arena.plan_arena(buffers, ctx.stream_plan)
     by_name = {n.name: n for n in gm.graph.nodes}
     for node in gm.graph.nodes:

@@ -8,8 +8,10 @@ Work on a side stream keeps its buffers alive beside the work of the other strea
 buffers share arena bytes only where an event orders them, so a plan with more streams can
 need a larger arena. The method:
 
-1. the reference is the arena of the single-stream plan (every node on stream 0, in issue
-   order); the limit is ``(1 + budget)`` times that;
+1. the reference is the peak of the single-stream plan (every node on stream 0, in issue
+   order): its arena plus the *resident* bytes that every plan holds alike (the graph's
+   inputs and parameters, its outputs, what stays off the arena); the arena may grow by
+   ``budget`` times that peak (budget 0.1: the call's peak grows by at most 10%);
 2. the side-stream *branches* (a run of one side stream's nodes, each reading the one
    before it) are ranked by bytes per microsecond of overlap: the aligned bytes of the
    buffers they produce over their estimated time;
@@ -24,6 +26,7 @@ need a larger arena. The method:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Hashable, Mapping, Sequence
 
 import networkx as nx
@@ -47,8 +50,9 @@ class Move:
 
 @dataclasses.dataclass
 class BudgetFit:
-    """The plan that fits, the arenas it was weighed by (the limit is ``(1 + budget)``
-    times the single-stream arena), and the branches moved to fit, costliest first."""
+    """The plan that fits, the arenas it was weighed by (``limit_bytes``: the largest
+    arena within budget, the single-stream arena plus ``budget`` times the single-stream
+    peak), and the branches moved to fit, costliest first."""
 
     plan: StreamPlan
     single_bytes: int
@@ -116,15 +120,18 @@ def fit_memory_budget(
     cost: Mapping[Node, float],
     buffers: Sequence[Buffer],
     budget: float,
+    resident_bytes: int = 0,
 ) -> BudgetFit:
-    """``plan`` if its arena is at most ``(1 + budget)`` times the arena of the
-    single-stream plan; else ``plan`` with its top-ranked side branches (:func:`ranked_moves`)
-    moved back, as many as a bisection finds fit (moving none is over the limit, moving all
-    gives the single-stream plan, which is not), or the single-stream plan itself."""
+    """``plan`` if its peak (its arena plus ``resident_bytes``) is at most ``(1 + budget)``
+    times the single-stream plan's; else ``plan`` with its top-ranked side branches
+    (:func:`ranked_moves`) moved back, as many as a bisection finds fit (moving none is over
+    the limit, moving all gives the single-stream plan, which is not), or the single-stream
+    plan itself."""
     shared = shared_work(buffers)
     single = single_stream_plan(dag, plan.order)
     single_bytes = plan_arena(buffers, single, shared=shared)[1]
-    limit = single_bytes * (1.0 + budget)
+    limit = math.inf if math.isinf(budget) else \
+        single_bytes + budget * (single_bytes + resident_bytes)
     before = plan_arena(buffers, plan, shared=shared)[1]
     if before <= limit:
         return BudgetFit(plan, single_bytes, limit, before, before, [])
