@@ -171,7 +171,7 @@ def new_row(workload: Workload, backend: Backend) -> dict[str, Any]:
         "max_abs_err": None, "tol_ratio": None, "errors": None, "first_call_s": None,
         "median_ms": None, "p10_ms": None, "p90_ms": None, "samples_ms": None,
         "speedup": None, "vs_reduce_overhead": None, "plain_loop_ms": None,
-        "peak_mem_mb": None, "kernel_ms": None, "kernels": None, "launches": None,
+        "peak_mem_mb": None, "graph_pool_idle_mb": None, "kernel_ms": None, "kernels": None, "launches": None,
         "graph_launches": None, "cpu_ops": None, "graphs": None, "graph_breaks": None,
         "kitsune_fallbacks": None, "seconds": None,
     }
@@ -255,6 +255,7 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
     device = opts.device
     on_cuda = device.type == "cuda"
     mem_before = torch.cuda.memory_allocated(device) if on_cuda else 0
+    pools_before = set(idle_graph_pool_bytes(device)) if on_cuda else set()
     model = copy.deepcopy(base)
     grad = torch.no_grad() if workload.kind == "infer" else contextlib.nullcontext()
     with grad:
@@ -275,7 +276,7 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
 
         call.inputs = inputs[0]
         if opts.kernel_counts != "only":
-            _time(row, call, opts, mem_before)
+            _time(row, call, opts, mem_before, pools_before)
         else:
             for _ in range(opts.warmup):  # what timing's warm-up would have done: replays
                 call()
@@ -287,10 +288,26 @@ def _measure(workload, backend, base, inputs, opts, row, reference) -> dict:
     return observation
 
 
-def _time(row: dict, call: Callable, opts: RunOptions, mem_before: int) -> None:
+def idle_graph_pool_bytes(device: torch.device) -> dict[tuple, int]:
+    """Private memory pool id -> the bytes its segments hold but no tensor occupies: the
+    pools of captured CUDA graphs keep the memory their replays write (intermediates)
+    reserved for them, which ``max_memory_allocated`` does not count."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    idle: dict[tuple, int] = {}
+    for segment in torch.cuda.memory_snapshot():
+        pool = tuple(segment.get("segment_pool_id", (0, 0)))
+        if segment.get("device") == index and pool != (0, 0):
+            idle[pool] = idle.get(pool, 0) + segment["total_size"] - segment["allocated_size"]
+    return idle
+
+
+def _time(row: dict, call: Callable, opts: RunOptions, mem_before: int,
+          pools_before: set) -> None:
     """Per-call time (and, on CUDA, peak memory) of ``call`` into ``row``: the plain loop,
     each call synchronized and timed alone by CUDA events
-    (:func:`kitsune_backend.timing.time_each_call`), as a user measures latency."""
+    (:func:`kitsune_backend.timing.time_each_call`), as a user measures latency. Peak
+    memory: the allocator's peak over the calls less what was allocated before the row,
+    plus what the row's CUDA-graph pools hold unoccupied (``graph_pool_idle_mb``)."""
     on_cuda = opts.device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(opts.device)
@@ -298,7 +315,11 @@ def _time(row: dict, call: Callable, opts: RunOptions, mem_before: int) -> None:
     row.update(median_ms=stats["median"], p10_ms=stats["p10"], p90_ms=stats["p90"],
                samples_ms=stats["samples"])
     if on_cuda:
-        row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(opts.device) - mem_before) / 2**20
+        idle = sum(b for pool, b in idle_graph_pool_bytes(opts.device).items()
+                   if pool not in pools_before)
+        row["graph_pool_idle_mb"] = idle / 2**20
+        row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(opts.device) - mem_before
+                              + idle) / 2**20
     if row["model"] in opts.cross_check:
         _cross_check(row, call, opts)
 

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import charts, checks, cli, report  # noqa: E402  (after the path is set)
+from benchmarks import charts, checks, cli, measure, report  # noqa: E402  (after the path is set)
 from benchmarks.backends import BY_NAME, Backend  # noqa: E402
 from benchmarks.measure import RunOptions, measure_workload  # noqa: E402
 from benchmarks.workloads import BY_NAME as WORKLOADS  # noqa: E402
@@ -290,3 +290,18 @@ def test_reduce_overhead_rows_mark_a_step_before_every_call(monkeypatch):
         wrapped(torch.ones(1))
     assert len(marks) == 3
     assert not BY_NAME["inductor"].marks_steps and not BY_NAME["kitsune"].marks_steps
+
+
+def test_idle_graph_pool_bytes_counts_private_pools_only(monkeypatch):
+    """CUDA-graph pools hold their replays' memory unallocated; the default pool's cached
+    blocks and other devices' segments are not a graph's."""
+    segments = [
+        {"device": 0, "segment_pool_id": (0, 0), "total_size": 8 << 20, "allocated_size": 0},
+        {"device": 0, "segment_pool_id": (1, 2), "total_size": 2 << 20, "allocated_size": 1 << 20},
+        {"device": 0, "segment_pool_id": (1, 2), "total_size": 2 << 20, "allocated_size": 0},
+        {"device": 0, "segment_pool_id": (1, 5), "total_size": 20 << 20, "allocated_size": 4 << 20},
+        {"device": 1, "segment_pool_id": (1, 7), "total_size": 2 << 20, "allocated_size": 0},
+    ]
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: segments)
+    idle = measure.idle_graph_pool_bytes(torch.device("cuda", 0))
+    assert idle == {(1, 2): 3 << 20, (1, 5): 16 << 20}
