@@ -7,7 +7,7 @@ is installed (Dynamo finds it through the ``torch_dynamo_backends`` entry point)
 checked at that call.
 """
 
-from . import config, log
+from . import config, log, torch_compat
 from .backend import compile, kitsune
 from .config import Config
 from .errors import (
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 config.check_environment()  # a misspelt KITSUNE_* variable fails here, not at a compile
 log.configure_from_env()
+torch_compat.install()  # before torch 2.13: fast-path transformer ops traceable with symbolic sizes
 
 __all__ = [
     "Config",

@@ -52,6 +52,13 @@ def test_a_serving_loop_needs_few_captures_and_matches_eager():
                     for r in _records()]
 
 
+def test_fast_path_transformer_ops_have_meta_kernels_on_this_torch():
+    """Without them (torch before 2.13) the serving loop's symbolic recompile breaks the
+    graph at each encoder layer: no padding, the layers run eagerly."""
+    from kitsune_backend import torch_compat
+    assert torch_compat.missing_meta_kernels() == []
+
+
 def test_random_sizes_under_capture_one_signature_per_bucket():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(),
