@@ -34,6 +34,7 @@ from .passes.decompositions import report_decompositions
 from .passes.fusion import fuse
 from .passes.matmul_bias import fold_matmul_bias
 from .passes.memory_plan import plan_memory
+from .passes.permutes import hoist_permutes
 from .passes.seeds import gather_seeds
 from .passes.streams import assign_streams
 from .plugin_check import check_plugin_graph
@@ -82,6 +83,11 @@ PIPELINE: tuple[Stage, ...] = (
           "after duplicates are merged: values that depend on no input are computed once, "
           "before plugins and fusion see the graph",
           fold_constants_stage),
+    Stage("permutes", "graph",
+          "after folding (a folded value needs no move) and before plugins and fusion: "
+          "pointwise ops move into the layout their consumer reads, so fusion may put them "
+          "in its kernel",
+          hoist_permutes),
     Stage("pre_fusion", "graph",
           "user passes see plain, clean ATen with metadata, before kitsune groups nodes"),
     Stage("batch_split", "graph",

@@ -14,8 +14,8 @@ from kitsune_backend.record import NodeSnapshot
 
 from tests.helpers import assert_close
 
-STAGES = ["decompose", "cleanup", "seeds", "cse", "constant_fold", "batch_split", "fusion",
-          "matmul_bias", "streams", "memory_plan", "kernels", "precompile", "arena",
+STAGES = ["decompose", "cleanup", "seeds", "cse", "constant_fold", "permutes", "batch_split",
+          "fusion", "matmul_bias", "streams", "memory_plan", "kernels", "precompile", "arena",
           "streams_code", "capture"]
 
 

@@ -111,12 +111,12 @@ def test_registered_passes_run_in_order_and_rewrite_the_graph(registered):
     registered(late, stage="post_fusion")
     session = _compile_and_check()
     forward = session.forward
-    assert forward.stages == ["decompose", "cleanup", "seeds", "cse", "constant_fold", "first",
-                              "second", "batch_split", "fusion", "matmul_bias", "late", "streams",
-                              "memory_plan", "kernels", "precompile", "arena", "streams_code",
-                              "capture"]
-    assert [p.stage for p in forward.passes][5:7] == ["pre_fusion", "pre_fusion"]
-    assert forward.passes[6].notes == ["clamp_min: 1"]
+    assert forward.stages == ["decompose", "cleanup", "seeds", "cse", "constant_fold", "permutes",
+                              "first", "second", "batch_split", "fusion", "matmul_bias", "late",
+                              "streams", "memory_plan", "kernels", "precompile", "arena",
+                              "streams_code", "capture"]
+    assert [p.stage for p in forward.passes][6:8] == ["pre_fusion", "pre_fusion"]
+    assert forward.passes[7].notes == ["clamp_min: 1"]
     assert "aten.clamp_min.default" in forward.graph_after("first")
     assert "aten.relu.default" not in forward.graph_after("memory_plan")
     assert seen == ["first", "second", "late"] * 2  # forward, then backward
