@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch._decomp import get_decompositions
 
 from ..ir import PassContext, PassResult
-from . import dropout_decomposition, maxpool_decompositions
+from . import dropout_decomposition, maxpool_decompositions, transformer_decompositions
 
 aten = torch.ops.aten
 
@@ -157,6 +157,10 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.max_pool2d_with_indices_backward.default] = (
         maxpool_decompositions.max_pool2d_with_indices_backward)
     table[aten.native_dropout.default] = dropout_decomposition.native_dropout
+    table[aten._transformer_encoder_layer_fwd.default] = (
+        transformer_decompositions.transformer_encoder_layer_fwd)
+    table[aten._native_multi_head_attention.default] = (
+        transformer_decompositions.native_multi_head_attention)
     return table
 
 
