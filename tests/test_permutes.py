@@ -170,3 +170,10 @@ def test_a_convnext_block_trains_with_eager_gradients():
     torch.manual_seed(0)
     kitsune_backend.clear_history()
     check(ConvNeXtBlock(), torch.randn(2, 16, 6, 6), grad=True)
+
+
+def test_nothing_moves_with_fusion_off():
+    gm, inputs = trace(conv_bias_then_channels_last, (2, 8, 4, 4), (8,))
+    before = _targets(gm)
+    assert hoist_permutes(gm, context(inputs, fusion=False)).stats["permutes_hoisted"] == 0
+    assert _targets(gm) == before

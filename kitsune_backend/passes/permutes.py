@@ -16,7 +16,8 @@ The move is made only where it changes nothing but the index space:
   reductions), so the op is not left in the new layout on its own;
 - its inputs of lower rank (broadcast along leading dims) get leading size-1 dims first;
 - the moved op's result has the permute's shape, strides and dtype (checked on fake
-  tensors; otherwise the graph is left as it was). Graphs of symbolic sizes are left alone.
+  tensors; otherwise the graph is left as it was). Graphs of symbolic sizes, and every
+  graph when fusion is off, are left alone.
 
 The move repeats, so a permute climbs a chain of single-user pointwise ops to its start.
 """
@@ -55,7 +56,7 @@ def hoist_permutes(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         add = aten.add(permute_a, permute_b)        # [2, 8, 8, 32], as the permute was
         clone = aten.clone(add)
     """
-    if has_symbolic_shapes(gm):
+    if not ctx.config.fusion or has_symbolic_shapes(gm):  # the move only serves fusion
         return PassResult(stats={"permutes_hoisted": 0})
     moved = 0
     changed = True
