@@ -1,5 +1,6 @@
 """The command line: ``run`` measures, ``compare`` checks for regressions, ``merge`` joins
-runs of different models, ``charts`` draws, ``compile-time`` times first-step compiles.
+runs of different models, ``charts`` draws, ``compile-time`` times first-step compiles,
+``serving`` runs a loop of changing batch sizes.
 
 Heavy imports (torch, the harness) happen inside the commands, after ``--device cpu`` has
 set ``TRITON_INTERPRET=1`` (generated Triton kernels then run on CPU tensors).
@@ -90,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     charts.add_argument("--out", required=True, help="the PNG to write")
 
     from .compile_time import add_parser as add_compile_time
+    from .serving import add_parser as add_serving
 
     add_compile_time(sub)
+    add_serving(sub)
     return parser
 
 
@@ -108,6 +111,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .compile_time import cmd_compile_time
 
         return cmd_compile_time(args)
+    if args.command == "serving":
+        from .serving import cmd_serving
+
+        return cmd_serving(args)
     return cmd_charts(args)
 
 

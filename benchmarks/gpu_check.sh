@@ -10,6 +10,9 @@
 #     install, run the OpInfo fused sweep in float16 and bfloat16 (tests/test_opinfo_fused.py,
 #     its gpu tests) over SWEEP_WORKERS=12 pytest-xdist processes, limit SWEEP_TIMEOUT=480
 #     (the other phases' GPU tests leave it out: it alone fills most of a call)
+#   PHASE=serving OUT=/some/folder bash benchmarks/gpu_check.sh [extra `serving` options]
+#     install, run the serving loop of changing batch sizes (benchmarks/serving.py): eager,
+#     reduce-overhead and kitsune in one process, limit SERVING_TIMEOUT=300
 #   PHASE=count OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #     install, count every row's kernels under the profiler (and keep the branchy trace),
 #     time the first-step compile of ResNet-18 cold and warm against Inductor
@@ -40,8 +43,8 @@ mkdir -p "$OUT"
 DATE=$(date -u +%Y-%m-%d)
 PHASE=${PHASE:-time}
 TESTS_LIMIT=${TESTS_TIMEOUT:-$([ "$PHASE" = tests ] && echo 540 || echo 240)}
-case "$PHASE" in time|count|tests|sweep) ;;
-  *) echo "PHASE must be time, count, tests or sweep, not $PHASE" >&2; exit 2;; esac
+case "$PHASE" in time|count|tests|sweep|serving) ;;
+  *) echo "PHASE must be time, count, tests, sweep or serving, not $PHASE" >&2; exit 2;; esac
 RESULTS="$OUT/results_${PHASE}_$DATE.json"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -87,6 +90,13 @@ for kind, counts in sorted(totals.items()):
           f"{counts['excused']} excused (aot_eager disagrees with eager too)")
 PY
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_sweep.log" | tail -20
+    stamp "done"
+    exit 0
+  fi
+  if [ "$PHASE" = serving ]; then
+    stamp "serving loop (python -m benchmarks serving)"
+    timeout "${SERVING_TIMEOUT:-300}" python3 -m benchmarks serving --json "$RESULTS" "$@"
+    echo "serving exit code: $? (1: an output differed from eager's; 124: timed out)"
     stamp "done"
     exit 0
   fi

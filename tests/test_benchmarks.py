@@ -305,3 +305,18 @@ def test_idle_graph_pool_bytes_counts_private_pools_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: segments)
     idle = measure.idle_graph_pool_bytes(torch.device("cuda", 0))
     assert idle == {(1, 2): 3 << 20, (1, 5): 16 << 20}
+
+
+def test_the_serving_loop_smoke_run_checks_every_output(tmp_path, capsys):
+    """``serving --quick`` on the CPU: eager and kitsune over changing batch sizes, every
+    output against eager's, one row each with the loop's times and kitsune's graphs."""
+    path = tmp_path / "serving.json"
+    code = cli.main(["serving", "--quick", "--device", "cpu", "--backends", "eager,kitsune",
+                     "--calls", "6", "--json", str(path)])
+    assert code == 0, capsys.readouterr().out
+    results = json.loads(path.read_text())
+    rows = {r["backend"]: r for r in results["rows"]}
+    assert set(rows) == {"eager", "kitsune"} and all(r["matches_eager"] for r in rows.values())
+    assert rows["kitsune"]["graphs"] >= 1 and rows["kitsune"]["p50_ms"] > 0
+    assert len(rows["eager"]["samples_ms"]) == 6
+    assert "first loop s" in capsys.readouterr().out
