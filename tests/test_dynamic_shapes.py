@@ -272,6 +272,6 @@ def test_random_programs_serve_every_size(program, grow):
         x = torch.randn(r, c, generator=generator).to(dtype)
         y = second_input(r, c, dtype, layout, generator)
         assert_close_or_as_accurate(compiled(x, y), run_program(steps, x, y),
-                                    run_program(steps, x.double(), y.double()))
+                                    run_program(steps, x.double(), y.double()), dtype)
     (session,) = kitsune_backend.history()
     assert all(e.kernel.fallback_calls == 0 for e in session.records[0].kernels)

@@ -22,5 +22,5 @@ def test_random_graphs_match_eager(program):
     compiled = torch.compile(lambda a, b: run_program(steps, a, b), backend="kitsune",
                              options={"strict": True})
     assert_close_or_as_accurate(compiled(x, y), run_program(steps, x, y),
-                                run_program(steps, x.double(), y.double()))
+                                run_program(steps, x.double(), y.double()), dtype)
     assert not kitsune_backend.last_compile().forward.fallback_reason
