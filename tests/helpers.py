@@ -114,3 +114,14 @@ def check_model(model, x, device, rtol=1e-4):
     session = kitsune_backend.last_compile()
     assert not any(r.fallback_reason for r in session.records)
     return session
+
+
+def encoder_layer_args(layer, x, use_gelu=False):
+    """The arguments of ``aten._transformer_encoder_layer_fwd`` for ``layer`` (an
+    ``nn.TransformerEncoderLayer``) on ``x``, without a mask."""
+    attn = layer.self_attn
+    return [x, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
+            attn.out_proj.weight, attn.out_proj.bias, use_gelu, layer.norm_first,
+            layer.norm1.eps, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight,
+            layer.norm2.bias, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
+            layer.linear2.bias]

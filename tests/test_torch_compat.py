@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kitsune_backend import torch_compat
+from tests.helpers import encoder_layer_args
 
 aten = torch.ops.aten
 
@@ -12,19 +13,10 @@ def _on_meta(values):
     return [v.to("meta") if isinstance(v, torch.Tensor) else v for v in values]
 
 
-def _layer_args(layer, x):
-    attn = layer.self_attn
-    return [x, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
-            attn.out_proj.weight, attn.out_proj.bias, False, layer.norm_first,
-            layer.norm1.eps, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight,
-            layer.norm2.bias, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
-            layer.linear2.bias]
-
-
 @pytest.mark.parametrize("batch", [0, 1, 5])
 def test_encoder_layer_kernel_shapes_its_output_as_the_op_does(batch):
     layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
-    args = _layer_args(layer, torch.randn(batch, 3, 16))
+    args = encoder_layer_args(layer, torch.randn(batch, 3, 16))
     with torch.no_grad():
         real = aten._transformer_encoder_layer_fwd(*args)
     meta = torch_compat.transformer_encoder_layer_fwd(*_on_meta(args))

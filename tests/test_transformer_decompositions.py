@@ -6,18 +6,9 @@ import torch
 
 import kitsune_backend
 from kitsune_backend.passes import transformer_decompositions as td
-from tests.helpers import assert_close
+from tests.helpers import assert_close, encoder_layer_args
 
 aten = torch.ops.aten
-
-
-def _encoder_args(layer, x, use_gelu):
-    attn = layer.self_attn
-    return [x, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
-            attn.out_proj.weight, attn.out_proj.bias, use_gelu, layer.norm_first,
-            layer.norm1.eps, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight,
-            layer.norm2.bias, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
-            layer.linear2.bias]
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -26,7 +17,7 @@ def test_the_encoder_layer_equals_the_op(norm_first, activation):
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True,
                                              norm_first=norm_first, activation=activation)
-    args = _encoder_args(layer.eval(), torch.randn(3, 5, 32), activation == "gelu")
+    args = encoder_layer_args(layer.eval(), torch.randn(3, 5, 32), activation == "gelu")
     with torch.no_grad():
         expected = aten._transformer_encoder_layer_fwd(*args)
         assert_close(td.transformer_encoder_layer_fwd(*args), expected)
@@ -56,7 +47,7 @@ def test_masks_weights_and_nested_tensors_keep_the_op():
     mask = torch.zeros(5, 5, dtype=torch.bool)
     assert td.native_multi_head_attention(*common, mask, False) is NotImplemented
     layer = torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
-    args = _encoder_args(layer, x, False)
+    args = encoder_layer_args(layer, x, False)
     assert td.transformer_encoder_layer_fwd(*args, mask) is NotImplemented
 
 
