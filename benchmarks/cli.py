@@ -1,6 +1,7 @@
 """The command line: ``run`` measures, ``compare`` checks for regressions, ``merge`` joins
 runs of different models, ``charts`` draws, ``compile-time`` times first-step compiles,
-``serving`` runs a loop of changing batch sizes.
+``serving`` runs a loop of changing batch sizes, ``timeline`` draws a trace's measured
+per-stream schedule.
 
 Heavy imports (torch, the harness) happen inside the commands, after ``--device cpu`` has
 set ``TRITON_INTERPRET=1`` (generated Triton kernels then run on CPU tensors).
@@ -92,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .compile_time import add_parser as add_compile_time
     from .serving import add_parser as add_serving
+    from .timeline import add_parser as add_timeline
 
     add_compile_time(sub)
     add_serving(sub)
+    add_timeline(sub)
     return parser
 
 
@@ -115,6 +118,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .serving import cmd_serving
 
         return cmd_serving(args)
+    if args.command == "timeline":
+        from .timeline import cmd_timeline
+
+        return cmd_timeline(args)
     return cmd_charts(args)
 
 

@@ -29,6 +29,7 @@
 #   gpu_tests.log                     (time) the GPU tests' full pytest output
 #   results_<phase>_<date>.json       every number of the benchmark, with GPU/torch/triton/date
 #   trace_branchy_kitsune.json        (count) Chrome trace of one kitsune branchy iteration
+#   schedule_branchy_kitsune.png      (count) its measured per-stream kernel schedule
 #   compile_time_<date>.json          (count) ResNet-18 first-step compile time, cold and warm
 # TESTS_WORKERS=N runs the GPU tests over N pytest-xdist processes (one GPU, shared).
 # Time limits (seconds, override through the environment): TESTS_TIMEOUT=240 for pytest (540 with
@@ -127,6 +128,10 @@ PY
     --kernel-counts only --trace "$OUT/trace_branchy_kitsune.json" \
     --budget-s "${BENCH_BUDGET:-300}" "$@"
   echo "benchmark exit code: $? (1: a row failed or disagreed with eager; 124: timed out)"
+  if [ -f "$OUT/trace_branchy_kitsune.json" ]; then
+    python3 -m benchmarks timeline "$OUT/trace_branchy_kitsune.json" \
+      --out "$OUT/schedule_branchy_kitsune.png" || echo "no timeline drawn"
+  fi
   stamp "compile time (first step cold and warm, kitsune against Inductor)"
   if [ "${COMPILE_TIMEOUT:-200}" != "0" ]; then
     timeout "${COMPILE_TIMEOUT:-200}" python3 -m benchmarks compile-time \

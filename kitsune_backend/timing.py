@@ -248,3 +248,18 @@ def count_trace_events(events: list[dict], on_device: bool = True) -> dict[str, 
         for key in ("kernels", "kernel_ms", "launches", "graph_launches", "copies"):
             counts[key] = None
     return counts
+
+
+def kernel_spans(events: list[dict]) -> list[dict[str, Any]]:
+    """The device kernels of Chrome trace ``events`` (``torch.profiler``'s export), in start
+    order: ``name``, ``stream`` (the CUDA stream it ran on), ``start_us`` (from the first
+    kernel's start) and ``dur_us``, as the profiler measured them."""
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    if not kernels:
+        return []
+    origin = min(float(e["ts"]) for e in kernels)
+    spans = [{"name": e.get("name", ""),
+              "stream": int(e.get("args", {}).get("stream", e.get("tid", 0))),
+              "start_us": float(e["ts"]) - origin, "dur_us": float(e.get("dur", 0.0))}
+             for e in kernels]
+    return sorted(spans, key=lambda s: (s["start_us"], s["stream"]))

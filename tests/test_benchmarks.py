@@ -320,3 +320,35 @@ def test_the_serving_loop_smoke_run_checks_every_output(tmp_path, capsys):
     assert rows["kitsune"]["graphs"] >= 1 and rows["kitsune"]["p50_ms"] > 0
     assert len(rows["eager"]["samples_ms"]) == 6
     assert "first loop s" in capsys.readouterr().out
+
+
+def _trace(tmp_path, events):
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    return str(path)
+
+
+def test_the_timeline_draws_measured_kernels_per_stream(tmp_path):
+    """Kernels at the times and on the streams the trace gives; host events ignored."""
+    from kitsune_backend.timing import kernel_spans
+
+    events = [
+        {"ph": "X", "cat": "kernel", "name": "kitsune_fused_relu_0", "ts": 1000.0, "dur": 5.0,
+         "tid": 7, "args": {"stream": 7}},
+        {"ph": "X", "cat": "kernel", "name": "ampere_sgemm", "ts": 1002.0, "dur": 9.0,
+         "tid": 13, "args": {"stream": 13}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 990.0, "dur": 3.0},
+    ]
+    spans = kernel_spans(events)
+    assert [(s["stream"], s["start_us"], s["dur_us"]) for s in spans] == [(7, 0.0, 5.0),
+                                                                          (13, 2.0, 9.0)]
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "schedule.png"
+    assert cli.main(["timeline", _trace(tmp_path, events), "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_a_trace_without_device_kernels_draws_nothing(tmp_path, capsys):
+    trace = _trace(tmp_path, [{"ph": "X", "cat": "cpu_op", "name": "aten::add", "ts": 1.0}])
+    assert cli.main(["timeline", trace, "--out", str(tmp_path / "x.png")]) == 1
+    assert "no device kernels" in capsys.readouterr().err
