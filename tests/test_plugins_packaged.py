@@ -267,6 +267,7 @@ def test_plugin_passes_run_at_their_stage_in_order(all_plugins):
             ("seeds", "seeds"),
             ("cse", "cse"),
             ("constant_fold", "constant_fold"),
+            ("permutes", "permutes"),
             ("pre_fusion", "relu_to_clamp"),  # order 1
             ("pre_fusion", "count_clamps"),  # order 5, name sorts first
             ("pre_fusion", "count_nodes"),  # order 5
