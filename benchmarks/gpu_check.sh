@@ -13,6 +13,9 @@
 #   PHASE=serving OUT=/some/folder bash benchmarks/gpu_check.sh [extra `serving` options]
 #     install, run the serving loop of changing batch sizes (benchmarks/serving.py): eager,
 #     reduce-overhead and kitsune in one process, limit SERVING_TIMEOUT=300
+#   PHASE=distributed OUT=/some/folder bash benchmarks/gpu_check.sh
+#     install, train ResNet-18 under DDP and FSDP2 (benchmarks/distributed.py, torchrun, NCCL,
+#     one process per GPU) with eager, Inductor and kitsune; limit DIST_TIMEOUT=120 per run
 #   PHASE=count OUT=/some/folder bash benchmarks/gpu_check.sh [extra `run` options]
 #     install, count every row's kernels under the profiler (and keep the branchy trace),
 #     time the first-step compile of ResNet-18 cold and warm against Inductor
@@ -44,8 +47,9 @@ mkdir -p "$OUT"
 DATE=$(date -u +%Y-%m-%d)
 PHASE=${PHASE:-time}
 TESTS_LIMIT=${TESTS_TIMEOUT:-$([ "$PHASE" = tests ] && echo 540 || echo 240)}
-case "$PHASE" in time|count|tests|sweep|serving) ;;
-  *) echo "PHASE must be time, count, tests, sweep or serving, not $PHASE" >&2; exit 2;; esac
+case "$PHASE" in time|count|tests|sweep|serving|distributed) ;;
+  *) echo "PHASE must be time, count, tests, sweep, serving or distributed, not $PHASE" >&2
+     exit 2;; esac
 RESULTS="$OUT/results_${PHASE}_$DATE.json"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -98,6 +102,19 @@ PY
     stamp "serving loop (python -m benchmarks serving)"
     timeout "${SERVING_TIMEOUT:-300}" python3 -m benchmarks serving --json "$RESULTS" "$@"
     echo "serving exit code: $? (1: an output differed from eager's; 124: timed out)"
+    stamp "done"
+    exit 0
+  fi
+  if [ "$PHASE" = distributed ]; then
+    GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+    for engine in ddp fsdp2; do
+      for backend in eager inductor kitsune; do
+        stamp "$engine / $backend on $GPUS GPU(s)"
+        timeout "${DIST_TIMEOUT:-120}" python3 -m torch.distributed.run --nproc-per-node "$GPUS" \
+          -m benchmarks.distributed --engine "$engine" --backend "$backend" \
+          --json "$OUT/distributed_${engine}_${backend}_$DATE.json" 2>&1 | tail -3
+      done
+    done
     stamp "done"
     exit 0
   fi
