@@ -14,7 +14,7 @@ first ones compile). Engines:
   each graph at the bucket boundaries, so the backend compiles many small graphs;
 - ``fsdp2``: every child module with parameters compiled, then ``fully_shard`` on it, then
   on the model (the per-block recipe: compiling the sharded model whole, Dynamo breaks the
-  graph at FSDP's hooks and compiles nothing in torch 2.13).
+  graph at FSDP's hooks and compiles nothing on torch 2.13, seen on the CPU).
 
 NCCL on CUDA, gloo on the CPU. Rank 0 prints one line and, with ``--json``, writes the
 losses, the step times and (kitsune) the graphs compiled and their CUDA graph captures.
