@@ -150,3 +150,14 @@ def iter_tensors(values: Any) -> Iterator[torch.Tensor]:
     elif isinstance(values, (list, tuple)):
         for value in values:
             yield from iter_tensors(value)
+
+
+COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "c10d_functional",
+                                   "_c10d_functional_autograd", "c10d", "_dtensor"})
+"""Op namespaces of torch.distributed's collectives (and their waits) in traced graphs."""
+
+
+def is_collective(node: fx.Node) -> bool:
+    """True for a collective or its wait (``_c10d_functional.all_reduce``, ``wait_tensor``)."""
+    return (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+            and node.target.namespace in COLLECTIVE_NAMESPACES)

@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from ..graph_utils import (STORAGE_COPYING, alias_base, has_symbolic_shapes, iter_tensors,
-                           op_overload, storage_addressed_args, written_inputs)
+from ..graph_utils import (STORAGE_COPYING, alias_base, has_symbolic_shapes, is_collective,
+                           iter_tensors, op_overload, storage_addressed_args, written_inputs)
 from ..ir import Decline, PassContext, PassResult
 from ..runtime.batch_padding import BatchPadder
 from ..runtime.capture import CapturedRunner
@@ -88,6 +88,9 @@ def capture_decline(
         overload = op_overload(node)
         if overload is not None and overload.overloadpacket.__name__ in HOST_SYNC:
             return f"node {node.name} ({overload}) synchronizes with the host"
+        if is_collective(node):
+            return (f"node {node.name} ({node.target}) is a collective: kitsune does not "
+                    "capture collectives in a CUDA graph (the schedule runs uncaptured)")
     return _copied_input_decline(gm, placeholders, static) or _host_value_decline(gm)
 
 

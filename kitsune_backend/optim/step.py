@@ -137,6 +137,9 @@ class CompiledStep:
                            "so the batch must be passed to the step")
         elif not all(t.is_cuda for t in tensors):
             self.reason = "a tensor argument not on a CUDA device: CUDA graphs need CUDA tensors"
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.reason = ("torch.distributed is initialized: the collectives that DDP or FSDP "
+                           "issue during a step would be captured too, which kitsune does not do")
         else:
             try:
                 return tuple(

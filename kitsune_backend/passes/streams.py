@@ -14,7 +14,8 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from ..graph_utils import alias_base, has_symbolic_shapes, is_mutating, is_view, launches_kernel
+from ..graph_utils import (alias_base, has_symbolic_shapes, is_collective, is_mutating, is_view,
+                           launches_kernel)
 from ..ir import META_STREAM, META_WAIT, Decline, PassContext, PassResult, StreamPlan
 from . import stream_planning
 from .stream_cost import EVENT_US, LAUNCH_US, node_cost_us
@@ -89,6 +90,19 @@ def _decline_reason(ctx: PassContext, symbolic: bool) -> str:
     return ""
 
 
+def _collectives_on_caller_stream(plan: StreamPlan, dag: nx.DiGraph,
+                                  order: list[fx.Node]) -> StreamPlan:
+    """``plan`` with every collective and its wait on stream 0, where the engine that
+    issued it (DDP, FSDP2) expects it, in graph order on every rank; the work that does not
+    depend on it stays where the plan put it, and overlaps it."""
+    pinned = [n for n in order if is_collective(n) and plan.stream[n] != 0]
+    if not pinned:
+        return plan
+    stream = dict(plan.stream)
+    stream.update(dict.fromkeys(pinned, 0))
+    return stream_planning.finish_plan(dag, order, stream, plan.chains, plan.num_streams)
+
+
 def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Put kernels on streams so that independent branches overlap, with few events.
 
@@ -103,6 +117,8 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         a: stream 0; b: stream 0        # the critical path stays on the caller's stream
         c: stream 1; d: stream 1
         e: stream 0, waits for [d]      # one event; the final join has nothing left to do
+
+    Collectives and their waits stay on stream 0 (:func:`_collectives_on_caller_stream`).
     """
     dag, order = kernel_dag(gm)
     symbolic = has_symbolic_shapes(gm)
@@ -127,7 +143,7 @@ def assign_streams(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                 f"{t_multi:.1f} us on {multi.streams_used}"
             )
         else:
-            plan = multi
+            plan = _collectives_on_caller_stream(multi, dag, order)
     annotate(gm, plan)
     ctx.stream_plan = plan
     stats.update(

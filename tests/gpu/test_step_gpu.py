@@ -197,3 +197,20 @@ def test_fp16_with_grad_scaler_is_captured_whole_and_trains():
     assert stats["reason"] == "" and stats["captures"] == 1, stats
     assert losses[-1] < 0.5 * losses[0], losses
     assert opt.get_stats()["update"] == "kitsune"
+
+
+def test_with_torch_distributed_initialized_the_step_runs_itself_with_the_reason(tmp_path):
+    """DDP and FSDP issue collectives from their hooks during a step; kitsune does not
+    capture collectives, so the whole step is not captured."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0,
+                            world_size=1)
+    try:
+        model = MLP((32, 64, 10)).cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses, step = _loop(model, opt, _batches((16, 32), n=4))
+    finally:
+        dist.destroy_process_group()
+    assert "torch.distributed is initialized" in step.get_stats()["reason"]
+    assert len(losses) == 4
