@@ -18,10 +18,19 @@ def cat_mix(a, b, dim):
     return c.narrow(dim, 0, n) - c.narrow(dim, n, n)
 
 
+def _through_permute(t):
+    """Pointwise work between two permutes, then more after them (what the permutes stage
+    moves); 1-d values have nothing to permute."""
+    if t.dim() != 2:
+        return torch.sigmoid(t)
+    return torch.sigmoid((t.permute(1, 0) * 1.5 - 0.25).permute(1, 0))
+
+
 UNARY = [torch.exp, torch.sigmoid, torch.tanh, torch.relu, torch.neg, torch.abs,
          lambda t: t * 0.5 + 1, lambda t: torch.nn.functional.gelu(t), torch.erf,
          lambda t: torch.where(t > 0, torch.scalar_tensor(0.5), torch.full_like(t, -1.0)),
-         lambda t: t + torch.arange(t.shape[-1], dtype=torch.float32) * 0.25]
+         lambda t: t + torch.arange(t.shape[-1], dtype=torch.float32) * 0.25,
+         lambda t: _through_permute(t)]
 BINARY = [torch.add, torch.sub, torch.mul, torch.maximum, torch.minimum,
           lambda a, b: torch.where(a > b, a, b * 2),
           lambda a, b: cat_mix(a, b, -1), lambda a, b: cat_mix(a, b, 0)]
