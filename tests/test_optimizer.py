@@ -226,6 +226,12 @@ def test_model_option_compiles_the_model_with_kitsune():
     _assert_same(list(model.parameters()), list(twin.parameters()), torch.float32)
     kinds = {r.name.split("_")[0] for s in kitsune_backend.history() for r in s.records}
     assert {"forward", "backward", "inference"} <= kinds  # the model's graphs and the update
+    plans = opt.get_stats()["model_memory_plan"]  # the model's graphs, not the update's
+    assert [p["graph"] for p in plans] == ["forward", "backward"]
+    for plan in plans:
+        assert plan["arena_bytes"] <= plan["single_stream_arena_bytes"] * 1.1 + 1
+        assert plan["peak_planned_bytes"] >= plan["arena_bytes"]
+        assert plan["eager_peak_estimate_bytes"] > 0
 
 
 def test_amp_bf16_runs_the_forward_under_autocast_like_eager():

@@ -72,6 +72,7 @@ class KitsuneOptimizer(torch.optim.Optimizer):
         self.state = self.optimizer.state  # show up on both sides
         self._buckets: list[tuple[dict, Bucket]] = []
         self._sessions: list[Any] = []  # kitsune's compiles of the buckets' updates
+        self._model_sessions: list[Any] = []  # and of the model (with model=)
         self._signature: Any = None
         self._steps = 0
         self._compiled_steps = 0
@@ -83,7 +84,7 @@ class KitsuneOptimizer(torch.optim.Optimizer):
                 "model's forward then runs under autocast)")
         self.amp = amp
         if model is not None:
-            _compile_forward(model, self.config, AMP_DTYPES.get(amp))
+            _compile_forward(model, self.config, AMP_DTYPES.get(amp), self._model_sessions)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -198,6 +199,10 @@ class KitsuneOptimizer(torch.optim.Optimizer):
             stats["update_speedup"] = stats["eager_update_ms"] / stats["kitsune_update_ms"]
         else:
             stats["update_speedup"] = None  # not measured yet: too few steps
+        stats["model_memory_plan"] = [
+            {"graph": r.name, **{key: r.stats[stat] for key, stat in MEMORY_PLAN_STATS.items()
+                                 if stat in r.stats}}
+            for session in self._model_sessions for r in session.records]
         return stats
 
     @property
@@ -265,8 +270,9 @@ class KitsuneOptimizer(torch.optim.Optimizer):
 
 
 def _compile_forward(model: torch.nn.Module, config: Any,
-                     amp: Optional[torch.dtype]) -> None:
-    """Replace ``model.forward`` by kitsune's compile of it (under autocast to ``amp``).
+                     amp: Optional[torch.dtype], sessions: list) -> None:
+    """Replace ``model.forward`` by kitsune's compile of it (under autocast to ``amp``);
+    each compile's session goes into ``sessions`` (its backward graph joins it later).
     (``nn.Module.compile`` would leave torch.nn's own modules eager.)"""
     forward = model.forward
     if amp is not None:
@@ -277,7 +283,23 @@ def _compile_forward(model: torch.nn.Module, config: Any,
             with torch.autocast(device, dtype=amp):
                 return plain(*args, **kwargs)
 
-    model.forward = torch.compile(forward, backend=bound_backend(config))
+    backend = bound_backend(config)
+
+    def recorded(gm: Any, example_inputs: Any) -> Any:
+        before = PROCESS.history.started
+        compiled = backend(gm, example_inputs)
+        sessions.extend(s for s in PROCESS.history.sessions() if s.id >= before)
+        return compiled
+
+    model.forward = torch.compile(forward, backend=recorded)
+
+
+MEMORY_PLAN_STATS = {"arena_bytes": "bytes_planned",
+                     "single_stream_arena_bytes": "bytes_single_stream",
+                     "peak_planned_bytes": "bytes_peak_planned",
+                     "eager_peak_estimate_bytes": "bytes_eager_peak"}
+"""``get_stats()["model_memory_plan"]`` key -> the memory_plan stage's stat it reports:
+the plan made at compile time (the device's real peak is the caller's to measure)."""
 
 
 def _why_not_flat(params: list, state: dict, rule: Rule) -> str:
