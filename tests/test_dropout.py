@@ -85,3 +85,31 @@ def test_eval_mode_draws_nothing():
     with torch.no_grad():
         torch.testing.assert_close(_compiled(model)(x), model(x))
     assert "seeds" not in kitsune_backend.last_compile().forward.stats
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("columns", [40, 20000])  # one pass over the columns; 5 passes of 4096
+def test_a_dropout_joins_the_layer_norm_after_it_with_the_same_numbers(columns, device):
+    """The residual add, its dropout and the LayerNorm after them are one reduction kernel
+    drawing ``tl.rand`` at each element's row-major index: the same mask (and so the same
+    values and gradients) as with fusion off."""
+    def block(x, y, w, b):
+        return F.layer_norm(x + F.dropout(y, 0.3, training=True), (columns,), w, b)
+
+    inputs = [torch.randn(s, device=device) for s in
+              ((2, columns), (2, columns), (columns,), (columns,))]
+    results = []
+    for fusion in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(3)
+        args = [t.clone().requires_grad_() for t in inputs]
+        out = _compiled(block, fusion=fusion)(*args)
+        (out * torch.linspace(-1, 1, columns, device=device)).sum().backward()
+        results.append([out, *[a.grad for a in args]])
+        if fusion:
+            forward = kitsune_backend.last_compile().forward
+            (kernel,) = [k for k in forward.kernels if "tl.rand(" in k.source]
+            assert {"sum", "rsqrt"} & {n.split("_")[0] for n in kernel.nodes}
+            assert not [d for d in forward.declines if "random" in d.reason]
+    for fused, plain in zip(*results):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)

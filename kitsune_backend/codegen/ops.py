@@ -244,8 +244,9 @@ POINTWISE: dict[Any, tuple[Callable[[list[str], fx.Node], str], str]] = {
 
 PHILOX = PHILOX_UNIFORM.overloadpacket
 """``kitsune.philox_uniform``: computed in the kernel from its seed and each element's index."""
-NOT_IN_REDUCTIONS = (aten.cat, aten.index, PHILOX)
-"""Pointwise ops whose lowering needs a pointwise kernel's element positions."""
+NOT_IN_REDUCTIONS = (aten.cat, aten.index)
+"""Pointwise ops whose lowering needs a pointwise kernel's element positions (random
+numbers need only each element's row-major index, which a reduction kernel has too)."""
 REDUCTIONS = {aten.sum: "sum", aten.mean: "mean", aten.amax: "amax", aten.amin: "amin"}
 """Reduction overload packets and the accumulator each uses."""
 

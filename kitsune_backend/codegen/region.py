@@ -174,7 +174,7 @@ class Region:
             return "reduces a value from outside the region", ""
         if any(self.context[n] == "sub" or ops.packet(n) in ops.NOT_IN_REDUCTIONS
                for n in self.nodes):
-            return "the region holds a cat, a gather, random numbers or values of other sizes", ""
+            return "the region holds a cat, a gather or values of other sizes", ""
         shape = shape_of(source)
         if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
             return "reduces only size-1 dims (a copy)", ""

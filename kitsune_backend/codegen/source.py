@@ -185,9 +185,23 @@ class _Writer(PointwiseBody):
         if ops.is_identity_view(node):
             scope[node] = self.lookup(node.args[0], scope)
             return
+        if ops.packet(node) is ops.PHILOX:
+            expr = self.uniform(node, scope)
+        else:
+            expr = self.lower(node, lambda a: self.operand(a, node, scope))
         var = self.fresh("v")
-        self.line(f"{var} = {self.lower(node, lambda a: self.operand(a, node, scope))}  # {node.name}")
+        self.line(f"{var} = {expr}  # {node.name}")
         scope[node] = var
+
+    def uniform(self, node: fx.Node, scope: dict) -> str:
+        """``kitsune.philox_uniform(seed, like)`` of a full-size value: ``tl.rand`` of the
+        seed at each element's row-major index, as a pointwise kernel draws it (the same
+        numbers in every pass over the columns)."""
+        target = self.region.shape
+        strides = broadcast_strides(shape_of(node), contiguous_strides(shape_of(node)), target)
+        index = self.offset("full", target, strides)
+        seed = self.load(node.args[0], "full", target, scope)
+        return f"tl.rand({seed} + {index} * 0, {index})"
 
     def lower(self, node: fx.Node, value: Callable[[fx.Node], str]) -> str:
         """The expression of pointwise ``node`` given ``value(arg)`` for its tensor operands,
