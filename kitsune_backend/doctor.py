@@ -68,11 +68,18 @@ def _version_check(name: str, found: str, minimum: tuple[int, ...], fix: str) ->
 
 
 def check_torch() -> CheckResult:
-    """PyTorch is recent enough."""
+    """PyTorch is recent enough (and which of its gaps kitsune filled at import)."""
     import torch
 
-    return _version_check("torch", torch.__version__, MIN_TORCH,
-                          f"pip install 'torch>={'.'.join(map(str, MIN_TORCH))}'")
+    from . import torch_compat
+
+    result = _version_check("torch", torch.__version__, MIN_TORCH,
+                            f"pip install 'torch>={'.'.join(map(str, MIN_TORCH))}'")
+    if not torch_compat.REGISTERED:
+        return result
+    added = ", ".join(f"aten.{name}" for name in torch_compat.REGISTERED)
+    return dataclasses.replace(result, detail=f"{result.detail}; Meta kernels this torch "
+                                              f"lacks, added by kitsune: {added}")
 
 
 def check_triton() -> CheckResult:

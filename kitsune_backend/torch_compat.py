@@ -56,6 +56,8 @@ META_KERNELS: dict[str, Callable[..., Any]] = {
 """ATen op name -> the Meta kernel :func:`install` gives it where torch has none."""
 
 _LIBRARY: list[torch.library.Library] = []  # registrations last as long as their library
+REGISTERED: list[str] = []
+"""The ops :func:`install` gave a Meta kernel in this process (``doctor`` lists them)."""
 
 
 def missing_meta_kernels() -> list[str]:
@@ -72,4 +74,5 @@ def install() -> list[str]:
         for name in missing:
             library.impl(name, META_KERNELS[name], "Meta")
         _LIBRARY.append(library)
+        REGISTERED.extend(missing)
     return missing

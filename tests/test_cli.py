@@ -76,6 +76,16 @@ def test_version_checks_fail_below_the_minimum(monkeypatch):
                               "      fix: pip install 'torch>=2.11'"]
 
 
+def test_the_torch_check_names_the_meta_kernels_kitsune_added(monkeypatch):
+    from kitsune_backend import torch_compat
+
+    assert "Meta kernels" not in doctor.check_torch().detail  # torch 2.13 lacks none
+    monkeypatch.setattr(torch_compat, "REGISTERED", ["_transformer_encoder_layer_fwd"])
+    result = doctor.check_torch()
+    assert result.ok and result.detail.endswith(
+        "Meta kernels this torch lacks, added by kitsune: aten._transformer_encoder_layer_fwd")
+
+
 def test_a_bad_environment_variable_fails_the_config_check(monkeypatch, tmp_path):
     monkeypatch.setenv("KITSUNE_FUSOIN", "0")
     result = doctor.check_config()
