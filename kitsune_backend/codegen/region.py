@@ -9,8 +9,10 @@ A region has one of two geometries:
   region grows to a larger node when every node without a reader in the region feeds it.
 * ``reduction``: a reduced shape ``shape`` and reduced dims ``reduced``. The kernel walks
   rows (positions over the kept dims) and, within a row, columns (positions over the
-  reduced dims). Each node is either ``full`` (one value per row and column, the shape of
-  ``shape``) or ``row`` (one value per row: the reductions and what is computed from them).
+  reduced dims). Each node is either ``full`` (one value per row and column: the shape of
+  ``shape``, or, where the region reduces its trailing dims, any shape holding the same
+  rows and columns in the same order, :func:`row_split`) or ``row`` (one value per row: the
+  reductions and what is computed from them).
 
 :meth:`Region.why_not` answers whether a node can join while keeping that rule; the answer
 is the reason string recorded when it cannot.
@@ -50,6 +52,27 @@ def strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _no_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(s for s in shape if s != 1)
+
+
+def row_split(shape: tuple, region_shape: tuple, reduced: tuple) -> Optional[tuple[int, ...]]:
+    """The dims of ``shape`` a row reduction over ``region_shape``'s ``reduced`` dims
+    reduces, when ``shape`` holds the region's rows and columns in the same order under
+    another shape (``[12, 32]`` for ``[2, 6, 32]`` reduced over its last dim): the region
+    reduces its trailing dims, and ``shape`` splits at a dim into leading dims holding the
+    rows and trailing dims holding the columns. ``None`` otherwise, and for symbolic sizes."""
+    n = len(region_shape)
+    if not reduced or tuple(reduced) != tuple(range(n - len(reduced), n)):
+        return None
+    if not all(isinstance(s, int) for s in (*shape, *region_shape)):
+        return None
+    columns = math.prod(region_shape[d] for d in reduced)
+    if columns == 0 or math.prod(shape) != math.prod(region_shape):
+        return None
+    rows = math.prod(region_shape) // columns
+    for split in range(len(shape) + 1):
+        if math.prod(shape[split:]) == columns and math.prod(shape[:split]) == rows:
+            return tuple(range(split, len(shape)))
+    return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,6 +150,10 @@ class Region:
             if any(self.context[arg] == "full" for arg in inside):
                 return "mixes full-size values into a per-row value", ""
             return None, "row"
+        if self.columns > 1 and row_split(shape, self.shape, self.reduced) is not None:
+            if any(self.context[arg] == "row" for arg in inside):
+                return f"reads a per-row value in shape {list(shape)}, not the region's", ""
+            return None, "full"  # the region's rows and columns, viewed in another shape
         return f"shape {list(shape)} fits neither the region's rows nor its full shape", ""
 
     def _why_not_pointwise(self, node: fx.Node, merging: bool) -> tuple[Optional[str], str]:
@@ -178,8 +205,10 @@ class Region:
         shape = shape_of(source)
         if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
             return "reduces only size-1 dims (a copy)", ""
+        reduced = ops.reduced_dims(node)
         for member in self.nodes:
-            if strip_leading_ones(shape_of(member)) != strip_leading_ones(shape):
+            if strip_leading_ones(shape_of(member)) != strip_leading_ones(shape) and \
+                    row_split(shape_of(member), shape, reduced) is None:
                 return f"{member.name} has another shape than the reduced input", ""
         return None, "row"
 

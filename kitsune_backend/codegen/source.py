@@ -30,7 +30,7 @@ from .indexing import (broadcast_strides, collapse, max_offset, offset_expr, spl
                        strip_leading, uses)
 from .pointwise import PointwiseBody
 from .reduction import ReductionBody
-from .region import Region, shape_of
+from .region import Region, row_split, shape_of, strip_leading_ones
 from .spaces import Spaces, contiguous_strides, plan
 from .specs import KernelSource, TensorSpec, cdiv, layout_source, symbols_in
 from .symbolic import is_size_node, is_symbolic, size
@@ -198,7 +198,7 @@ class _Writer(PointwiseBody, ReductionBody):
         """``kitsune.philox_uniform(seed, like)`` of a full-size value: ``tl.rand`` of the
         seed at each element's row-major index, as a pointwise kernel draws it (the same
         numbers in every pass over the columns)."""
-        target = self.region.shape
+        target = self.full_target(shape_of(node))
         strides = broadcast_strides(shape_of(node), contiguous_strides(shape_of(node)), target)
         index = self.offset("full", target, strides)
         seed = self.load(node.args[0], "full", target, scope)
@@ -249,11 +249,11 @@ class _Writer(PointwiseBody, ReductionBody):
 
     def load(self, arg: fx.Node, context: str, target: tuple[int, ...], scope: dict) -> str:
         """Load kernel input ``arg`` broadcast to ``target`` (the consumer's shape)."""
-        key = ("load", arg, context, target if context != "full" else ())
+        if context == "full":
+            target = self.full_target(target)
+        key = ("load", arg, context, target)
         if key in scope:
             return scope[key]
-        if context == "full":
-            target = self.region.shape
         if arg not in self.inputs:  # an inlined constant or index source
             strides = broadcast_strides(shape_of(arg), contiguous_strides(shape_of(arg)), target)
             offset = self.offset(context, target, strides)
@@ -283,11 +283,23 @@ class _Writer(PointwiseBody, ReductionBody):
         if context == "row":
             parts = [offset_expr("rows", collapse(shape, strides))]
         else:
-            kept, red = split_dims(self.region.shape, strides, self.region.reduced)
+            reduced = self.region.reduced if tuple(shape) == tuple(self.region.shape) else \
+                row_split(tuple(shape), self.region.shape, self.region.reduced)
+            kept, red = split_dims(shape, strides, reduced)
             parts = [p for p in (offset_expr("rows", kept), offset_expr("k", red)) if p != "0"]
         # an offset that uses no index is still a block (one element per row), so that a
         # value read from a 0-d tensor has the rank of the others, as in eager broadcasting
         return f"({' + '.join(parts)})" if parts and parts != ["0"] else "(rows * 0)"
+
+    def full_target(self, shape: tuple) -> tuple:
+        """The shape a full-size value of ``shape`` is indexed in: its own where it holds
+        the region's rows and columns under another shape (:func:`row_split`), else the
+        region's."""
+        shape = tuple(shape)
+        if strip_leading_ones(shape) != strip_leading_ones(tuple(self.region.shape)) and \
+                row_split(shape, self.region.shape, self.region.reduced) is not None:
+            return shape
+        return self.region.shape
 
     def mask_for(self, offset: str) -> str:
         """The mask matching the index variables an offset uses ('' when none is needed)."""
@@ -307,8 +319,8 @@ class _Writer(PointwiseBody, ReductionBody):
             needed = ["rows"]
         else:
             sizes, strides = strip_leading(spec.shape, spec.stride)
-            offset = self.offset("full", self.region.shape,
-                                 broadcast_strides(sizes, strides, self.region.shape))
+            target = self.full_target(spec.shape)
+            offset = self.offset("full", target, broadcast_strides(sizes, strides, target))
             needed = ["rows", "k"]
         for var in needed:
             if not uses(offset, var):
