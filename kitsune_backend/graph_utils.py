@@ -159,5 +159,5 @@ COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "c10d_functional",
 
 def is_collective(node: fx.Node) -> bool:
     """True for a collective or its wait (``_c10d_functional.all_reduce``, ``wait_tensor``)."""
-    return (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
-            and node.target.namespace in COLLECTIVE_NAMESPACES)
+    overload = op_overload(node)
+    return overload is not None and overload.namespace in COLLECTIVE_NAMESPACES

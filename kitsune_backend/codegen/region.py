@@ -68,9 +68,8 @@ def row_split(shape: tuple, region_shape: tuple, reduced: tuple) -> Optional[tup
     columns = math.prod(region_shape[d] for d in reduced)
     if columns == 0 or math.prod(shape) != math.prod(region_shape):
         return None
-    rows = math.prod(region_shape) // columns
-    for split in range(len(shape) + 1):
-        if math.prod(shape[split:]) == columns and math.prod(shape[:split]) == rows:
+    for split in range(len(shape) + 1):  # equal totals: the leading dims hold the rows
+        if math.prod(shape[split:]) == columns:
             return tuple(range(split, len(shape)))
     return None
 
@@ -202,10 +201,9 @@ class Region:
         if any(self.context[n] == "sub" or ops.packet(n) in ops.NOT_IN_REDUCTIONS
                for n in self.nodes):
             return "the region holds a cat, a gather or values of other sizes", ""
-        shape = shape_of(source)
-        if math.prod(shape[d] for d in ops.reduced_dims(node)) <= 1:
+        shape, reduced = shape_of(source), ops.reduced_dims(node)
+        if math.prod(shape[d] for d in reduced) <= 1:
             return "reduces only size-1 dims (a copy)", ""
-        reduced = ops.reduced_dims(node)
         for member in self.nodes:
             if strip_leading_ones(shape_of(member)) != strip_leading_ones(shape) and \
                     row_split(shape_of(member), shape, reduced) is None:
