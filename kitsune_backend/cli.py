@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "compile it made. Exit 1 if the script failed.")
     explain.add_argument("--debug-dir", help="also dump every stage of every compiled graph "
                                              "here (the debug_dir option)")
+    explain.add_argument("--schedule", action="store_true",
+                         help="with --debug-dir: profile each graph's third call and add its "
+                              "measured kernel schedule to the dump (the debug_schedule option)")
     explain.add_argument("script", help="the Python script to run")
     explain.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
 
@@ -179,8 +182,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.script):
         print(f"kitsune explain: no such file: {args.script}", file=sys.stderr)
         return 2
+    if args.schedule and not args.debug_dir:
+        print("kitsune explain: --schedule writes into the debug dump: give --debug-dir too",
+              file=sys.stderr)
+        return 2
     first_id = PROCESS.history.started
-    dump = config.patch(debug_dir=os.path.abspath(args.debug_dir)) if args.debug_dir \
+    dump = config.patch(debug_dir=os.path.abspath(args.debug_dir),
+                        debug_schedule=args.schedule) if args.debug_dir \
         else contextlib.nullcontext()
     with dump:
         ok = run_script(args.script, list(args.args))

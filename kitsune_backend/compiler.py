@@ -22,6 +22,7 @@ from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
 from .runtime.executor import ScheduleRunner
 from .process import ProcessState
+from .schedule_probe import ScheduleProbe, input_device
 from .session import CompileSession
 
 
@@ -108,13 +109,16 @@ def compile_graph(
         process=process,
         progress=log.Progress(record.name),
     )
+    folder = ""
     try:
         runner = _optimize(gm, ctx, record, original)
     finally:
         record.compile_seconds = time.perf_counter() - start
         ctx.progress.done()
         if config.debug_dir:  # also when strict raised: the dump shows how far it got
-            dump_record(record, original, example_inputs, config.debug_dir, session.id)
+            folder = dump_record(record, original, example_inputs, config.debug_dir, session.id)
+    if folder and config.debug_schedule:
+        runner = ScheduleProbe(runner, folder, input_device(example_inputs))
     log.get("compile").info("%s", record.summary())
     if any(d.reason.startswith(DYNAMIC_SHAPES) for d in record.declines):
         where = _user_location(original)

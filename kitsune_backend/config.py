@@ -91,6 +91,11 @@ class Config:
     and later compiles share them."""
     debug_dir: str = ""
     """Dump every stage of every compiled graph under this folder (empty: no dump)."""
+    debug_schedule: bool = False
+    """With ``debug_dir`` set: profile each compiled graph's third call (its first CUDA-graph
+    replay) and add its measured kernel schedule to the graph's dump folder
+    (``schedule_measured.json``, ``.txt``, ``.png``). PyTorch's profiler leaves later CUDA
+    calls of the process slower on the host, so do not time a process that uses it."""
     debug: bool = False
     """Check the IR invariants after every pass."""
     strict: bool = False

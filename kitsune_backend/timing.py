@@ -7,6 +7,8 @@
 * :func:`first_call_seconds` is the wall time of one call, synchronized (compile time).
 * :func:`count_kernels` runs a function once under ``torch.profiler`` and counts the device
   kernels it ran and the launches the host issued; it can keep the Chrome trace.
+* :func:`profile_events` is that profiled run's trace events; :func:`kernel_spans` reads the
+  device kernels' streams, starts and durations out of them.
 
 >>> stats = time_per_call(lambda: model(x), iters=100, warmup=10)
 >>> stats["median"], stats["p10"], stats["p90"]      # milliseconds per call
@@ -186,6 +188,32 @@ def first_call_seconds(fn: Callable[[], Any], device: Device = None) -> tuple[fl
     return time.perf_counter() - start, result
 
 
+def profile_events(
+    fn: Callable[[], Any], device: Device = None, trace_path: Optional[str] = None
+) -> list[dict]:
+    """Run ``fn()`` once under ``torch.profiler`` (device activity too on CUDA), synchronized
+    before and after; returns the Chrome trace's events (kept at ``trace_path`` if given).
+
+    PyTorch leaves CUPTI attached once a CUDA profile stops: later CUDA calls in the process
+    pay for it on the host, so time nothing in a process after profiling it.
+    """
+    device = resolve_device(device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    synchronize(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    if trace_path:
+        prof.export_chrome_trace(trace_path)
+        return _trace_events(trace_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        return _trace_events(path)
+
+
 def count_kernels(
     fn: Callable[[], Any], device: Device = None, trace_path: Optional[str] = None
 ) -> dict[str, Optional[int]]:
@@ -199,21 +227,7 @@ def count_kernels(
     call would count its compile. ``trace_path`` keeps the Chrome trace there.
     """
     device = resolve_device(device)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    synchronize(device)
-    with torch.profiler.profile(activities=activities) as prof:
-        fn()
-        synchronize(device)
-    if trace_path:
-        prof.export_chrome_trace(trace_path)
-        events = _trace_events(trace_path)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "trace.json")
-            prof.export_chrome_trace(path)
-            events = _trace_events(path)
+    events = profile_events(fn, device, trace_path)
     return count_trace_events(events, on_device=device.type == "cuda")
 
 

@@ -23,8 +23,9 @@ LAYERS = {  # higher imports lower; never the other way
 }
 LAYER_OF_MODULE = {
     **dict.fromkeys(("ir", "record", "repro", "invariants", "graph_utils", "config", "errors", "log", "philox",
-                     "dot", "models", "timing", "session", "torch_compat"), "core"),
-    **dict.fromkeys(("pipeline", "plugins", "plugin_check", "process", "inspection", "debug_dump"), "pipeline"),
+                     "dot", "models", "timing", "session", "torch_compat", "schedule_picture"), "core"),
+    **dict.fromkeys(("pipeline", "plugins", "plugin_check", "process", "inspection", "debug_dump",
+                     "schedule_probe"), "pipeline"),
     "compiler": "compile",
     **dict.fromkeys(("__main__", "backend", "repro_run", "cli", "doctor"), "entry"),
     **dict.fromkeys(("__init__", "demo"), "package"),

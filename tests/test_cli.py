@@ -150,6 +150,15 @@ def test_explain_runs_the_script_and_explains_every_compile(tmp_path, capsys):
     assert len(list(dump.iterdir())) == 2 and f"debug dump: {dump} (2 folder(s))" in out
 
 
+def test_explain_schedule_needs_the_debug_dir_and_writes_into_it(tmp_path, capsys):
+    script = _script(tmp_path, COMPILING_SCRIPT.replace("g(x)", "for _ in range(3): f(x)"))
+    assert cli.main(["explain", "--schedule", script]) == 2
+    assert "give --debug-dir too" in capsys.readouterr().err
+    dump = tmp_path / "dump"
+    assert cli.main(["explain", "--debug-dir", str(dump), "--schedule", script]) == 0
+    assert [(p / "schedule_measured.txt").exists() for p in dump.iterdir()] == [True]
+
+
 def test_explain_of_a_failing_script_exits_1_and_still_explains(tmp_path, capsys):
     script = _script(tmp_path, COMPILING_SCRIPT)
     assert cli.main(["explain", script, "--fail"]) == 1

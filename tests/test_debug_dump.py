@@ -1,5 +1,6 @@
 """``KITSUNE_DEBUG_DIR``: the numbered folders, what is in them, and the runnable repros."""
 
+import importlib.util
 import json
 import os
 import re
@@ -210,3 +211,64 @@ def test_input_specs_make_exactly_their_layout(shape, dtype, data):
         assert made.stride() == spec.stride
     if made.numel() > 4 and made.is_floating_point():
         assert made.float().abs().sum() > 0  # random, never all zeros
+
+
+def test_debug_schedule_profiles_the_third_call_into_the_dump(tmp_path):
+    """``debug_schedule``: nothing measured before the third call, the measured schedule
+    after it; every call's results are the model's."""
+    from kitsune_backend import schedule_probe
+
+    torch.manual_seed(0)
+    model = MLP((8, 16, 4))
+    with kitsune_backend.config.patch(debug_dir=str(tmp_path), debug_schedule=True):
+        compiled = torch.compile(model, backend="kitsune")
+        with torch.no_grad():
+            for call in range(1, 5):
+                x = torch.randn(3, 8)
+                assert_close(compiled(x), model(x))
+                (folder,) = list(tmp_path.iterdir())
+                written = (folder / "schedule_measured.txt").exists()
+                assert written == (call >= schedule_probe.PROFILED_CALL)
+    text = (folder / "schedule_measured.txt").read_text()
+    assert text.startswith("call 3, measured by torch.profiler")
+    assert "the profiler measures CUDA kernels only" in text
+    assert json.loads((folder / "schedule_measured.json").read_text())["kernels"] == []
+
+
+def test_the_measured_schedule_files_hold_every_kernel(tmp_path):
+    from kitsune_backend.schedule_probe import write_schedule
+
+    events = [
+        {"ph": "X", "cat": "kernel", "name": "kitsune_fused_relu_0", "ts": 100.0, "dur": 5.0,
+         "args": {"stream": 7}},
+        {"ph": "X", "cat": "kernel", "name": "sm90_gemm", "ts": 102.0, "dur": 9.0,
+         "args": {"stream": 13}},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::add", "ts": 90.0, "dur": 3.0},
+    ]
+    write_schedule(events, str(tmp_path), torch.device("cuda"))
+    kernels = json.loads((tmp_path / "schedule_measured.json").read_text())["kernels"]
+    assert [(k["name"], k["stream"], k["start_us"]) for k in kernels] == [
+        ("kitsune_fused_relu_0", 7, 0.0), ("sm90_gemm", 13, 2.0)]
+    text = (tmp_path / "schedule_measured.txt").read_text()
+    assert "2 kernels on 2 stream(s): 11.0 us end to end" in text
+    assert "stream 13:" in text
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "schedule_measured.png").stat().st_size > 0
+
+
+@hypothesis.given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 50), st.integers(0, 20)),
+                           max_size=30))
+def test_schedule_rows_hold_each_span_once_and_never_overlap(raw):
+    """Rows (streams, split into lanes) of the measured picture: no two spans of a row
+    overlap in time, every span is on a row of its own stream exactly once."""
+    from kitsune_backend.schedule_picture import rows
+
+    spans = [{"name": f"k{i}", "stream": s, "start_us": float(t), "dur_us": float(d)}
+             for i, (s, t, d) in enumerate(raw)]
+    placed = []
+    for label, row in rows(spans):
+        assert all(label.startswith(f"stream {s['stream']}") for s in row)
+        for a, b in zip(row, row[1:]):
+            assert a["start_us"] + a["dur_us"] <= b["start_us"]
+        placed.extend(s["name"] for s in row)
+    assert sorted(placed) == sorted(s["name"] for s in spans)

@@ -21,7 +21,6 @@ import torch.nn.functional as F  # noqa: E402
 import kitsune_backend  # noqa: E402
 from kitsune_backend.backend import kitsune  # noqa: E402
 from kitsune_backend.models import MLP, BranchyHeads, SmallCNN  # noqa: E402
-from tests.schedule_plot import render_schedule  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
 from tests.helpers_gpu import DEV, compile_with, deterministic  # noqa: E402,F401 (autouse)
 
@@ -281,16 +280,32 @@ def test_two_forwards_before_backward():
             p.grad = q.grad = None
 
 
-def test_schedule_picture(tmp_path):
+def test_the_measured_schedule_of_a_replay_shows_streams_overlapping(tmp_path):
+    """``debug_schedule``: the dump gets the profiled third call (a CUDA-graph replay); its
+    kernels overlap in time, as four streams let them."""
+    import json
+    import shutil
+
     model = TwoInceptions().to(DEV).eval()
-    compiled = compile_with(model, num_streams=4)
+    compiled = compile_with(model, num_streams=4, debug_dir=str(tmp_path),
+                            debug_schedule=True)
+    x = torch.randn(1, 192, 28, 28, device=DEV)
     with torch.no_grad():
-        compiled(torch.randn(1, 192, 28, 28, device=DEV))
-    path = render_schedule(forward_record(), tmp_path / "inception.png")
-    assert os.path.getsize(path) > 1000
-    out = os.environ.get("OUT")
-    if out:
-        render_schedule(forward_record(), os.path.join(out, "inception_schedule.png"))
+        for _ in range(3):
+            out = compiled(x)
+        assert_close(out, model(x))
+    (folder,) = [p for p in tmp_path.iterdir() if (p / "schedule_measured.json").exists()]
+    measured = json.loads((folder / "schedule_measured.json").read_text())
+    spans = measured["kernels"]
+    assert len(spans) >= 20
+    overlaps = sum(1 for a, b in zip(spans, spans[1:])
+                   if b["start_us"] < a["start_us"] + a["dur_us"])
+    assert overlaps > 0, "no two kernels ran at the same time"
+    out_dir = os.environ.get("OUT")
+    if out_dir and (folder / "schedule_measured.png").exists():
+        shutil.copy(folder / "schedule_measured.png",
+                    os.path.join(out_dir, "inception_schedule_measured.png"))
+    print((folder / "schedule_measured.txt").read_text().splitlines()[1])
 
 
 def per_call_us(fn, x, iters=300):
