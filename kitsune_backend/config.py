@@ -60,10 +60,11 @@ class Config:
     stream_memory_budget: float = 0.10
     """How far a multi-stream plan may raise a graph's peak memory over the same graph on one
     stream, as a fraction of that single-stream peak (its arena plus its inputs, parameters
-    and outputs; 0.10: by 10% at most; 0: not at all; ``inf``: no limit). Where it would,
-    the memory plan puts the side-stream branches that cost the most bytes per
-    microsecond of overlap back onto their predecessor's stream, until the arena fits (with
-    ``memory_pool=False`` there is no arena, and nothing is weighed)."""
+    and outputs; 0.10: by 10% at most; 0: not at all; ``inf``: no limit). A side stream
+    costs the buffers it keeps live, and a cuBLAS workspace (32 MiB on Hopper) if it runs a
+    matmul. Where the plan would go over, the memory plan puts the side-stream branches that
+    cost the most bytes per microsecond of overlap back onto their predecessor's stream,
+    until it fits (with ``memory_pool=False`` there is no arena, and nothing is weighed)."""
     cuda_graphs: bool = True
     """Capture the whole schedule into one CUDA graph and replay it."""
     capture_shapes: int = 8

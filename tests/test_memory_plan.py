@@ -125,3 +125,34 @@ def test_the_default_budget_keeps_the_streams_of_heads_whose_weights_dominate():
     assert stats["bytes_planned"] > 1.5 * stats["bytes_single_stream"]
     assert stats["bytes_planned"] - stats["bytes_single_stream"] <= 0.1 * (
         stats["bytes_single_stream"] + stats["bytes_resident"])
+
+
+def test_side_streams_that_run_matmuls_pay_a_cublas_workspace(monkeypatch):
+    """Four matmul heads: with a 32 MiB workspace per side stream (a Hopper GPU), the
+    default budget keeps them on one stream and says why; with no limit they keep four."""
+    from kitsune_backend.passes import memory_plan
+
+    monkeypatch.setattr(memory_plan, "cublas_workspace_bytes", lambda device: 32 << 20)
+    results = {}
+    for budget in (0.1, float("inf")):
+        gm, inputs = branchy_graph()
+        ctx = context(inputs, num_streams=4, stream_memory_budget=budget)
+        results[budget] = (planned(gm, ctx), ctx)
+    kept, ctx = results[0.1]
+    assert ctx.stream_plan.streams_used == 1 and kept.stats["side_stream_workspaces"] == 0
+    assert kept.stats["side_stream_workspaces_unbudgeted"] == 3
+    assert kept.stats["bytes_cublas_workspace"] == 32 << 20
+    reasons = [d.reason for d in kept.declines if d.reason.startswith("kept on stream")]
+    assert reasons and all("cuBLAS workspace" in r for r in reasons)
+    free, ctx = results[float("inf")]
+    assert ctx.stream_plan.streams_used == 4 and free.stats["side_stream_workspaces"] == 3
+
+
+def test_the_cublas_workspace_follows_torchs_rule(monkeypatch):
+    from kitsune_backend.passes.library_workspace import cublas_workspace_bytes
+
+    assert cublas_workspace_bytes(torch.device("cpu")) == 0
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    assert cublas_workspace_bytes(torch.device("cuda")) == 32 << 20
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2:16:8")
+    assert cublas_workspace_bytes(torch.device("cuda")) == (8 << 20) + (128 << 10)

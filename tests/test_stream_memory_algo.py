@@ -113,3 +113,39 @@ def test_wide_heads_get_fewer_streams_and_the_cheapest_overlap_stays():
              for b in buffers]
     ranked = stream_memory.ranked_moves(plan, dag, cost, light)
     assert ranked[-1].nodes[0] == (7, 0)
+
+
+@settings(max_examples=120, deadline=None)
+@given(planned(), st.sampled_from([0.0, 0.1, 0.5]), st.sampled_from([1 << 12, 1 << 18]),
+       st.data())
+def test_side_stream_workspaces_count_toward_the_budget(case, budget, workspace, data):
+    """With some nodes paying a library workspace per side stream that runs one, the fitted
+    plan's arena plus those workspaces stays within the budget."""
+    dag, cost, plan, buffers, _ = case
+    gemms = frozenset(data.draw(st.sets(st.sampled_from(plan.order))))
+    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget, 1 << 10,
+                                          workspace, gemms)
+    size, problems = arena_of(buffers, fit.plan)
+    assert problems == []
+    side = stream_memory.side_workspaces(fit.plan, gemms)
+    assert fit.workspaces_after == side and fit.after_bytes == size + workspace * side
+    assert fit.after_bytes <= fit.limit_bytes or fit.plan.streams_used == 1
+    assert fit.single_bytes == arena_of(buffers, chains.single_stream_plan(dag, plan.order))[0]
+
+
+def test_heads_whose_workspaces_outweigh_the_budget_go_back_to_one_stream():
+    """Eight small heads, each with a matmul: a 32 MiB workspace per side stream dwarfs the
+    17 MiB the call holds anyway, so the default budget keeps one stream; without
+    workspace nodes the same heads keep all eight."""
+    dag, order, cost, buffers = heads(8, 1 << 10)
+    plan = chains.plan_streams(dag, order, cost, 8)
+    gemms = frozenset((h, 0) for h in range(8))
+    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, 0.1, 17 << 20, 32 << 20,
+                                          gemms)
+    assert fit.workspaces_before == 7 and fit.workspaces_after == 0
+    assert fit.plan.streams_used == 1 and fit.before_bytes > 7 * (32 << 20)
+    free = stream_memory.fit_memory_budget(dag, plan, cost, buffers, 0.1, 17 << 20)
+    assert free.plan is plan and free.moves == []
+    roomy = stream_memory.fit_memory_budget(dag, plan, cost, buffers, 0.1, 4 << 30, 32 << 20,
+                                            gemms)
+    assert roomy.plan is plan and roomy.workspaces_after == 7

@@ -2,9 +2,10 @@
 
 The offsets come from :mod:`kitsune_backend.passes.arena_planning` (plain data, testable alone); the
 order that decides which buffers may share bytes is the stream plan's happens-before, which
-this pass reads from ``ctx.stream_plan``. Where that plan's arena would exceed the arena of
-the same graph on one stream by more than ``stream_memory_budget`` of that graph's
-single-stream peak (the arena plus inputs, parameters and outputs), this pass first moves
+this pass reads from ``ctx.stream_plan``. Where that plan's arena, with a cuBLAS workspace
+for each side stream that runs a matmul, would exceed the arena of the same graph on one
+stream by more than ``stream_memory_budget`` of that graph's single-stream peak (the arena
+plus inputs, parameters and outputs), this pass first moves
 side-stream branches back (:mod:`kitsune_backend.passes.stream_memory`) and writes the
 plan that fits on the nodes and into ``ctx.stream_plan``.
 
@@ -30,6 +31,7 @@ import torch.fx as fx
 
 from ..graph_utils import has_symbolic_shapes, is_view, iter_tensors, storage_dependent_args
 from . import arena_planning as arena, stream_memory
+from .library_workspace import cublas_workspace_bytes, workspace_nodes
 from ..ir import META_OFFSET, Buffer, Decline, MemoryPlan, PassContext, PassResult
 from .stream_cost import node_cost_us
 from .streams import annotate, is_scheduled, kernel_dag
@@ -181,7 +183,9 @@ def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer],
                 resident_bytes: int) -> PassResult:
     """Bring the stream plan within the memory budget (config ``stream_memory_budget``, a
     fraction of the single-stream peak: the arena plus ``resident_bytes``, what every plan
-    holds alike; method in :mod:`~kitsune_backend.passes.stream_memory`): side-stream
+    holds alike; a side stream that runs a matmul also costs a cuBLAS workspace,
+    :mod:`~kitsune_backend.passes.library_workspace`; method in
+    :mod:`~kitsune_backend.passes.stream_memory`): side-stream
     branches that cost the most bytes per microsecond of overlap go back onto their
     predecessor's stream, on the nodes and in ``ctx.stream_plan``; one decline per branch
     moved."""
@@ -189,13 +193,17 @@ def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer],
     dag, _ = kernel_dag(gm)
     cost = {n: node_cost_us(n) for n in plan.order}
     budget = ctx.config.stream_memory_budget
-    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget, resident_bytes)
+    gemms, device = workspace_nodes(gm)
+    workspace = cublas_workspace_bytes(device)
+    fit = stream_memory.fit_memory_budget(dag, plan, cost, buffers, budget, resident_bytes,
+                                          workspace, gemms)
     if fit.moves:
         annotate(gm, fit.plan)
         ctx.stream_plan = fit.plan
     declines = [Decline("memory_plan", (
         f"kept on stream {fit.plan.stream[m.nodes[0]]}: a side stream would keep its "
-        f"{m.held_bytes} B of buffers live beside other work, past the memory budget (arena "
+        f"{m.held_bytes} B of buffers{' and cuBLAS workspace' if gemms & set(m.nodes) else ''}"
+        f" live beside other work, past the memory budget (arena and side-stream workspaces "
         f"{fit.before_bytes} B > {int(fit.limit_bytes)} B), for {m.overlap_us:.1f} us of "
         "overlap"), m.nodes[0].name) for m in fit.moves]
     stats = {
@@ -207,11 +215,14 @@ def _fit_budget(gm: fx.GraphModule, ctx: PassContext, buffers: list[Buffer],
         "bytes_single_stream": fit.single_bytes,
         "bytes_streams_unbudgeted": fit.before_bytes,
         "bytes_resident": resident_bytes,
+        "bytes_cublas_workspace": workspace,
+        "side_stream_workspaces": fit.workspaces_after,
+        "side_stream_workspaces_unbudgeted": fit.workspaces_before,
     }
     notes = [f"memory budget {budget:.0%} over one stream's peak (arena {fit.single_bytes} B "
              f"+ {resident_bytes} B of inputs, parameters and outputs): "
-             f"{plan.streams_used} -> {fit.plan.streams_used} stream(s), arena "
-             f"{fit.before_bytes} -> {fit.after_bytes} B"] if fit.moves else []
+             f"{plan.streams_used} -> {fit.plan.streams_used} stream(s), arena and side-stream "
+             f"workspaces {fit.before_bytes} -> {fit.after_bytes} B"] if fit.moves else []
     return PassResult(stats=stats, notes=notes, declines=declines)
 
 

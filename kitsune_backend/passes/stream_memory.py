@@ -10,24 +10,32 @@ need a larger arena. The method:
 
 1. the reference is the peak of the single-stream plan (every node on stream 0, in issue
    order): its arena plus the *resident* bytes that every plan holds alike (the graph's
-   inputs and parameters, its outputs, what stays off the arena); the arena may grow by
-   ``budget`` times that peak (budget 0.1: the call's peak grows by at most 10%);
+   inputs and parameters, its outputs, what stays off the arena); a plan's bytes (its
+   arena plus its side streams' library workspaces, below) may exceed the single-stream
+   arena by ``budget`` times that peak (budget 0.1: the call's peak grows by at most 10%);
 2. the side-stream *branches* (a run of one side stream's nodes, each reading the one
    before it) are ranked by bytes per microsecond of overlap: the aligned bytes of the
-   buffers they produce over their estimated time;
+   buffers they produce, plus a workspace where the branch holds a workspace node, over
+   their estimated time;
 3. the top-ranked branches go back onto their predecessor's stream (the stream of the
    latest-issued producer of their first node, or stream 0), as many as bisection finds
    bring the arena within the limit with one fewer not doing so; the events and the arena
    are planned again for each count tried. Moving every branch gives the single-stream
    plan, which is within any budget. The arena nearly always shrinks as the count grows,
    but first-fit offsets do not promise it, so the count found may not be the smallest.
+
+Library workspaces: cuBLAS keeps one workspace per (handle, stream) that ran a matmul
+(32 MiB on Hopper and Blackwell), and a captured graph allocates its own. Every plan pays
+one on stream 0; each side stream that runs a *workspace node* (a matmul) pays one more,
+``workspace_bytes``, for as long as the graph lives. On small graphs that is most of what
+several streams cost, so it is weighed with the arena.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Hashable, Mapping, Sequence
+from typing import AbstractSet, Hashable, Mapping, Sequence
 
 import networkx as nx
 
@@ -50,9 +58,10 @@ class Move:
 
 @dataclasses.dataclass
 class BudgetFit:
-    """The plan that fits, the arenas it was weighed by (``limit_bytes``: the largest
-    arena within budget, the single-stream arena plus ``budget`` times the single-stream
-    peak), and the branches moved to fit, costliest first."""
+    """The plan that fits, the bytes it was weighed by (a plan's arena plus its side-stream
+    workspaces; ``limit_bytes``: the most within budget, the single-stream arena plus
+    ``budget`` times the single-stream peak), the side-stream workspaces before and after,
+    and the branches moved to fit, costliest first."""
 
     plan: StreamPlan
     single_bytes: int
@@ -60,6 +69,8 @@ class BudgetFit:
     before_bytes: int
     after_bytes: int
     moves: list[Move]
+    workspaces_before: int = 0
+    workspaces_after: int = 0
 
 
 def side_branches(plan: StreamPlan, dag: nx.DiGraph) -> list[list[Node]]:
@@ -80,17 +91,26 @@ def side_branches(plan: StreamPlan, dag: nx.DiGraph) -> list[list[Node]]:
     return found
 
 
+def side_workspaces(plan: StreamPlan, workspace_nodes: AbstractSet[Node]) -> int:
+    """The side streams (not stream 0) that run at least one workspace node."""
+    return len({plan.stream[v] for v in workspace_nodes if plan.stream.get(v, 0) != 0})
+
+
 def ranked_moves(
-    plan: StreamPlan, dag: nx.DiGraph, cost: Mapping[Node, float], buffers: Sequence[Buffer]
+    plan: StreamPlan, dag: nx.DiGraph, cost: Mapping[Node, float], buffers: Sequence[Buffer],
+    workspace_bytes: int = 0, workspace_nodes: AbstractSet[Node] = frozenset(),
 ) -> list[Move]:
     """Every side branch as a :class:`Move`, the most bytes per microsecond first (ties: the
-    earliest issued first)."""
+    earliest issued first); a branch holding a workspace node counts ``workspace_bytes``
+    more (moving all such branches of a stream frees its workspace)."""
     held: dict[Node, int] = {}
     for b in buffers:
         held[b.producer] = held.get(b.producer, 0) + align(max(b.size, 1))
     moves = []
     for branch in side_branches(plan, dag):
         nbytes = sum(held.get(v, 0) for v in branch)
+        if workspace_nodes.intersection(branch):
+            nbytes += workspace_bytes
         moves.append(Move(tuple(branch), nbytes, sum(cost[v] for v in branch)))
     index = {v: i for i, v in enumerate(plan.order)}
     return sorted(moves, key=lambda m: (-m.held_bytes / max(m.overlap_us, 1e-9), index[m.nodes[0]]))
@@ -121,29 +141,39 @@ def fit_memory_budget(
     buffers: Sequence[Buffer],
     budget: float,
     resident_bytes: int = 0,
+    workspace_bytes: int = 0,
+    workspace_nodes: AbstractSet[Node] = frozenset(),
 ) -> BudgetFit:
-    """``plan`` if its peak (its arena plus ``resident_bytes``) is at most ``(1 + budget)``
-    times the single-stream plan's; else ``plan`` with its top-ranked side branches
+    """``plan`` if its peak (its arena, ``workspace_bytes`` per side stream running one of
+    ``workspace_nodes``, and ``resident_bytes``) is at most ``(1 + budget)`` times the
+    single-stream plan's; else ``plan`` with its top-ranked side branches
     (:func:`ranked_moves`) moved back, as many as a bisection finds fit (moving none is over
     the limit, moving all gives the single-stream plan, which is not), or the single-stream
     plan itself."""
     shared = shared_work(buffers)
+
+    def plan_bytes(candidate: StreamPlan) -> int:
+        arena_bytes = plan_arena(buffers, candidate, shared=shared)[1]
+        return arena_bytes + workspace_bytes * side_workspaces(candidate, workspace_nodes)
+
     single = single_stream_plan(dag, plan.order)
-    single_bytes = plan_arena(buffers, single, shared=shared)[1]
+    single_bytes = plan_bytes(single)
     limit = math.inf if math.isinf(budget) else \
         single_bytes + budget * (single_bytes + resident_bytes)
-    before = plan_arena(buffers, plan, shared=shared)[1]
+    before = plan_bytes(plan)
+    workspaces = side_workspaces(plan, workspace_nodes)
     if before <= limit:
-        return BudgetFit(plan, single_bytes, limit, before, before, [])
-    ranked = ranked_moves(plan, dag, cost, buffers)
+        return BudgetFit(plan, single_bytes, limit, before, before, [], workspaces, workspaces)
+    ranked = ranked_moves(plan, dag, cost, buffers, workspace_bytes, workspace_nodes)
     low, high = 0, len(ranked)
     best, best_bytes = single, single_bytes
     while high - low > 1:
         middle = (low + high) // 2
         candidate = moved_plan(plan, dag, ranked[:middle])
-        size = plan_arena(buffers, candidate, shared=shared)[1]
+        size = plan_bytes(candidate)
         if size <= limit:
             high, best, best_bytes = middle, candidate, size
         else:
             low = middle
-    return BudgetFit(best, single_bytes, limit, before, best_bytes, ranked[:high])
+    return BudgetFit(best, single_bytes, limit, before, best_bytes, ranked[:high], workspaces,
+                     side_workspaces(best, workspace_nodes))
