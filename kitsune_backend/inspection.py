@@ -123,8 +123,9 @@ def byte_size(n: int) -> str:
 
 def _memory_lines(stats: dict) -> list[str]:
     """The memory plan of one graph: its arena, the arena of the same graph on one stream,
-    the peak planned (arena, outputs and own-storage intermediates), and streams given up
-    to the memory budget. Nothing when no arena was planned."""
+    the peak planned (arena, outputs and own-storage intermediates), streams given up to
+    the memory budget, and the cuBLAS workspaces of side streams. Nothing when no arena was
+    planned."""
     if "bytes_peak_planned" not in stats:
         return []
     line = (f"    memory: arena {byte_size(stats['bytes_planned'])} (single-stream arena "
@@ -134,6 +135,10 @@ def _memory_lines(stats: dict) -> list[str]:
         line += (f"; {stats['streams_wanted']} streams wanted, {stats['streams_used']} used "
                  f"within the memory budget (arena on {stats['streams_wanted']}: "
                  f"{byte_size(stats['bytes_streams_unbudgeted'])})")
+    if stats.get("side_stream_workspaces_unbudgeted"):
+        line += (f"; side streams running matmuls hold {stats['side_stream_workspaces']} "
+                 f"cuBLAS workspace(s) of {byte_size(stats['bytes_cublas_workspace'])} "
+                 f"({stats['side_stream_workspaces_unbudgeted']} before the budget)")
     return [line]
 
 

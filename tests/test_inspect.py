@@ -202,3 +202,8 @@ def test_explain_says_which_streams_the_memory_budget_took():
     assert line.endswith("8 streams wanted, 1 used within the memory budget (arena on 8: "
                          "16.0 MiB)")
     assert inspection._memory_lines({"bytes_planned": 0}) == []
+    [line] = inspection._memory_lines({**stats, "bytes_cublas_workspace": 32 << 20,
+                                       "side_stream_workspaces": 0,
+                                       "side_stream_workspaces_unbudgeted": 7})
+    assert line.endswith("; side streams running matmuls hold 0 cuBLAS workspace(s) of "
+                         "32.0 MiB (7 before the budget)")
