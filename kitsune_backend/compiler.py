@@ -20,6 +20,7 @@ from .ir import Decline, PassContext, RuntimeReport
 from .passes.fusion import DYNAMIC_SHAPES
 from .pipeline import run_pipeline
 from .record import CompileRecord, snapshot
+from .runtime.arena import ArenaGroup
 from .runtime.executor import ScheduleRunner
 from .process import ProcessState
 from .schedule_probe import ScheduleProbe, input_device
@@ -99,6 +100,8 @@ def compile_graph(
     session.records.append(record)
     record.input_code, record.input_nodes = snapshot(gm)
     original = copy_graph_module(gm)
+    if session.arena_group is None:
+        session.arena_group = ArenaGroup()
     ctx = PassContext(
         config=config,
         graph_name=record.name,
@@ -108,6 +111,7 @@ def compile_graph(
         runtime_report=RuntimeReport(record.runtime_info, record.other_declines),
         process=process,
         progress=log.Progress(record.name),
+        arena_group=session.arena_group,
     )
     folder = ""
     try:

@@ -77,7 +77,8 @@ class Config:
     few captures, and slice the outputs back: ``"pow2"`` (the next power of two), or
     ``"off"`` (one capture per batch size)."""
     memory_pool: bool = True
-    """Plan one arena per compiled graph; generated kernels write their outputs into it."""
+    """Plan one arena per compiled graph; generated kernels write their outputs into it. The
+    graphs of one compile (a forward and its backward) share one buffer for their arenas."""
     autotune: bool = False
     """Benchmark a few launch configurations per kernel on the device (``max-autotune``)."""
     kernel_cache_dir: str = ""

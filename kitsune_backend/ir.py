@@ -185,7 +185,9 @@ class PassContext:
     for backward); ``runtime_report`` (where the built runtime reports while it runs);
     ``process`` (the process's :class:`~kitsune_backend.process.ProcessState`: plugin
     registry, kernel cache, compile pool, capture registry); ``progress`` (where a slow
-    compile says how far it got, :class:`~kitsune_backend.log.Progress`).
+    compile says how far it got, :class:`~kitsune_backend.log.Progress`); ``arena_group``
+    (the :class:`~kitsune_backend.runtime.arena.ArenaGroup` whose buffer the graphs of this
+    compile share).
 
     Set by stages (``None`` until the stage that sets it has run; the pipeline lists which
     stage requires and which ensures each one, and checks it in debug mode):
@@ -205,6 +207,7 @@ class PassContext:
     runtime_report: RuntimeReport = dataclasses.field(default_factory=RuntimeReport)
     process: Any = None
     progress: Optional[Progress] = None
+    arena_group: Any = None
     regions: Optional[dict[str, list[str]]] = None
     lone_ops: Optional[list[str]] = None
     stream_plan: Optional[StreamPlan] = None

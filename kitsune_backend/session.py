@@ -25,6 +25,9 @@ class CompileSession:
     config: Config
     mode: Any = None
     records: list[CompileRecord] = dataclasses.field(default_factory=list)
+    arena_group: Any = None
+    """The arena buffer its graphs share (a :class:`kitsune_backend.runtime.arena.ArenaGroup`,
+    made by the compiler for the session's first graph)."""
 
     def next_name(self, kind: str) -> str:
         """A name for the next graph of ``kind``: ``forward``, ``backward``, ``inference``."""

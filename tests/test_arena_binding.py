@@ -5,7 +5,7 @@ import torch
 
 import kitsune_backend
 from kitsune_backend.codegen.kernel import FusedKernel
-from kitsune_backend.runtime.arena import Arena, InArena
+from kitsune_backend.runtime.arena import Arena, ArenaGroup, InArena
 from tests.conftest import DEVICES
 from tests.helpers import assert_close
 
@@ -74,3 +74,58 @@ def test_in_arena_wrapper_passes_views_as_out():
     assert first.data_ptr() == arena.tensor.data_ptr() + 512
     assert calls[0][0] is calls[1][0]  # views made once
     assert torch.equal(second, torch.full((2, 3), 7.0))
+
+
+def test_a_forward_and_its_backward_share_one_arena_buffer():
+    """Training steps on the CPU: both graphs write their intermediates into the one buffer
+    of the session's group, as large as the larger arena, and every step matches eager
+    (two forwards before a backward included)."""
+    import copy
+
+    from kitsune_backend.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP((32, 64, 64, 8))
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="kitsune")
+    for step in range(4):
+        x = torch.randn(16, 32)
+        if step == 2:
+            compiled(torch.randn(16, 32))  # a forward whose backward never runs
+        out, expected = compiled(x), reference(x)
+        assert_close(out, expected)
+        out.square().sum().backward()
+        expected.square().sum().backward()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            assert_close(p.grad, q.grad)
+            p.grad = q.grad = None
+    session = kitsune_backend.last_compile()
+    sizes = [r.stats["arena_bytes"] for r in session.records]
+    assert len(sizes) == 2 and min(sizes) > 0
+    (buffer,) = session.arena_group._buffers.values()
+    assert buffer.numel() == max(sizes)
+
+
+def test_a_pinned_arena_keeps_its_buffer_when_the_group_grows():
+    """A capture pins the buffer it baked in; unpinned arenas follow the group's buffer,
+    and kernels rebuild their views when it changes."""
+    group = ArenaGroup()
+    small = Arena(256, torch.device("cpu"), group)
+    small.refresh()
+    first = small.tensor
+    small._capturing = lambda: True  # as inside a CUDA-graph capture
+    small.refresh()
+    assert small.pinned and small.tensor is first
+    large = Arena(4096, torch.device("cpu"), group)
+    large.refresh()
+    assert large.tensor.numel() == 4096 and large.tensor is not first
+    small.refresh()
+    assert small.tensor is first  # pinned: the captured address stays valid
+    follower = Arena(128, torch.device("cpu"), group)
+    view = follower.view(0, (4,), (1,), torch.float32)
+    assert view.data_ptr() == large.tensor.data_ptr()
+    grown = Arena(8192, torch.device("cpu"), group)
+    grown.refresh()
+    before = follower.generation
+    follower.refresh()
+    assert follower.generation == before + 1 and follower.tensor is grown.tensor

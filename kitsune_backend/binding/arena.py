@@ -11,6 +11,7 @@ keep allocating through PyTorch's caching allocator, each with a reason.
 
 The node's target is replaced in place, so the uncaptured schedule, the multi-stream code
 (:mod:`~kitsune_backend.runtime.schedule_code`) and CUDA graph capture all run the same calls.
+A first node makes each call take the arena's buffer, which the graphs of one compile share.
 The arena itself, and the kernel wrapper, are :mod:`kitsune_backend.runtime.arena`.
 """
 
@@ -96,6 +97,20 @@ def _place_aten(
     return AtenInArena(node.name, out_op, out_names, arena, [offsets[n] for n in names], specs), ""
 
 
+def _refresh_first(gm: fx.GraphModule, arena: Arena) -> None:
+    """Make every call of the graph start by taking its arena's buffer
+    (:meth:`~kitsune_backend.runtime.arena.Arena.refresh`): a node after the inputs."""
+    def arena_refresh() -> None:
+        arena.refresh()
+
+    arena_refresh.__module__ = "kitsune"
+    first = next(n for n in gm.graph.nodes if n.op != "placeholder")
+    with gm.graph.inserting_before(first):
+        node = gm.graph.call_function(arena_refresh)
+    node.meta["val"] = None  # a side effect, no value
+    gm.recompile()
+
+
 def bind_arena(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Point every node with planned outputs at the arena, in place: fused kernels
     (:class:`~kitsune_backend.runtime.arena.InArena`, their unplanned outputs allocated per
@@ -117,7 +132,7 @@ def bind_arena(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     plan = ctx.memory_plan
     if not plan.arena_bytes:
         return PassResult()
-    arena = Arena(plan.arena_bytes, torch.device(ctx.device))
+    arena = Arena(plan.arena_bytes, torch.device(ctx.device), ctx.arena_group)
     offsets, sizes, reads = plan.offsets, {b.name: b.size for b in plan.buffers}, _reads(plan.buffers)
     kernels = aten = 0
     left: dict[str, int] = {}
@@ -147,6 +162,8 @@ def bind_arena(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         reason = f"{op_name(target)}: {reason}"
         left[reason] = left.get(reason, 0) + 1
         declines.append(Decline("arena", "left on the allocator: " + reason, node.name))
+    if kernels or aten:
+        _refresh_first(gm, arena)
     stats = {
         "arena_kernels": kernels,
         "arena_aten_nodes": aten,

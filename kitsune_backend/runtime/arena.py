@@ -1,25 +1,89 @@
-"""The arena at run time: one byte buffer per compiled graph, and fused kernels writing there.
+"""The arena at run time: the byte buffer a compiled graph's intermediates live in, and
+fused kernels writing there.
 
-The arena is allocated at the first call (compiles can run under a fake-tensor mode), once
-per compiled graph, and lives as long as the graph: replays of captured CUDA graphs, which
-run in stream order on the caller's stream, and uncaptured calls all use it in turn.
+The graphs of one compile (a forward and its backward) take turns in one buffer, their
+:class:`ArenaGroup`'s: an arena holds only intermediates, dead once its graph's call ends,
+and the forward and the backward of a model run one after the other in stream order (the
+backward on the forward's stream), so the backward reuses the bytes of the forward's
+intermediates instead of adding its own. The buffer is as large as the largest arena asked
+for so far: allocated at a graph's first call (compiles can run under a fake-tensor mode),
+replaced by a larger one when a later graph (the backward, compiled at the first backward
+call) needs more.
+
+Each call that is not a CUDA-graph replay starts with :meth:`Arena.refresh`: the arena takes
+its group's current buffer, and the kernels rebuild their views when it changed. A call
+inside a CUDA-graph capture *pins* the arena: the capture bakes the buffer's address into
+the graph, so the arena keeps that buffer (and its memory) for as long as it lives. In
+training, the backward is compiled and run before the forward's second call, where the
+forward's capture happens, so both pin the one buffer of the larger size.
+
+Graphs of one compile must not run concurrently: two calls on different streams with no
+order between them (a forward on one stream beside its backward on another) would write
+the same bytes. Calls from one stream, the way autograd runs a backward, are ordered.
 :mod:`kitsune_backend.binding.arena` decides which nodes write here.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional, Sequence
 
 import torch
 
 
-class Arena:
-    """One byte buffer on a device, allocated at first use."""
+class ArenaGroup:
+    """The buffer, per device, that the arenas of one compile share: as large as the
+    largest arena asked for so far."""
 
-    def __init__(self, nbytes: int, device: torch.device) -> None:
+    def __init__(self) -> None:
+        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def buffer(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """The current buffer of ``device``; a new one of ``nbytes`` first when it is
+        smaller (arenas that pinned the old one keep it alive)."""
+        with self._lock:
+            current = self._buffers.get(device)
+            if current is None or current.numel() < nbytes:
+                with torch.inference_mode(False):
+                    current = torch.empty(nbytes, dtype=torch.uint8, device=device)
+                self._buffers[device] = current
+            return current
+
+
+class Arena:
+    """A graph's arena: ``nbytes`` of its group's buffer (or of its own buffer, without a
+    group), taken at the start of each call that is not a replay."""
+
+    def __init__(self, nbytes: int, device: torch.device,
+                 group: Optional[ArenaGroup] = None) -> None:
         self.nbytes = nbytes
         self.device = device
+        self.group = group or ArenaGroup()
         self.tensor: Optional[torch.Tensor] = None
+        self.generation = 0
+        """Counts the buffers taken: kernels rebuild their views when it changes."""
+        self.pinned = False
+        self._capturing = (torch.cuda.is_current_stream_capturing
+                           if device.type == "cuda" else lambda: False)
+
+    def refresh(self) -> None:
+        """Take the group's current buffer, unless a CUDA-graph capture pinned this one;
+        pin it when this call is being captured."""
+        if self.pinned:
+            return
+        buffer = self.group.buffer(self.nbytes, self.device)
+        if buffer is not self.tensor:
+            self.tensor = buffer
+            self.generation += 1
+        if self._capturing():
+            self.pinned = True
+
+    def ready(self) -> int:
+        """The generation of the buffer views are made from now (taken first if none)."""
+        if self.tensor is None:
+            self.refresh()
+        return self.generation
 
     def view(self, offset: int, shape: Sequence[int], stride: Sequence[int],
              dtype: torch.dtype) -> torch.Tensor:
@@ -32,15 +96,15 @@ class Arena:
         nbytes = span * dtype.itemsize
         if offset + nbytes > self.nbytes:
             raise ValueError(f"arena placement [{offset}, {offset + nbytes}) past its end")
+        self.ready()
         with torch.inference_mode(False):
-            if self.tensor is None:
-                self.tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
             raw = self.tensor[offset:offset + max(nbytes, dtype.itemsize)]
             return raw.view(dtype).as_strided(tuple(shape), tuple(stride))
 
 
 class InArena:
-    """A fused kernel called with ``out=`` views of the arena (made once, reused). An output
+    """A fused kernel called with ``out=`` views of the arena (made once per buffer the
+    arena takes, reused). An output
     without an offset (``None``: a graph output, or one nothing reads) gets a fresh tensor
     each call, as the kernel would allocate it itself."""
 
@@ -51,11 +115,13 @@ class InArena:
         self.__name__ = self.__qualname__ = kernel.__name__ + "_in_arena"
         self.__module__ = "kitsune_backend.kernels"
         self._views: Optional[tuple[Optional[torch.Tensor], ...]] = None
+        self._generation = -1
         self._fresh = [i for i, offset in enumerate(offsets) if offset is None]
 
     def __call__(self, *args: Any) -> Any:
         """Run the kernel into its arena views (and fresh tensors for unplaced outputs)."""
-        if self._views is None:
+        if self._generation != self.arena.ready():
+            self._generation = self.arena.generation
             self._views = tuple(
                 None if offset is None
                 else self.arena.view(offset, spec.shape, spec.stride, spec.dtype)

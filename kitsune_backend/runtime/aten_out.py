@@ -172,7 +172,7 @@ def meta_mismatch(
 
 class AtenInArena:
     """An ATen op called through its out= overload (or :data:`WRITTEN_INTO` stand-in) with
-    arena views (made once, reused)."""
+    arena views (made once per buffer the arena takes, reused)."""
 
     def __init__(
         self,
@@ -192,10 +192,12 @@ class AtenInArena:
         self.__name__ = self.__qualname__ = f"{node_name}_out_in_arena"
         self.__module__ = "kitsune_backend.kernels"
         self._out: Optional[dict[str, torch.Tensor]] = None
+        self._generation = -1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the op into its arena views."""
-        if self._out is None:
+        if self._generation != self.arena.ready():
+            self._generation = self.arena.generation
             self._out = {
                 name: self.arena.view(offset, shape, stride, dtype)
                 for name, offset, shape, stride, dtype in self.placements

@@ -261,6 +261,10 @@ def test_training_through_captured_graphs_matches_eager(name):
     assert backward["cuda_graph_instances"] == 1
     if name == "mlp":  # weights saved for backward (as transposed views) are not copied:
         assert backward["inputs_copied"] <= 3  # only labels, the input and the loss grad
+    # the forward and the backward captured their arenas in one shared buffer
+    (buffer,) = session.arena_group._buffers.values()
+    sizes = [r.stats["arena_bytes"] for r in session.records]
+    assert buffer.numel() == max(sizes), sizes
     if name == "smallcnn":
         for a, b in zip(model.buffers(), twin.buffers()):
             assert_close(b, a)
