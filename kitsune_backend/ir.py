@@ -195,7 +195,8 @@ class PassContext:
     left alone, which matmul_bias may take), ``stream_plan`` (streams; memory_plan replaces
     it when it moves branches back to fit the memory budget), ``memory_plan``
     (memory_plan), ``batch_split`` (batch_split: a :class:`BatchSplit`), ``kernels``
-    (kernels: a :class:`KernelRecord` per generated kernel),
+    (kernels: a :class:`KernelRecord` per generated kernel), ``arena`` (arena: the graph's
+    :class:`~kitsune_backend.runtime.arena.Arena`, when anything writes into it),
     ``runner`` (the runtime stages: the callable being built, finally the compiled graph).
     """
 
@@ -214,6 +215,7 @@ class PassContext:
     memory_plan: Optional[MemoryPlan] = None
     batch_split: Optional[BatchSplit] = None
     kernels: Optional[list[KernelRecord]] = None
+    arena: Any = None
     runner: Optional[Callable] = None
 
     @property

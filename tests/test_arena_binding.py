@@ -108,7 +108,7 @@ def test_a_forward_and_its_backward_share_one_arena_buffer():
 
 def test_a_pinned_arena_keeps_its_buffer_when_the_group_grows():
     """A capture pins the buffer it baked in; unpinned arenas follow the group's buffer,
-    and kernels rebuild their views when it changes."""
+    and the views kernels made of the old one are dropped."""
     group = ArenaGroup()
     small = Arena(256, torch.device("cpu"), group)
     small.refresh()
@@ -122,10 +122,12 @@ def test_a_pinned_arena_keeps_its_buffer_when_the_group_grows():
     small.refresh()
     assert small.tensor is first  # pinned: the captured address stays valid
     follower = Arena(128, torch.device("cpu"), group)
-    view = follower.view(0, (4,), (1,), torch.float32)
-    assert view.data_ptr() == large.tensor.data_ptr()
+    owner = object()
+    make = lambda: follower.view(0, (4,), (1,), torch.float32)  # noqa: E731
+    view = follower.views(owner, make)
+    assert view.data_ptr() == large.tensor.data_ptr() and follower.views(owner, make) is view
     grown = Arena(8192, torch.device("cpu"), group)
     grown.refresh()
-    before = follower.generation
     follower.refresh()
-    assert follower.generation == before + 1 and follower.tensor is grown.tensor
+    assert follower.tensor is grown.tensor
+    assert follower.views(owner, make).data_ptr() == grown.tensor.data_ptr()

@@ -164,6 +164,7 @@ def bind_arena(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         declines.append(Decline("arena", "left on the allocator: " + reason, node.name))
     if kernels or aten:
         _refresh_first(gm, arena)
+        ctx.arena = arena
     stats = {
         "arena_kernels": kernels,
         "arena_aten_nodes": aten,

@@ -52,7 +52,8 @@ def capture(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     ctx.runner = CapturedRunner(ctx.runner, ctx.static_input_indices, torch.device(ctx.device),
                                 ctx.runtime_report, ctx.process.captures,
                                 ctx.caller_output_indices, keyed=keyed if symbolic else (),
-                                max_shapes=ctx.config.capture_shapes, padder=padder)
+                                max_shapes=ctx.config.capture_shapes, padder=padder,
+                                before_capture=ctx.arena.refresh if ctx.arena else None)
     how = "replayed as one CUDA graph per input-shape signature, after one warm-up call"
     if padder is not None:
         how += f"; batches padded to powers of two ({ctx.batch_split.symbol})"

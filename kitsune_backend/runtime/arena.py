@@ -11,11 +11,13 @@ replaced by a larger one when a later graph (the backward, compiled at the first
 call) needs more.
 
 Each call that is not a CUDA-graph replay starts with :meth:`Arena.refresh`: the arena takes
-its group's current buffer, and the kernels rebuild their views when it changed. A call
+its group's current buffer, and drops the views its kernels made of the old one. A call
 inside a CUDA-graph capture *pins* the arena: the capture bakes the buffer's address into
-the graph, so the arena keeps that buffer (and its memory) for as long as it lives. In
-training, the backward is compiled and run before the forward's second call, where the
-forward's capture happens, so both pin the one buffer of the larger size.
+the graph, so the arena keeps that buffer (and its memory) for as long as it lives. The
+capture runner refreshes the arena just before it captures, so that a buffer given up is
+freed outside the capture. In training, the backward is compiled and run before the
+forward's second call, where the forward's capture happens, so both pin the one buffer of
+the larger size.
 
 Graphs of one compile must not run concurrently: two calls on different streams with no
 order between them (a forward on one stream beside its backward on another) would write
@@ -26,7 +28,7 @@ the same bytes. Calls from one stream, the way autograd runs a backward, are ord
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -52,8 +54,9 @@ class ArenaGroup:
 
 
 class Arena:
-    """A graph's arena: ``nbytes`` of its group's buffer (or of its own buffer, without a
-    group), taken at the start of each call that is not a replay."""
+    """A graph's arena: ``nbytes`` of its group's buffer (or of a buffer of its own, without
+    a group), taken at the start of each call that is not a replay, and the views of it
+    that the graph's kernels write into (dropped when it takes another buffer)."""
 
     def __init__(self, nbytes: int, device: torch.device,
                  group: Optional[ArenaGroup] = None) -> None:
@@ -61,29 +64,33 @@ class Arena:
         self.device = device
         self.group = group or ArenaGroup()
         self.tensor: Optional[torch.Tensor] = None
-        self.generation = 0
-        """Counts the buffers taken: kernels rebuild their views when it changes."""
         self.pinned = False
+        self._views: dict[int, Any] = {}
         self._capturing = (torch.cuda.is_current_stream_capturing
                            if device.type == "cuda" else lambda: False)
 
     def refresh(self) -> None:
         """Take the group's current buffer, unless a CUDA-graph capture pinned this one;
-        pin it when this call is being captured."""
+        pin it when this call is being captured. Before a capture, the capture runner
+        calls this outside it, so that a buffer given up is freed there."""
         if self.pinned:
             return
         buffer = self.group.buffer(self.nbytes, self.device)
         if buffer is not self.tensor:
             self.tensor = buffer
-            self.generation += 1
+            self._views.clear()  # the old buffer goes once no view holds it
         if self._capturing():
             self.pinned = True
 
-    def ready(self) -> int:
-        """The generation of the buffer views are made from now (taken first if none)."""
+    def views(self, owner: object, make: Callable[[], Any]) -> Any:
+        """``owner``'s views of the current buffer: ``make()``'s result, kept until the
+        arena takes another buffer."""
         if self.tensor is None:
             self.refresh()
-        return self.generation
+        made = self._views.get(id(owner))
+        if made is None:
+            made = self._views[id(owner)] = make()
+        return made
 
     def view(self, offset: int, shape: Sequence[int], stride: Sequence[int],
              dtype: torch.dtype) -> torch.Tensor:
@@ -96,7 +103,8 @@ class Arena:
         nbytes = span * dtype.itemsize
         if offset + nbytes > self.nbytes:
             raise ValueError(f"arena placement [{offset}, {offset + nbytes}) past its end")
-        self.ready()
+        if self.tensor is None:
+            self.refresh()
         with torch.inference_mode(False):
             raw = self.tensor[offset:offset + max(nbytes, dtype.itemsize)]
             return raw.view(dtype).as_strided(tuple(shape), tuple(stride))
@@ -104,8 +112,7 @@ class Arena:
 
 class InArena:
     """A fused kernel called with ``out=`` views of the arena (made once per buffer the
-    arena takes, reused). An output
-    without an offset (``None``: a graph output, or one nothing reads) gets a fresh tensor
+    arena takes, reused). An output without an offset (``None``: a graph output, or one nothing reads) gets a fresh tensor
     each call, as the kernel would allocate it itself."""
 
     def __init__(self, kernel: Any, arena: Arena, offsets: list[Optional[int]]) -> None:
@@ -114,22 +121,20 @@ class InArena:
         self.offsets = offsets
         self.__name__ = self.__qualname__ = kernel.__name__ + "_in_arena"
         self.__module__ = "kitsune_backend.kernels"
-        self._views: Optional[tuple[Optional[torch.Tensor], ...]] = None
-        self._generation = -1
         self._fresh = [i for i, offset in enumerate(offsets) if offset is None]
+
+    def _make_views(self) -> tuple[Optional[torch.Tensor], ...]:
+        return tuple(
+            None if offset is None else self.arena.view(offset, spec.shape, spec.stride, spec.dtype)
+            for offset, spec in zip(self.offsets, self.kernel.generated.outputs)
+        )
 
     def __call__(self, *args: Any) -> Any:
         """Run the kernel into its arena views (and fresh tensors for unplaced outputs)."""
-        if self._generation != self.arena.ready():
-            self._generation = self.arena.generation
-            self._views = tuple(
-                None if offset is None
-                else self.arena.view(offset, spec.shape, spec.stride, spec.dtype)
-                for offset, spec in zip(self.offsets, self.kernel.generated.outputs)
-            )
+        views = self.arena.views(self, self._make_views)
         if not self._fresh:
-            return self.kernel(*args, out=self._views)
-        out = list(self._views)
+            return self.kernel(*args, out=views)
+        out = list(views)
         specs = self.kernel.generated.outputs
         for i in self._fresh:
             s = specs[i]

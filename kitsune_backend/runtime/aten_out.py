@@ -191,18 +191,14 @@ class AtenInArena:
         ]
         self.__name__ = self.__qualname__ = f"{node_name}_out_in_arena"
         self.__module__ = "kitsune_backend.kernels"
-        self._out: Optional[dict[str, torch.Tensor]] = None
-        self._generation = -1
+
+    def _make_views(self) -> dict[str, torch.Tensor]:
+        return {name: self.arena.view(offset, shape, stride, dtype)
+                for name, offset, shape, stride, dtype in self.placements}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the op into its arena views."""
-        if self._generation != self.arena.ready():
-            self._generation = self.arena.generation
-            self._out = {
-                name: self.arena.view(offset, shape, stride, dtype)
-                for name, offset, shape, stride, dtype in self.placements
-            }
-        return self.out_op(*args, **kwargs, **self._out)
+        return self.out_op(*args, **kwargs, **self.arena.views(self, self._make_views))
 
 
 def direct_out(

@@ -232,7 +232,9 @@ class CapturedRunner:
     symbolic sizes: every input but parameters and buffers; none: one signature), whose
     signatures keep captures of their own, at most ``max_shapes`` of them
     (:class:`~kitsune_backend.runtime.shape_cache.ShapeCache`); ``padder``: pads each call's
-    batch to its bucket first (:mod:`~kitsune_backend.runtime.batch_padding`)."""
+    batch to its bucket first (:mod:`~kitsune_backend.runtime.batch_padding`);
+    ``before_capture``: called just before each capture, outside it (the arena takes its
+    buffer there: :meth:`~kitsune_backend.runtime.arena.Arena.refresh`)."""
 
     def __init__(
         self,
@@ -245,8 +247,10 @@ class CapturedRunner:
         keyed: Sequence[int] = (),
         max_shapes: int = 1,
         padder: Optional[BatchPadder] = None,
+        before_capture: Optional[Callable[[], None]] = None,
     ) -> None:
         self.run = run
+        self.before_capture = before_capture
         self.registry = registry
         self.static = tuple(static)
         self.caller_outputs = tuple(caller_outputs)
@@ -346,6 +350,8 @@ class CapturedRunner:
         """A new instance captured from ``args``, or None when the capture failed (then
         every later call runs uncaptured, and a decline says why)."""
         caller = torch.cuda.current_stream()
+        if self.before_capture is not None:
+            self.before_capture()
         try:
             return _Instance(self.run, args, self.static, self.stream, self.registry,
                              self.caller_outputs, pads)
