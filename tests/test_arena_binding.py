@@ -131,3 +131,16 @@ def test_a_pinned_arena_keeps_its_buffer_when_the_group_grows():
     follower.refresh()
     assert follower.tensor is grown.tensor
     assert follower.views(owner, make).data_ptr() == grown.tensor.data_ptr()
+
+
+def test_inside_a_capture_an_arena_keeps_the_buffer_it_holds():
+    """The group grew, but a refresh inside a capture must not free or synchronize: the
+    arena keeps (and pins) its buffer."""
+    group = ArenaGroup()
+    arena = Arena(256, torch.device("cpu"), group)
+    arena.refresh()
+    held = arena.tensor
+    Arena(4096, torch.device("cpu"), group).refresh()
+    arena._capturing = lambda: True
+    arena.refresh()
+    assert arena.pinned and arena.tensor is held

@@ -71,15 +71,23 @@ class Arena:
 
     def refresh(self) -> None:
         """Take the group's current buffer, unless a CUDA-graph capture pinned this one;
-        pin it when this call is being captured. Before a capture, the capture runner
-        calls this outside it, so that a buffer given up is freed there."""
+        pin it when this call is being captured (inside a capture, keep the buffer held:
+        it stays valid, and nothing may be freed or synchronized there). Before a capture,
+        the capture runner calls this outside it, so that a buffer given up is freed there.
+        Giving a buffer up on CUDA synchronizes the device first: calls may have used it
+        from other streams than the one it was allocated on, which the caching allocator
+        does not know."""
         if self.pinned:
             return
-        buffer = self.group.buffer(self.nbytes, self.device)
-        if buffer is not self.tensor:
-            self.tensor = buffer
-            self._views.clear()  # the old buffer goes once no view holds it
-        if self._capturing():
+        capturing = self._capturing()
+        if self.tensor is None or not capturing:
+            buffer = self.group.buffer(self.nbytes, self.device)
+            if buffer is not self.tensor:
+                if self.tensor is not None and self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.tensor = buffer
+                self._views.clear()  # the old buffer goes once no view holds it
+        if capturing:
             self.pinned = True
 
     def views(self, owner: object, make: Callable[[], Any]) -> Any:
