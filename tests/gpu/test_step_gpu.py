@@ -48,12 +48,15 @@ def test_a_captured_step_matches_eager_at_every_step(make, shape, no_tf32, monke
     """The captured step against the same kitsune loop uncaptured (the same kernels: equal
     to fp32 rounding at every step) and against eager torch (fused reductions round
     differently, and Adam carries the difference on: close over the first steps, within
-    1% over all 50). cuDNN deterministic: its default weight-gradient algorithms add in a
-    different order from run to run."""
+    1% over all 50). The parameters drift from eager's as Inductor's do (Adam's normalized
+    updates amplify rounding: after 50 steps Inductor's own worst parameter is 2.7% (MLP)
+    and 4.6% (LeNet-5) from eager's on the H100), so they are held to twice Inductor's
+    drift, measured here. cuDNN deterministic: its default weight-gradient algorithms add
+    in a different order from run to run."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     torch.manual_seed(0)
     model = make().cuda()
-    twins = [copy.deepcopy(model) for _ in range(2)]
+    twins = [copy.deepcopy(model) for _ in range(3)]
     batches = _batches(shape)
 
     def wrapped(m):
@@ -65,13 +68,22 @@ def test_a_captured_step_matches_eager_at_every_step(make, shape, no_tf32, monke
     uncaptured, _ = _loop(twins[0], wrapped(twins[0]), batches, whole=False)
     eager, _ = _loop(twins[1], torch.optim.Adam(twins[1].parameters(), lr=1e-3), batches,
                      whole=False)
+    torch._dynamo.reset()
+    inductor = torch.compile(twins[2])
+    _loop(inductor, torch.optim.Adam(twins[2].parameters(), lr=1e-3), batches, whole=False)
     losses, uncaptured, eager = map(torch.tensor, (losses, uncaptured, eager))
     torch.testing.assert_close(losses, uncaptured, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(losses[:10], eager[:10], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(losses, eager, rtol=1e-2, atol=1e-3)
-    for a, b, c in zip(model.parameters(), twins[0].parameters(), twins[1].parameters()):
+
+    def drift(params):
+        return max(((p - e).norm() / e.norm()).item()
+                   for p, e in zip(params, twins[1].parameters()))
+
+    for a, b in zip(model.parameters(), twins[0].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-        assert (a - c).norm() <= 1e-2 * c.norm(), "parameters drifted from eager's"
+    ours, theirs = drift(model.parameters()), drift(twins[2].parameters())
+    assert ours <= max(2 * theirs, 1e-2), f"drift from eager {ours:.4f}, Inductor's {theirs:.4f}"
     stats = step.get_stats()
     assert stats["reason"] == "" and stats["captures"] == 1, stats
     assert stats["replays"] == STEPS - stats["warm_up"]
