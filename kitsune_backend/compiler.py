@@ -7,6 +7,7 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
+import torch
 import torch.fx as fx
 from torch._functorch.aot_autograd import make_boxed_func
 from torch._guards import CompileContext, TracingContext
@@ -23,7 +24,7 @@ from .record import CompileRecord, snapshot
 from .runtime.arena import ArenaGroup
 from .runtime.executor import ScheduleRunner
 from .process import ProcessState
-from .schedule_probe import ScheduleProbe, input_device
+from .schedule_probe import ScheduleProbe
 from .session import CompileSession
 
 
@@ -122,7 +123,7 @@ def compile_graph(
         if config.debug_dir:  # also when strict raised: the dump shows how far it got
             folder = dump_record(record, original, example_inputs, config.debug_dir, session.id)
     if folder and config.debug_schedule:
-        runner = ScheduleProbe(runner, folder, input_device(example_inputs))
+        runner = ScheduleProbe(runner, folder, torch.device(ctx.device or "cpu"))
     log.get("compile").info("%s", record.summary())
     if any(d.reason.startswith(DYNAMIC_SHAPES) for d in record.declines):
         where = _user_location(original)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -56,14 +56,6 @@ class ScheduleProbe:
                           f"{self.folder!r}: {type(exc).__name__}: {exc}", RuntimeWarning,
                           stacklevel=2)
         return result[0]
-
-
-def input_device(example_inputs: Sequence[Any]) -> torch.device:
-    """The device of the first tensor input (the CPU when there is none)."""
-    for value in example_inputs:
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return torch.device("cpu")
 
 
 def write_schedule(events: list[dict], folder: str, device: torch.device) -> None:

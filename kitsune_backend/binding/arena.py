@@ -18,14 +18,14 @@ The arena itself, and the kernel wrapper, are :mod:`kitsune_backend.runtime.aren
 from __future__ import annotations
 
 import operator
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
 
 from ..codegen.kernel import FusedKernel
 from ..graph_utils import is_mutating, launches_kernel
-from ..ir import Buffer, Decline, PassContext, PassResult
+from ..ir import Buffer, Decline, MemoryPlan, PassContext, PassResult
 from ..runtime.arena import Arena, InArena
 from ..runtime.aten_out import AtenInArena, direct_out, meta_mismatch, op_name
 
@@ -97,6 +97,36 @@ def _place_aten(
     return AtenInArena(node.name, out_op, out_names, arena, [offsets[n] for n in names], specs), ""
 
 
+class _Placer:
+    """What points one node at the arena: ``(wrapper, "")``, or ``(None, reason)`` for an ATen
+    op left on the allocator, or ``(None, "")`` for a node with nothing planned."""
+
+    def __init__(self, arena: Arena, plan: MemoryPlan) -> None:
+        self.arena = arena
+        self.offsets = plan.offsets
+        self.sizes = {b.name: b.size for b in plan.buffers}
+        self.reads = _reads(plan.buffers)
+
+    def __call__(self, node: fx.Node) -> tuple[Optional[Callable], str]:
+        target, offsets = node.target, self.offsets
+        if node.op != "call_function":
+            return None, ""
+        if isinstance(target, FusedKernel):
+            names = _planned_names(node, len(target.generated.outputs), offsets)
+            if not any(names):
+                return None, ""
+            return InArena(target, self.arena, [offsets.get(n) for n in names]), ""
+        if not isinstance(target, torch._ops.OpOverload) or not launches_kernel(node):
+            return None, ""
+        value = node.meta.get("val")
+        names = _planned_names(node, 1 if isinstance(value, torch.Tensor) else len(value), offsets)
+        if is_mutating(node) or not any(names):
+            return None, ""
+        wrapper, reason = _place_aten(node, names if all(names) else None, self.arena, offsets,
+                                      self.sizes, self.reads)
+        return wrapper, "" if wrapper is not None else f"{op_name(target)}: {reason}"
+
+
 def _refresh_first(gm: fx.GraphModule, arena: Arena) -> None:
     """Make every call of the graph start by taking its arena's buffer
     (:meth:`~kitsune_backend.runtime.arena.Arena.refresh`): a node after the inputs."""
@@ -133,35 +163,19 @@ def bind_arena(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if not plan.arena_bytes:
         return PassResult()
     arena = Arena(plan.arena_bytes, torch.device(ctx.device), ctx.arena_group)
-    offsets, sizes, reads = plan.offsets, {b.name: b.size for b in plan.buffers}, _reads(plan.buffers)
+    place = _Placer(arena, plan)
     kernels = aten = 0
     left: dict[str, int] = {}
     declines = []
     for node in gm.graph.nodes:
-        target = node.target
-        if node.op != "call_function":
-            continue
-        if isinstance(target, FusedKernel):
-            names = _planned_names(node, len(target.generated.outputs), offsets)
-            if any(names):
-                node.target = InArena(target, arena, [offsets.get(n) for n in names])
-                kernels += 1
-            continue
-        if not isinstance(target, torch._ops.OpOverload) or not launches_kernel(node):
-            continue
-        value = node.meta.get("val")
-        names = _planned_names(node, 1 if isinstance(value, torch.Tensor) else len(value), offsets)
-        if is_mutating(node) or not any(names):
-            continue
-        all_planned = names if all(names) else None
-        wrapper, reason = _place_aten(node, all_planned, arena, offsets, sizes, reads)
+        wrapper, reason = place(node)
         if wrapper is not None:
             node.target = wrapper
-            aten += 1
-            continue
-        reason = f"{op_name(target)}: {reason}"
-        left[reason] = left.get(reason, 0) + 1
-        declines.append(Decline("arena", "left on the allocator: " + reason, node.name))
+            kernels += isinstance(wrapper, InArena)
+            aten += not isinstance(wrapper, InArena)
+        elif reason:
+            left[reason] = left.get(reason, 0) + 1
+            declines.append(Decline("arena", "left on the allocator: " + reason, node.name))
     if kernels or aten:
         _refresh_first(gm, arena)
         ctx.arena = arena

@@ -43,7 +43,11 @@ class ArenaGroup:
 
     def buffer(self, nbytes: int, device: torch.device) -> torch.Tensor:
         """The current buffer of ``device``; a new one of ``nbytes`` first when it is
-        smaller (arenas that pinned the old one keep it alive)."""
+        smaller (arenas that pinned the old one keep it alive). The lock is taken only to
+        replace it."""
+        current = self._buffers.get(device)
+        if current is not None and current.numel() >= nbytes:
+            return current
         with self._lock:
             current = self._buffers.get(device)
             if current is None or current.numel() < nbytes:
@@ -92,9 +96,7 @@ class Arena:
 
     def views(self, owner: object, make: Callable[[], Any]) -> Any:
         """``owner``'s views of the current buffer: ``make()``'s result, kept until the
-        arena takes another buffer."""
-        if self.tensor is None:
-            self.refresh()
+        arena takes another buffer (``make`` takes the first buffer, through :meth:`view`)."""
         made = self._views.get(id(owner))
         if made is None:
             made = self._views[id(owner)] = make()
@@ -120,8 +122,8 @@ class Arena:
 
 class InArena:
     """A fused kernel called with ``out=`` views of the arena (made once per buffer the
-    arena takes, reused). An output without an offset (``None``: a graph output, or one nothing reads) gets a fresh tensor
-    each call, as the kernel would allocate it itself."""
+    arena takes, reused). An output without an offset (``None``: a graph output, or one
+    nothing reads) gets a fresh tensor each call, as the kernel would allocate it itself."""
 
     def __init__(self, kernel: Any, arena: Arena, offsets: list[Optional[int]]) -> None:
         self.kernel = kernel
